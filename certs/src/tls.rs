@@ -1,0 +1,313 @@
+//! Mutual-TLS configurations for quinn, and reading a peer's identity off a connection.
+//!
+//! Both sides use rustls with the *ring* provider, TLS 1.3 only, ALPN [`fd_protocol::ALPN`]
+//! and trust exactly one root: the federation CA (never the system roots). The coordinator
+//! ([`server_config`]) requires a client certificate signed by that CA; a node
+//! ([`client_config`]) presents its node certificate. 0-RTT is off and session resumption is
+//! disabled, so every connection runs a full handshake and the node's certificate is checked
+//! afresh each time (one signature per connection; the federation makes few connections).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::CertError;
+use crate::pki::{read_text, validate_name, warn_if_key_readable_by_others};
+
+/// Interval between QUIC keep-alive packets, well inside [`IDLE_TIMEOUT`] so an idle but healthy
+/// connection (a node waiting for the next round) is never dropped.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A connection that has heard nothing from its peer for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one end of a connection needs: the federation CA certificate, and its own certificate
+/// and private key. All PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The federation CA certificate (the only trusted root).
+    pub ca_pem: String,
+    /// This end's certificate (a node certificate for a client, a server certificate for the
+    /// coordinator), optionally followed by intermediates.
+    pub cert_pem: String,
+    /// This end's private key.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("ca_pem", &self.ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl TlsIdentity {
+    /// Reads the CA certificate, this end's certificate and its private key from files, and
+    /// checks that each holds what it should.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsIdentity, CertError> {
+        let ca_pem = read_text(
+            ca,
+            "this is the federation CA certificate (ca.pem); copy it from the operator",
+        )?;
+        let cert_pem = read_text(
+            cert,
+            "ask the operator to issue this certificate with `fd-certs issue`",
+        )?;
+        let key_pem = read_text(
+            key,
+            "the private key is written next to its certificate by `fd-certs issue`",
+        )?;
+        warn_if_key_readable_by_others(key);
+        let origin = |p: &Path| p.display().to_string();
+        parse_certs(&ca_pem, &origin(ca))?;
+        parse_certs(&cert_pem, &origin(cert))?;
+        parse_key(&key_pem, &origin(key))?;
+        Ok(TlsIdentity {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        })
+    }
+}
+
+/// The coordinator's QUIC server configuration: presents `id`'s server certificate and
+/// requires every client to present a certificate signed by `id`'s CA.
+pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, CertError> {
+    let provider = provider();
+    let roots = Arc::new(root_store(&id.ca_pem)?);
+    // Client certificate REQUIRED: the builder's default rejects anonymous clients.
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    let chain = parse_certs(&id.cert_pem, "the server certificate")?;
+    let key = parse_key(&id.key_pem, "the server private key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| CertError::Tls {
+            side: "server",
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| CertError::Tls {
+            side: "server",
+            source,
+        })?;
+    tls.alpn_protocols = vec![fd_protocol::ALPN.to_vec()];
+    // 0-RTT off (rustls' default, restated so no one "optimises" it on): early data can be
+    // replayed.
+    tls.max_early_data_size = 0;
+    // No resumption: every connection re-verifies the client certificate.
+    tls.session_storage = Arc::new(NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// A node's QUIC client configuration: trusts only `id`'s CA and presents `id`'s node
+/// certificate.
+pub fn client_config(id: &TlsIdentity) -> Result<quinn::ClientConfig, CertError> {
+    let roots = root_store(&id.ca_pem)?;
+    let chain = parse_certs(&id.cert_pem, "the node certificate")?;
+    let key = parse_key(&id.key_pem, "the node private key")?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| CertError::Tls {
+            side: "client",
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| CertError::Tls {
+            side: "client",
+            source,
+        })?;
+    tls.alpn_protocols = vec![fd_protocol::ALPN.to_vec()];
+    tls.enable_early_data = false;
+    tls.resumption = Resumption::disabled();
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The identity of the peer of `conn`: the first DNS subject alternative name of its
+/// end-entity certificate (for a node, its name).
+///
+/// Only meaningful on connections made with [`server_config`] / [`client_config`], where the
+/// handshake has already verified the certificate against the federation CA.
+pub fn peer_name(conn: &quinn::Connection) -> Result<String, CertError> {
+    let identity = conn.peer_identity().ok_or(CertError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| CertError::PeerIdentity {
+            reason: "the connection's peer identity is not an X.509 certificate chain".into(),
+        })?;
+    let leaf = chain.first().ok_or(CertError::NoPeerCertificate)?;
+    name_in_certificate(leaf)
+}
+
+/// The first DNS subject alternative name in a DER certificate, checked like a node name.
+fn name_in_certificate(der: &[u8]) -> Result<String, CertError> {
+    let bad = |reason: String| CertError::PeerIdentity { reason };
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| bad(format!("it is not a valid X.509 certificate ({e})")))?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(format!("its subject alternative names are malformed ({e})")))?
+        .ok_or_else(|| bad("it has no subject alternative names".into()))?;
+    let name = sans
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(name) => Some(*name),
+            _ => None,
+        })
+        .ok_or_else(|| bad("it has no DNS subject alternative name".into()))?;
+    // The CA only signs valid names, but the check is cheap and keeps odd bytes out of logs,
+    // allow-lists and file names downstream.
+    validate_name(name).map_err(|e| bad(e.to_string()))?;
+    Ok(name.to_owned())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    // 60 s is far below the QUIC varint limit (2^62 ms), so this conversion cannot fail; the
+    // fallback (no idle timeout) is unreachable.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    Arc::new(transport)
+}
+
+fn root_store(ca_pem: &str) -> Result<RootCertStore, CertError> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(ca_pem, "the CA certificate")? {
+        roots.add(cert).map_err(|e| CertError::BadCa {
+            origin: "the CA certificate".into(),
+            reason: format!("rustls will not use it as a trust anchor ({e})"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Every CERTIFICATE block in `pem`; at least one.
+fn parse_certs(pem: &str, origin: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let bad = |reason: String| CertError::BadPem {
+        origin: origin.to_owned(),
+        expected: "a PEM CERTIFICATE block",
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &str, origin: &str) -> Result<PrivateKeyDer<'static>, CertError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| CertError::BadPem {
+        origin: origin.to_owned(),
+        expected: "a PEM private key",
+        reason: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => "no private key found".into(),
+            e => e.to_string(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::Ca;
+    use std::fs;
+
+    #[test]
+    fn name_comes_from_the_first_dns_san() {
+        let ca = Ca::generate("test").expect("CA");
+        let node = ca.issue_node("hospital-a").expect("node");
+        let der = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).expect("PEM");
+        assert_eq!(name_in_certificate(&der).expect("name"), "hospital-a");
+
+        // IP SANs are skipped; the first DNS SAN wins.
+        let server = ca
+            .issue_server("coord", &["10.0.0.1".into(), "coord.example.org".into()])
+            .expect("server");
+        let der = CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).expect("PEM");
+        assert_eq!(
+            name_in_certificate(&der).expect("name"),
+            "coord.example.org"
+        );
+
+        assert!(name_in_certificate(b"garbage").is_err());
+    }
+
+    #[test]
+    fn configs_build_from_issued_identities() {
+        let ca = Ca::generate("test").expect("CA");
+        let server = ca
+            .issue_server("coordinator", &["localhost".into()])
+            .expect("server");
+        let node = ca.issue_node("hospital-a").expect("node");
+        let id = |i: &crate::pki::Identity| TlsIdentity {
+            ca_pem: ca.cert_pem(),
+            cert_pem: i.cert_pem.clone(),
+            key_pem: i.key_pem.clone(),
+        };
+        server_config(&id(&server)).expect("server config");
+        client_config(&id(&node)).expect("client config");
+
+        // A key that does not belong to the certificate is refused up front.
+        let mismatched = TlsIdentity {
+            key_pem: server.key_pem.clone(),
+            ..id(&node)
+        };
+        assert!(client_config(&mismatched).is_err());
+    }
+
+    #[test]
+    fn load_names_the_file_that_is_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::generate("test").expect("CA");
+        let node = ca.issue_node("n1").expect("node");
+        let ca_path = dir.path().join("ca.pem");
+        let cert_path = dir.path().join("n1.pem");
+        let key_path = dir.path().join("n1.key");
+        fs::write(&ca_path, ca.cert_pem()).expect("write");
+        fs::write(&cert_path, &node.cert_pem).expect("write");
+        fs::write(&key_path, &node.key_pem).expect("write");
+        let loaded = TlsIdentity::load(&ca_path, &cert_path, &key_path).expect("load");
+        assert_eq!(loaded.cert_pem, node.cert_pem);
+
+        let missing = dir.path().join("absent.pem");
+        let err = TlsIdentity::load(&missing, &cert_path, &key_path).expect_err("missing");
+        assert!(matches!(err, CertError::NotFound { .. }));
+        assert!(err.to_string().contains("absent.pem"), "{err}");
+
+        // A certificate where the key should be: PEM, but no key inside.
+        let err = TlsIdentity::load(&ca_path, &cert_path, &cert_path).expect_err("no key");
+        assert!(err.to_string().contains("n1.pem"), "{err}");
+        assert!(err.to_string().contains("no private key"), "{err}");
+
+        // Not PEM at all.
+        let junk = dir.path().join("junk.pem");
+        fs::write(&junk, "hello").expect("write");
+        let err = TlsIdentity::load(&junk, &cert_path, &key_path).expect_err("junk");
+        assert!(err.to_string().contains("junk.pem"), "{err}");
+    }
+}

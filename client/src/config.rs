@@ -1,0 +1,168 @@
+//! The node's configuration file (`node.toml`).
+//!
+//! Relative paths in the file are resolved against the file's own directory, so a config and its
+//! certificates can move together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::train::TrainConfig;
+
+/// A config that could not be used; the message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The config file (or `<flags>` when built from the command line alone).
+    pub file: String,
+    /// What is wrong and where.
+    pub message: String,
+}
+
+/// Everything a node needs to join a federation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Coordinator address, e.g. `"127.0.0.1:4433"`.
+    pub coordinator: SocketAddr,
+    /// Name on the coordinator's certificate (default `"localhost"`).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Federation CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), issued by `fd-certs issue`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// Private labelled records (CSV with a header). They never leave the node.
+    pub private_csv: PathBuf,
+    /// Public reference records (CSV, same feature columns, no label).
+    pub public_csv: PathBuf,
+    /// Name of the label column in the private CSV.
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Number of classes; labels are integers `0..classes`.
+    pub classes: usize,
+    /// Fraction of private records held out to measure accuracy (default 0.2).
+    #[serde(default = "default_holdout")]
+    pub holdout_fraction: f64,
+    /// Where the student and the report are written.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// Seed for the holdout split, weight initialisation and batches.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Training schedule and student architecture.
+    #[serde(default)]
+    pub training: TrainConfig,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+fn default_holdout() -> f64 {
+    0.2
+}
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("fd-node-out")
+}
+fn default_seed() -> u64 {
+    1
+}
+
+impl NodeConfig {
+    /// Reads and validates a TOML config; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.ca,
+            &mut config.cert,
+            &mut config.key,
+            &mut config.private_csv,
+            &mut config.public_csv,
+            &mut config.output_dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.validate().map_err(|message| ConfigError { file, message })?;
+        Ok(config)
+    }
+
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.classes < 2 {
+            return Err(format!("classes must be >= 2, got {}", self.classes));
+        }
+        if self.classes > u16::MAX as usize {
+            return Err(format!("classes must be <= {}, got {}", u16::MAX, self.classes));
+        }
+        if !(0.0..1.0).contains(&self.holdout_fraction) {
+            return Err(format!(
+                "holdout_fraction must be in [0, 1), got {}",
+                self.holdout_fraction
+            ));
+        }
+        self.training.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_follow_the_file_and_defaults_fill_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "coordinator = \"127.0.0.1:4433\"\nca = \"ca.pem\"\ncert = \"/abs/a.pem\"\n\
+             key = \"a.key\"\nprivate_csv = \"p.csv\"\npublic_csv = \"q.csv\"\nclasses = 3\n\
+             [training]\ntemperature = 2.0\n",
+        )
+        .unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.ca, dir.path().join("ca.pem"));
+        assert_eq!(c.cert, PathBuf::from("/abs/a.pem"));
+        assert_eq!(c.label_column, "label");
+        assert_eq!(c.training.temperature, 2.0);
+        assert_eq!(c.training.alpha_start, 0.7);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "coordinator = \"nowhere\"\n").unwrap();
+        let msg = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("node.toml") && msg.contains("coordinator"), "{msg}");
+
+        std::fs::write(
+            &path,
+            "coordinator = \"127.0.0.1:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
+             private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 1\n",
+        )
+        .unwrap();
+        let msg = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("classes"), "{msg}");
+
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let msg = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("bogus"), "{msg}");
+    }
+}

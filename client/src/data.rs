@@ -1,0 +1,434 @@
+//! Loading a node's data: the private labelled CSV and the public reference CSV.
+//!
+//! Features are numeric columns. The private file has one more column, the label, named in the
+//! node's config; the public file has the same feature columns (any order) and no label. Every
+//! error names the file, the line and the column.
+//!
+//! Standardisation statistics come from the *public* set only: they are identical on every
+//! node, and they reveal nothing about private records (so they cost no privacy).
+
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, seq::SliceRandom};
+
+/// What went wrong reading a data file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be opened or read.
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CSV structure is broken (for example a row with a different number of fields).
+    #[error("{file}: line {line}: {message}")]
+    Csv {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field is not a finite number.
+    #[error("{file}: line {line}, column '{column}': '{value}' is not a finite number")]
+    NotANumber {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// Column name.
+        column: String,
+        /// The text found.
+        value: String,
+    },
+    /// A label is not a class index in `0..classes`.
+    #[error(
+        "{file}: line {line}, column '{column}': label '{value}' is not a class index in 0..{classes}"
+    )]
+    BadLabel {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// Label column name.
+        column: String,
+        /// The text found.
+        value: String,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// The header lacks a required column or has one too many.
+    #[error("{file}: header: {message}")]
+    Header {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file has no data rows.
+    #[error("{file}: no data rows")]
+    Empty {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// A table of numeric features, row-major, with optional class labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// Feature column names, in order.
+    pub columns: Vec<String>,
+    /// Row-major features: `rows() * columns.len()` values.
+    pub features: Vec<f32>,
+    /// One label per row (private data), or empty (public data).
+    pub labels: Vec<u32>,
+}
+
+impl Table {
+    /// Number of feature columns.
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.features.len().checked_div(self.width()).unwrap_or(0)
+    }
+
+    /// Row `i`'s features.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let w = self.width();
+        &self.features[i * w..(i + 1) * w]
+    }
+
+    /// A new table of the given rows, in the given order.
+    pub fn select(&self, rows: &[usize]) -> Table {
+        Table {
+            columns: self.columns.clone(),
+            features: rows.iter().flat_map(|&i| self.row(i).iter().copied()).collect(),
+            labels: if self.labels.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|&i| self.labels[i]).collect()
+            },
+        }
+    }
+
+    /// Splits off a random `fraction` of the rows as a held-out set: `(train, holdout)`.
+    /// At least one row stays in each part when there are two or more rows.
+    pub fn split_holdout(&self, fraction: f64, rng: &mut impl Rng) -> (Table, Table) {
+        let n = self.rows();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(rng);
+        let mut held = ((n as f64) * fraction).round() as usize;
+        if n >= 2 {
+            held = held.clamp(1, n - 1);
+        }
+        let (hold, train) = order.split_at(held.min(n));
+        (self.select(train), self.select(hold))
+    }
+}
+
+/// Per-column affine standardisation `(x - mean) / std`, fitted on the public set.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Standardiser {
+    /// Column means.
+    pub mean: Vec<f32>,
+    /// Column standard deviations (1 where a column is constant).
+    pub std: Vec<f32>,
+}
+
+impl Standardiser {
+    /// Fits means and standard deviations on `table`.
+    pub fn fit(table: &Table) -> Standardiser {
+        let (n, w) = (table.rows().max(1) as f64, table.width());
+        let mut mean = vec![0f64; w];
+        let mut sq = vec![0f64; w];
+        for i in 0..table.rows() {
+            for (j, &v) in table.row(i).iter().enumerate() {
+                mean[j] += v as f64;
+                sq[j] += (v as f64) * (v as f64);
+            }
+        }
+        let mean: Vec<f64> = mean.iter().map(|s| s / n).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| {
+                let var = (s / n - m * m).max(0.0);
+                if var > 1e-12 { var.sqrt() as f32 } else { 1.0 }
+            })
+            .collect();
+        Standardiser {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std,
+        }
+    }
+
+    /// Applies the standardisation to a table's features, returning row-major values.
+    pub fn apply(&self, table: &Table) -> Vec<f32> {
+        let w = table.width();
+        table
+            .features
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| (v - self.mean[k % w]) / self.std[k % w])
+            .collect()
+    }
+}
+
+/// Reads a labelled CSV: every column but `label_column` is a numeric feature; labels must be
+/// integers in `0..classes`.
+pub fn read_labelled_csv(path: &Path, label_column: &str, classes: usize) -> Result<Table, DataError> {
+    read_csv(path, Some((label_column, classes)), None)
+}
+
+/// Reads an unlabelled CSV whose columns must be exactly `columns` (in any order); the result
+/// has its columns in the order of `columns`.
+pub fn read_public_csv(path: &Path, columns: &[String]) -> Result<Table, DataError> {
+    read_csv(path, None, Some(columns))
+}
+
+fn read_csv(
+    path: &Path,
+    label: Option<(&str, usize)>,
+    expected_columns: Option<&[String]>,
+) -> Result<Table, DataError> {
+    let file = path.to_path_buf();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| csv_error(&file, e))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_error(&file, e))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let header_error = |message: String| DataError::Header {
+        file: file.clone(),
+        message,
+    };
+    if let Some(dup) = header
+        .iter()
+        .enumerate()
+        .find(|(i, h)| header[..*i].contains(h))
+        .map(|(_, h)| h)
+    {
+        return Err(header_error(format!("column '{dup}' appears twice")));
+    }
+    let label_index = match label {
+        Some((name, _)) => Some(header.iter().position(|h| h == name).ok_or_else(|| {
+            header_error(format!(
+                "no label column '{name}' (columns: {})",
+                header.join(", ")
+            ))
+        })?),
+        None => None,
+    };
+    // For each output feature column, the index of the input field that feeds it.
+    let (columns, sources): (Vec<String>, Vec<usize>) = match expected_columns {
+        Some(expected) => {
+            if let Some(extra) = header.iter().find(|h| !expected.contains(h)) {
+                return Err(header_error(format!(
+                    "unexpected column '{extra}' (the public file must hold exactly the private \
+                     feature columns, without the label)"
+                )));
+            }
+            let mut sources = Vec::with_capacity(expected.len());
+            for name in expected {
+                let i = header.iter().position(|h| h == name).ok_or_else(|| {
+                    header_error(format!("missing feature column '{name}'"))
+                })?;
+                sources.push(i);
+            }
+            (expected.to_vec(), sources)
+        }
+        None => header
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != label_index)
+            .map(|(i, h)| (h.clone(), i))
+            .unzip(),
+    };
+    if columns.is_empty() {
+        return Err(header_error("no feature columns".into()));
+    }
+
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(&file, e))?;
+        let line = record.position().map_or(0, |p| p.line());
+        for (name, &src) in columns.iter().zip(&sources) {
+            let text = &record[src];
+            match text.parse::<f32>() {
+                Ok(v) if v.is_finite() => features.push(v),
+                _ => {
+                    return Err(DataError::NotANumber {
+                        file,
+                        line,
+                        column: name.clone(),
+                        value: text.to_owned(),
+                    });
+                }
+            }
+        }
+        if let (Some(i), Some((name, classes))) = (label_index, label) {
+            let text = &record[i];
+            match text.parse::<f64>() {
+                Ok(v) if v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes => {
+                    labels.push(v as u32)
+                }
+                _ => {
+                    return Err(DataError::BadLabel {
+                        file,
+                        line,
+                        column: name.to_owned(),
+                        value: text.to_owned(),
+                        classes,
+                    });
+                }
+            }
+        }
+    }
+    if features.is_empty() {
+        return Err(DataError::Empty { file });
+    }
+    Ok(Table {
+        columns,
+        features,
+        labels,
+    })
+}
+
+fn csv_error(file: &Path, e: csv::Error) -> DataError {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.into_kind() {
+        csv::ErrorKind::Io(source) => DataError::Io {
+            file: file.to_path_buf(),
+            source,
+        },
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => DataError::Csv {
+            file: file.to_path_buf(),
+            line,
+            message: format!("{len} fields, but the header has {expected_len}"),
+        },
+        other => DataError::Csv {
+            file: file.to_path_buf(),
+            line,
+            message: format!("{other:?}"),
+        },
+    }
+}
+
+/// Writes a table as CSV (features, then the label column when the table has labels).
+pub fn write_csv(path: &Path, table: &Table, label_column: &str) -> std::io::Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    let mut header = table.columns.clone();
+    if !table.labels.is_empty() {
+        header.push(label_column.to_owned());
+    }
+    w.write_record(&header)?;
+    for i in 0..table.rows() {
+        let mut rec: Vec<String> = table.row(i).iter().map(f32::to_string).collect();
+        if !table.labels.is_empty() {
+            rec.push(table.labels[i].to_string());
+        }
+        w.write_record(&rec)?;
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn labelled_and_public_files_load_and_align_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = write(dir.path(), "p.csv", "a,y,b\n1,0,2\n3,1,4\n");
+        let t = read_labelled_csv(&private, "y", 2).unwrap();
+        assert_eq!(t.columns, ["a", "b"]);
+        assert_eq!(t.features, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(t.labels, [0, 1]);
+        // Public columns in another order come back in the private order.
+        let public = write(dir.path(), "q.csv", "b,a\n20,10\n");
+        let q = read_public_csv(&public, &t.columns).unwrap();
+        assert_eq!(q.features, [10.0, 20.0]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = write(dir.path(), "bad.csv", "a,y\n1,0\nx,1\n");
+        let msg = read_labelled_csv(&bad, "y", 2).unwrap_err().to_string();
+        assert!(msg.contains("bad.csv") && msg.contains("line 3") && msg.contains("'a'"), "{msg}");
+
+        let label = write(dir.path(), "label.csv", "a,y\n1,7\n");
+        let msg = read_labelled_csv(&label, "y", 2).unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("'7'"), "{msg}");
+
+        let short = write(dir.path(), "short.csv", "a,y\n1,0\n2\n");
+        let msg = read_labelled_csv(&short, "y", 2).unwrap_err().to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+
+        let nolabel = write(dir.path(), "nolabel.csv", "a,b\n1,0\n");
+        assert!(matches!(
+            read_labelled_csv(&nolabel, "y", 2),
+            Err(DataError::Header { .. })
+        ));
+
+        let extra = write(dir.path(), "extra.csv", "a,z\n1,0\n");
+        let msg = read_public_csv(&extra, &["a".into()]).unwrap_err().to_string();
+        assert!(msg.contains("'z'"), "{msg}");
+
+        let inf = write(dir.path(), "inf.csv", "a\ninf\n");
+        assert!(read_public_csv(&inf, &["a".into()]).is_err());
+
+        let missing = dir.path().join("missing.csv");
+        let msg = read_public_csv(&missing, &["a".into()]).unwrap_err().to_string();
+        assert!(msg.contains("missing.csv"), "{msg}");
+    }
+
+    #[test]
+    fn standardiser_centres_and_scales_and_keeps_constant_columns_finite() {
+        let t = Table {
+            columns: vec!["a".into(), "c".into()],
+            features: vec![1.0, 5.0, 3.0, 5.0],
+            labels: vec![],
+        };
+        let s = Standardiser::fit(&t);
+        // Column a: mean 2, population std 1; column c is constant, so std falls back to 1.
+        assert_eq!(s.mean, [2.0, 5.0]);
+        assert_eq!(s.std, [1.0, 1.0]);
+        assert_eq!(s.apply(&t), [-1.0, 0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn holdout_split_partitions_rows() {
+        let t = Table {
+            columns: vec!["a".into()],
+            features: (0..10).map(|v| v as f32).collect(),
+            labels: (0..10).collect(),
+        };
+        let (train, hold) = t.split_holdout(0.2, &mut StdRng::seed_from_u64(1));
+        assert_eq!((train.rows(), hold.rows()), (8, 2));
+        let mut all: Vec<u32> = train.labels.iter().chain(&hold.labels).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,283 @@
+//! One node's session with the coordinator over mutual-TLS QUIC.
+//!
+//! The session is thin: it reads messages, hands training and labelling to the [`Learner`] on a
+//! blocking thread (candle work is CPU-bound and must not stall the async runtime), and writes the
+//! answers back.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use fd_certs::tls::TlsIdentity;
+use fd_certs::transport::{self, TransportError};
+use fd_protocol::{Contribution, Hello, Message, SoftLabels};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::model::ModelError;
+use crate::train::{Labelled, Learner};
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// TLS material could not be turned into a QUIC config.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] fd_certs::CertError),
+    /// The QUIC connection could not be set up.
+    #[error("cannot connect to the coordinator at {addr}: {message}")]
+    Connect {
+        /// Coordinator address.
+        addr: SocketAddr,
+        /// The cause.
+        message: String,
+    },
+    /// The coordinator closed the connection before welcoming this node; usually its
+    /// certificate was refused (signed by another CA, expired, or not a node certificate).
+    #[error(
+        "not admitted by the coordinator at {addr}: {message} (is this node's certificate issued \
+         by the federation CA?)"
+    )]
+    NotAdmitted {
+        /// Coordinator address.
+        addr: SocketAddr,
+        /// The cause.
+        message: String,
+    },
+    /// The coordinator refused this node.
+    #[error("rejected by the coordinator: {0}")]
+    Rejected(String),
+    /// The coordinator reported an error.
+    #[error("the coordinator reported an error: {0}")]
+    Coordinator(String),
+    /// A message could not be sent or received.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// The coordinator sent something out of place.
+    #[error("protocol violation by the coordinator: {0}")]
+    Protocol(String),
+    /// Training or labelling failed.
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+}
+
+/// What a node needs to take part.
+#[derive(Debug)]
+pub struct SessionPlan {
+    /// Coordinator address.
+    pub coordinator: SocketAddr,
+    /// Name in the coordinator's certificate (e.g. `localhost`).
+    pub server_name: String,
+    /// CA, certificate and key.
+    pub tls: TlsIdentity,
+    /// Records in the private training split.
+    pub private_records: u32,
+    /// The held-out set the node measures itself on.
+    pub holdout: Labelled,
+    /// Maximum frame size accepted.
+    pub max_frame_len: usize,
+}
+
+/// What a finished session produced.
+#[derive(Debug)]
+pub struct SessionOutcome {
+    /// The node's identity as the coordinator named it (from its certificate).
+    pub node: String,
+    /// Rounds the node contributed to.
+    pub rounds: u32,
+    /// Held-out accuracy after each round's training.
+    pub round_accuracy: Vec<f64>,
+    /// Held-out accuracy after distilling from the final target.
+    pub final_accuracy: f64,
+    /// Bytes this node sent.
+    pub bytes_up: u64,
+    /// Bytes this node received.
+    pub bytes_down: u64,
+    /// Wall time of the session.
+    pub seconds: f64,
+    /// The trained learner (its student is the node's product).
+    pub learner: Learner,
+}
+
+/// Per-round numbers for the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundLog {
+    /// Round.
+    pub round: u32,
+    /// Cross-entropy weight used.
+    pub alpha: f64,
+    /// Held-out accuracy after the round's training.
+    pub accuracy: f64,
+}
+
+/// Runs one node from connection to `Finished`.
+pub async fn run_session(
+    plan: SessionPlan,
+    mut learner: Learner,
+) -> Result<SessionOutcome, SessionError> {
+    let started = Instant::now();
+    let addr = plan.coordinator;
+    let config = fd_certs::tls::client_config(&plan.tls)?;
+    let endpoint = transport::client_endpoint(config)?;
+    let connecting = endpoint
+        .connect(addr, &plan.server_name)
+        .map_err(|e| SessionError::Connect {
+            addr,
+            message: e.to_string(),
+        })?;
+    let connection = connecting.await.map_err(|e| SessionError::Connect {
+        addr,
+        message: e.to_string(),
+    })?;
+    // With TLS 1.3 the handshake completes on our side before the coordinator has checked our
+    // certificate: we count ourselves admitted only once Welcome arrives.
+    let not_admitted = |e: &dyn std::fmt::Display| SessionError::NotAdmitted {
+        addr,
+        message: e.to_string(),
+    };
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| not_admitted(&e))?;
+    let max = plan.max_frame_len;
+    let mut bytes_up = transport::write_message(
+        &mut send,
+        &Message::Hello(Hello {
+            public_records: learner.public_records() as u32,
+            classes: learner.student().config().classes as u16,
+            private_records: plan.private_records,
+        }),
+        max,
+    )
+    .await
+    .map_err(|e| not_admitted(&e))? as u64;
+    let (node, mut bytes_down) = match transport::read_message(&mut recv, max).await {
+        Ok(Some((Message::Welcome(w), n))) => {
+            info!(node = %w.node, federation = %w.federation, rounds = w.rounds, "admitted");
+            (w.node, n as u64)
+        }
+        Ok(Some((Message::Reject { reason }, _))) => return Err(SessionError::Rejected(reason)),
+        Ok(Some((other, _))) => {
+            return Err(SessionError::Protocol(format!(
+                "expected Welcome, got {}",
+                other.kind()
+            )));
+        }
+        Ok(None) => return Err(not_admitted(&"connection closed")),
+        Err(e) => return Err(not_admitted(&e)),
+    };
+
+    let classes = learner.student().config().classes;
+    let public = learner.public_records();
+    let check_target = |t: &SoftLabels| -> Result<(), SessionError> {
+        if t.is_empty() {
+            return Ok(());
+        }
+        t.validate(classes)
+            .map_err(|e| SessionError::Protocol(format!("target: {e}")))?;
+        if let Some(bad) = t.query_ids.iter().find(|&&q| q as usize >= public) {
+            return Err(SessionError::Protocol(format!(
+                "target names public record {bad}, but the public set has {public}"
+            )));
+        }
+        Ok(())
+    };
+
+    let holdout = plan.holdout;
+    let mut round_accuracy = Vec::new();
+    let mut rounds_done = 0;
+    loop {
+        let Some((msg, n)) = transport::read_message(&mut recv, max).await? else {
+            return Err(SessionError::Protocol(
+                "the coordinator closed the stream before Finished".into(),
+            ));
+        };
+        bytes_down += n as u64;
+        match msg {
+            Message::RoundOpen(open) => {
+                check_target(&open.target)?;
+                if let Some(bad) = open.query_ids.iter().find(|&&q| q as usize >= public) {
+                    return Err(SessionError::Protocol(format!(
+                        "round {} asks for public record {bad}, but the public set has {public}",
+                        open.round
+                    )));
+                }
+                let alpha = learner.config().alpha(open.round, open.rounds);
+                let holdout_ref = holdout.clone();
+                let (back, result) = tokio::task::spawn_blocking(move || {
+                    let result = (|| {
+                        learner.set_target(&open.target)?;
+                        let steps = if open.target.is_empty() {
+                            learner.config().local_steps
+                        } else {
+                            learner.config().steps_per_round
+                        };
+                        learner.train(steps, alpha)?;
+                        let accuracy = learner.accuracy(&holdout_ref)?;
+                        let labels = learner.label(&open.query_ids)?;
+                        Ok::<_, ModelError>((accuracy, labels))
+                    })();
+                    (learner, result)
+                })
+                .await
+                .map_err(|e| SessionError::Protocol(format!("training thread failed: {e}")))?;
+                learner = back;
+                let (accuracy, labels) = result?;
+                info!(round = open.round, alpha, accuracy, "trained and labelled");
+                round_accuracy.push(accuracy);
+                let contribution = Message::Contribution(Contribution {
+                    round: open.round,
+                    labels,
+                    receipt: None,
+                });
+                bytes_up += transport::write_message(&mut send, &contribution, max).await? as u64;
+                rounds_done += 1;
+            }
+            Message::RoundClosed(closed) => {
+                info!(
+                    round = closed.round,
+                    accepted = closed.accepted,
+                    asked = closed.asked,
+                    "round closed"
+                );
+            }
+            Message::Finished { rounds, target } => {
+                check_target(&target)?;
+                let alpha = learner.config().alpha_end;
+                let holdout_ref = holdout.clone();
+                let (back, result) = tokio::task::spawn_blocking(move || {
+                    let result = (|| {
+                        learner.set_target(&target)?;
+                        learner.train(learner.config().steps_per_round, alpha)?;
+                        learner.accuracy(&holdout_ref)
+                    })();
+                    (learner, result)
+                })
+                .await
+                .map_err(|e| SessionError::Protocol(format!("training thread failed: {e}")))?;
+                learner = back;
+                let final_accuracy = result?;
+                info!(rounds, final_accuracy, "federation finished");
+                // Tell the coordinator we are done, then let the close reach it.
+                if let Err(e) = send.finish() {
+                    warn!("closing stream: {e}");
+                }
+                connection.close(0u32.into(), b"done");
+                endpoint.wait_idle().await;
+                return Ok(SessionOutcome {
+                    node,
+                    rounds: rounds_done,
+                    round_accuracy,
+                    final_accuracy,
+                    bytes_up,
+                    bytes_down,
+                    seconds: started.elapsed().as_secs_f64(),
+                    learner,
+                });
+            }
+            Message::Error { message } => return Err(SessionError::Coordinator(message)),
+            Message::Reject { reason } => return Err(SessionError::Rejected(reason)),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "unexpected {} from the coordinator",
+                    other.kind()
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The node's learner: its student, its data as tensors, and the training schedule.
+//!
+//! Everything here is synchronous and CPU-bound; the session runs it on a blocking thread.
+
+use candle_core::Tensor;
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use fd_protocol::SoftLabels;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelError, Student, StudentConfig, distillation_loss, matrix};
+
+/// How a node trains its student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Hidden layer widths of the MLP student.
+    pub hidden: Vec<usize>,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Rows per mini-batch (for both the private and the public batch of a step).
+    pub batch_size: usize,
+    /// Optimiser steps on private data alone before the first contribution.
+    pub local_steps: usize,
+    /// Optimiser steps per round on the combined loss once a target exists.
+    pub steps_per_round: usize,
+    /// Distillation temperature T (2 suits images, 4 tabular data).
+    pub temperature: f64,
+    /// Weight of the private cross-entropy in the first round.
+    pub alpha_start: f64,
+    /// Weight of the private cross-entropy in the last round (linear in between).
+    pub alpha_end: f64,
+    /// Seed of weight initialisation and batch sampling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            hidden: vec![128],
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            batch_size: 64,
+            local_steps: 300,
+            steps_per_round: 100,
+            temperature: 4.0,
+            alpha_start: 0.7,
+            alpha_end: 0.3,
+            seed: 1,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (self.learning_rate > 0.0 && self.learning_rate.is_finite(), "learning_rate must be > 0"),
+            (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
+            (self.batch_size > 0, "batch_size must be > 0"),
+            (self.temperature > 0.0 && self.temperature.is_finite(), "temperature must be > 0"),
+            ((0.0..=1.0).contains(&self.alpha_start), "alpha_start must be in [0, 1]"),
+            ((0.0..=1.0).contains(&self.alpha_end), "alpha_end must be in [0, 1]"),
+            (!self.hidden.contains(&0), "hidden widths must be > 0"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(format!("training.{msg}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The cross-entropy weight in `round` of `rounds`: linear from `alpha_start` to `alpha_end`.
+    pub fn alpha(&self, round: u32, rounds: u32) -> f64 {
+        let t = if rounds <= 1 {
+            1.0
+        } else {
+            (round as f64 / (rounds - 1) as f64).min(1.0)
+        };
+        self.alpha_start + (self.alpha_end - self.alpha_start) * t
+    }
+}
+
+/// A labelled set as tensors.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    /// Standardised features `[n, inputs]`.
+    pub x: Tensor,
+    /// Labels as a `[n]` u32 tensor.
+    pub y: Tensor,
+    /// Labels as plain values.
+    pub labels: Vec<u32>,
+}
+
+impl Labelled {
+    /// Builds the tensors from standardised row-major features and labels.
+    pub fn new(features: Vec<f32>, width: usize, labels: Vec<u32>) -> Result<Labelled, ModelError> {
+        let y = Tensor::new(labels.as_slice(), &crate::model::device())?;
+        Ok(Labelled {
+            x: matrix(features, width)?,
+            y,
+            labels,
+        })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// The student, its optimiser and the node's data.
+pub struct Learner {
+    student: Student,
+    optimiser: AdamW,
+    private: Labelled,
+    public: Tensor,
+    /// Public rows covered by the current target and their target probabilities.
+    target: Option<(Tensor, Tensor)>,
+    config: TrainConfig,
+    rng: StdRng,
+}
+
+impl std::fmt::Debug for Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learner")
+            .field("student", &self.student)
+            .field("private_rows", &self.private.len())
+            .finish()
+    }
+}
+
+impl Learner {
+    /// A fresh student for `private` (standardised, labelled) and `public` (standardised
+    /// `[m, inputs]`) data.
+    pub fn new(
+        config: TrainConfig,
+        classes: usize,
+        private: Labelled,
+        public: Tensor,
+    ) -> Result<Learner, ModelError> {
+        let inputs = private.x.dims2()?.1;
+        let student = Student::new(
+            StudentConfig {
+                inputs,
+                classes,
+                hidden: config.hidden.clone(),
+            },
+            config.seed,
+        )?;
+        let optimiser = AdamW::new(
+            student.vars(),
+            ParamsAdamW {
+                lr: config.learning_rate,
+                weight_decay: config.weight_decay,
+                ..ParamsAdamW::default()
+            },
+        )?;
+        Ok(Learner {
+            student,
+            optimiser,
+            private,
+            public,
+            target: None,
+            rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
+            config,
+        })
+    }
+
+    /// The student.
+    pub fn student(&self) -> &Student {
+        &self.student
+    }
+
+    /// The training configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Number of public records.
+    pub fn public_records(&self) -> usize {
+        self.public.dims()[0]
+    }
+
+    /// Installs the global target. `target` must have been validated against the public set
+    /// size and class count (the session does).
+    pub fn set_target(&mut self, target: &SoftLabels) -> Result<(), ModelError> {
+        if target.is_empty() {
+            self.target = None;
+            return Ok(());
+        }
+        let device = crate::model::device();
+        let ids = Tensor::new(target.query_ids.as_slice(), &device)?;
+        let x = self.public.index_select(&ids, 0)?;
+        let p = matrix(target.probs.clone(), target.classes as usize)?;
+        self.target = Some((x, p));
+        Ok(())
+    }
+
+    fn batch(&mut self, rows: usize) -> Result<Tensor, ModelError> {
+        let n = self.config.batch_size.min(rows);
+        let idx: Vec<u32> = (0..n)
+            .map(|_| self.rng.random_range(0..rows as u32))
+            .collect();
+        Ok(Tensor::new(idx.as_slice(), &crate::model::device())?)
+    }
+
+    /// Runs `steps` optimiser steps. Without a target (or with `alpha == 1`) the loss is the
+    /// private cross-entropy alone; otherwise the full distillation loss. Returns the last loss.
+    pub fn train(&mut self, steps: usize, alpha: f64) -> Result<f64, ModelError> {
+        let mut last = f64::NAN;
+        for _ in 0..steps {
+            let idx = self.batch(self.private.len())?;
+            let x = self.private.x.index_select(&idx, 0)?;
+            let y = self.private.y.index_select(&idx, 0)?;
+            let logits = self.student.forward(&x)?;
+            let loss = match self.target.clone() {
+                Some((tx, tp)) if alpha < 1.0 => {
+                    let idx = self.batch(tx.dims()[0])?;
+                    let public_logits = self.student.forward(&tx.index_select(&idx, 0)?)?;
+                    distillation_loss(
+                        &logits,
+                        &y,
+                        &public_logits,
+                        &tp.index_select(&idx, 0)?,
+                        alpha,
+                        self.config.temperature,
+                    )?
+                }
+                _ => candle_nn::loss::cross_entropy(&logits, &y)?,
+            };
+            self.optimiser.backward_step(&loss)?;
+            last = loss.to_scalar::<f32>()? as f64;
+        }
+        Ok(last)
+    }
+
+    /// The student's probability vectors for the given public records.
+    pub fn label(&self, query_ids: &[u32]) -> Result<SoftLabels, ModelError> {
+        let device = crate::model::device();
+        let ids = Tensor::new(query_ids, &device)?;
+        let x = self.public.index_select(&ids, 0)?;
+        Ok(SoftLabels {
+            classes: self.student.config().classes as u16,
+            query_ids: query_ids.to_vec(),
+            probs: self.student.probabilities(&x)?,
+        })
+    }
+
+    /// Accuracy of the student on a labelled set.
+    pub fn accuracy(&self, set: &Labelled) -> Result<f64, ModelError> {
+        self.student.accuracy(&set.x, &set.labels)
+    }
+}
+
+/// Trains a student on private data alone for `steps` steps: the local-only baseline.
+pub fn train_local_only(
+    config: &TrainConfig,
+    classes: usize,
+    private: Labelled,
+    public: Tensor,
+    steps: usize,
+) -> Result<Learner, ModelError> {
+    let mut learner = Learner::new(config.clone(), classes, private, public)?;
+    learner.train(steps, 1.0)?;
+    Ok(learner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpha_falls_linearly_from_start_to_end() {
+        let c = TrainConfig::default();
+        assert!((c.alpha(0, 20) - 0.7).abs() < 1e-12);
+        assert!((c.alpha(19, 20) - 0.3).abs() < 1e-12);
+        // Halfway between rounds 0 and 18 of 19 is 0.5.
+        assert!((c.alpha(9, 19) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let c = TrainConfig {
+            temperature: 0.0,
+            ..TrainConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("temperature"));
+    }
+
+    /// Two separable blobs: training must drive accuracy up from chance.
+    #[test]
+    fn training_learns_a_separable_problem() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for i in 0..200u32 {
+            let c = i % 2;
+            let centre = if c == 0 { -2.0 } else { 2.0 };
+            xs.push(centre + rng.random_range(-1.0f32..1.0));
+            xs.push(rng.random_range(-1.0f32..1.0));
+            ys.push(c);
+        }
+        let data = Labelled::new(xs.clone(), 2, ys).unwrap();
+        let public = matrix(xs, 2).unwrap();
+        let cfg = TrainConfig {
+            hidden: vec![8],
+            ..TrainConfig::default()
+        };
+        let mut learner = Learner::new(cfg, 2, data.clone(), public).unwrap();
+        learner.train(200, 1.0).unwrap();
+        // The blobs are 2 apart with noise of half-width 1: perfectly separable at x = 0.
+        assert!(learner.accuracy(&data).unwrap() > 0.95);
+
+        // Distilling towards a target that says "class 1" for every public row moves the
+        // student's predictions on those rows towards class 1.
+        let before = learner.label(&[0, 2, 4]).unwrap();
+        let target = SoftLabels {
+            classes: 2,
+            query_ids: (0..200).collect(),
+            probs: (0..200).flat_map(|_| [0.0, 1.0]).collect(),
+        };
+        learner.set_target(&target).unwrap();
+        learner.train(200, 0.0).unwrap();
+        let after = learner.label(&[0, 2, 4]).unwrap();
+        for r in 0..3 {
+            assert!(after.row(r)[1] > before.row(r)[1]);
+        }
+    }
+}

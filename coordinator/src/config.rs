@@ -1,0 +1,187 @@
+//! The federation's configuration file (`federation.toml`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A config that could not be used; the message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The config file (or `<flags>`).
+    pub file: String,
+    /// What is wrong and where.
+    pub message: String,
+}
+
+/// How the federation runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Federation name, shown to nodes.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// UDP address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Federation CA certificate (PEM); only nodes it signed are admitted.
+    pub ca: PathBuf,
+    /// The coordinator's certificate (PEM), from `fd-certs issue --server`.
+    pub cert: PathBuf,
+    /// The coordinator's private key (PEM).
+    pub key: PathBuf,
+    /// Number of nodes to wait for before round 0.
+    pub nodes: usize,
+    /// Number of rounds.
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+    /// Records in the public reference set (every node must hold the same set).
+    pub public_records: u32,
+    /// Number of classes.
+    pub classes: u16,
+    /// Public records queried per round; 0 means all of them every round.
+    #[serde(default)]
+    pub queries_per_round: u32,
+    /// Seconds to wait for `nodes` nodes to join.
+    #[serde(default = "default_join_timeout")]
+    pub join_timeout_secs: u64,
+    /// Seconds a round waits for contributions before closing with what it has.
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_secs: u64,
+    /// Where to write the run summary (JSON); none by default.
+    #[serde(default)]
+    pub summary_json: Option<PathBuf>,
+}
+
+fn default_name() -> String {
+    "federation".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4433))
+}
+fn default_rounds() -> u32 {
+    20
+}
+fn default_join_timeout() -> u64 {
+    600
+}
+fn default_round_timeout() -> u64 {
+    600
+}
+
+impl FederationConfig {
+    /// Reads and validates a TOML config; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<FederationConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut config: FederationConfig = toml::from_str(&text).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.ca, &mut config.cert, &mut config.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = config.summary_json.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
+        }
+        config.validate().map_err(|message| ConfigError { file, message })?;
+        Ok(config)
+    }
+
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nodes == 0 {
+            return Err("nodes must be >= 1".into());
+        }
+        if self.rounds == 0 {
+            return Err("rounds must be >= 1".into());
+        }
+        if self.public_records == 0 {
+            return Err("public_records must be >= 1".into());
+        }
+        if self.classes < 2 {
+            return Err(format!("classes must be >= 2, got {}", self.classes));
+        }
+        if self.queries_per_round > self.public_records {
+            return Err(format!(
+                "queries_per_round ({}) exceeds public_records ({})",
+                self.queries_per_round, self.public_records
+            ));
+        }
+        if self.round_timeout_secs == 0 || self.join_timeout_secs == 0 {
+            return Err("round_timeout_secs and join_timeout_secs must be >= 1".into());
+        }
+        Ok(())
+    }
+
+    /// The public records queried in `round`: a window that slides over the public set, so
+    /// every record is labelled before any is asked twice.
+    pub fn queries(&self, round: u32) -> Vec<u32> {
+        let m = self.public_records;
+        let q = if self.queries_per_round == 0 { m } else { self.queries_per_round };
+        let start = (round as u64 * q as u64 % m as u64) as u32;
+        (0..q).map(|i| ((start as u64 + i as u64) % m as u64) as u32).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> FederationConfig {
+        FederationConfig {
+            name: "t".into(),
+            listen: default_listen(),
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+            nodes: 3,
+            rounds: 4,
+            public_records: 5,
+            classes: 2,
+            queries_per_round: 0,
+            join_timeout_secs: 1,
+            round_timeout_secs: 1,
+            summary_json: None,
+        }
+    }
+
+    #[test]
+    fn queries_cover_all_or_slide() {
+        let mut c = config();
+        assert_eq!(c.queries(3), [0, 1, 2, 3, 4]);
+        c.queries_per_round = 2;
+        assert_eq!(c.queries(0), [0, 1]);
+        assert_eq!(c.queries(1), [2, 3]);
+        assert_eq!(c.queries(2), [4, 0]);
+    }
+
+    #[test]
+    fn load_resolves_paths_and_names_bad_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("federation.toml");
+        std::fs::write(
+            &path,
+            "ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nnodes = 2\npublic_records = 9\nclasses = 3\n",
+        )
+        .unwrap();
+        let c = FederationConfig::load(&path).unwrap();
+        assert_eq!(c.ca, dir.path().join("ca.pem"));
+        assert_eq!(c.rounds, 20);
+
+        std::fs::write(
+            &path,
+            "ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nnodes = 0\npublic_records = 9\nclasses = 3\n",
+        )
+        .unwrap();
+        let msg = FederationConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("federation.toml") && msg.contains("nodes"), "{msg}");
+    }
+}

@@ -1,0 +1,18 @@
+//! The federation coordinator (`fd-coordinator`).
+//!
+//! The coordinator never sees data. It admits nodes whose certificates the federation CA signed
+//! (`fd-certs`), opens rounds that name public records to label, validates the soft labels the
+//! nodes (`fd-client`) send back, aggregates them into the global distillation target and sends
+//! that target out again. Messages are those of `fd-protocol`.
+//!
+//! [`config`] reads `federation.toml`; [`aggregate`] combines contributions; [`server`] runs the
+//! QUIC endpoint and the round loop.
+
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod config;
+pub mod server;
+
+pub use config::FederationConfig;
+pub use server::{CoordinatorError, Summary, run, serve};

@@ -1,0 +1,326 @@
+//! Message types exchanged between nodes and the coordinator.
+
+use serde::{Deserialize, Serialize};
+
+/// Every message of protocol version [`crate::PROTOCOL_VERSION`].
+///
+/// A session is: node sends [`Message::Hello`]; coordinator answers [`Message::Welcome`] or
+/// [`Message::Reject`]; then, for each round, the coordinator sends [`Message::RoundOpen`], the
+/// node answers [`Message::Contribution`] and the coordinator sends [`Message::RoundClosed`];
+/// finally [`Message::Finished`]. Either side may send [`Message::Error`] and close.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Node -> coordinator: what the node is ready to do.
+    Hello(Hello),
+    /// Coordinator -> node: admitted; the node is known by the name in its certificate.
+    Welcome(Welcome),
+    /// Coordinator -> node: not admitted, with the reason.
+    Reject {
+        /// Why the node was refused, for a person to read.
+        reason: String,
+    },
+    /// Coordinator -> node: a round starts.
+    RoundOpen(RoundOpen),
+    /// Node -> coordinator: the node's soft labels for the round's queries.
+    Contribution(Contribution),
+    /// Coordinator -> node: the round is aggregated.
+    RoundClosed(RoundClosed),
+    /// Coordinator -> node: the federation is over; the final target is attached.
+    Finished {
+        /// Rounds completed.
+        rounds: u32,
+        /// The final global distillation target.
+        target: SoftLabels,
+    },
+    /// Either side: something went wrong; the sender closes after this.
+    Error {
+        /// What went wrong, for a person to read.
+        message: String,
+    },
+    /// Node -> coordinator: the node stops contributing (for example its privacy budget is
+    /// spent) but the federation should carry on without it.
+    Leave {
+        /// Why the node leaves.
+        reason: String,
+    },
+}
+
+impl Message {
+    /// Short name of the variant, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Reject { .. } => "Reject",
+            Message::RoundOpen(_) => "RoundOpen",
+            Message::Contribution(_) => "Contribution",
+            Message::RoundClosed(_) => "RoundClosed",
+            Message::Finished { .. } => "Finished",
+            Message::Error { .. } => "Error",
+            Message::Leave { .. } => "Leave",
+        }
+    }
+}
+
+/// The node's opening message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Number of records in the node's copy of the public reference set.
+    pub public_records: u32,
+    /// Number of classes the node's model predicts.
+    pub classes: u16,
+    /// Records in the node's private training split (declared; used for reporting only).
+    pub private_records: u32,
+}
+
+/// The coordinator's admission message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The node's identity, taken from its certificate.
+    pub node: String,
+    /// Name of the federation.
+    pub federation: String,
+    /// Planned number of rounds.
+    pub rounds: u32,
+    /// Whether every contribution must carry a differential-privacy receipt.
+    pub require_privacy: bool,
+}
+
+/// A round starts: label these public records, and distil from the target so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundOpen {
+    /// Round number, from 0.
+    pub round: u32,
+    /// Planned number of rounds.
+    pub rounds: u32,
+    /// Public records (row indices) to label this round.
+    pub query_ids: Vec<u32>,
+    /// Global distillation target aggregated in earlier rounds (empty in round 0).
+    pub target: SoftLabels,
+}
+
+/// A node's answer to [`RoundOpen`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// The round this answers.
+    pub round: u32,
+    /// One probability vector per queried record, in the order of the round's query ids.
+    pub labels: SoftLabels,
+    /// The differential-privacy guarantee of this release; `None` in non-private mode.
+    pub receipt: Option<PrivacyReceipt>,
+}
+
+/// Proof of what a release cost in privacy, as the node's accountant charged it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReceipt {
+    /// Mechanism name, e.g. `"subsample-and-aggregate+gaussian"`.
+    pub mechanism: String,
+    /// Privacy unit, e.g. `"record"`.
+    pub unit: String,
+    /// Standard deviation of the Gaussian noise.
+    pub sigma: f64,
+    /// L2 sensitivity of the released vector.
+    pub sensitivity: f64,
+    /// zCDP cost of this release.
+    pub rho: f64,
+    /// Cumulative zCDP cost of all the node's releases so far, this one included.
+    pub rho_total: f64,
+    /// Cumulative epsilon at `delta`.
+    pub epsilon_total: f64,
+    /// The delta at which `epsilon_total` holds.
+    pub delta: f64,
+}
+
+/// The coordinator's summary of a closed round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundClosed {
+    /// The round that closed.
+    pub round: u32,
+    /// Contributions accepted into the aggregate.
+    pub accepted: u32,
+    /// Nodes that were asked.
+    pub asked: u32,
+}
+
+/// Soft labels for a set of public records: `probs` holds `query_ids.len() * classes` values,
+/// row-major, one probability vector per query.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SoftLabels {
+    /// Number of classes (row width).
+    pub classes: u16,
+    /// Public record indices, one per row.
+    pub query_ids: Vec<u32>,
+    /// Row-major probabilities.
+    pub probs: Vec<f32>,
+}
+
+/// Why a set of soft labels is not acceptable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LabelError {
+    /// `probs` does not hold `query_ids.len() * classes` values.
+    #[error("shape mismatch: {queries} queries x {classes} classes needs {expected} values, got {got}")]
+    Shape {
+        /// Number of query ids.
+        queries: usize,
+        /// Declared classes.
+        classes: usize,
+        /// Expected number of values.
+        expected: usize,
+        /// Actual number of values.
+        got: usize,
+    },
+    /// The declared number of classes is not the federation's.
+    #[error("expected {expected} classes, got {got}")]
+    Classes {
+        /// The federation's classes.
+        expected: usize,
+        /// Declared classes.
+        got: usize,
+    },
+    /// A value is NaN or infinite.
+    #[error("query {query}: value {index} is not finite")]
+    NonFinite {
+        /// Query id of the offending row.
+        query: u32,
+        /// Class index within the row.
+        index: usize,
+    },
+    /// A row is not a probability vector (a value outside [0, 1] or a sum far from 1).
+    #[error("query {query}: not a probability vector (min {min}, sum {sum})")]
+    OffSimplex {
+        /// Query id of the offending row.
+        query: u32,
+        /// Smallest value in the row.
+        min: f32,
+        /// Row sum.
+        sum: f32,
+    },
+    /// The query ids differ from those the round asked for.
+    #[error("query ids differ from those asked (first difference at position {position})")]
+    QueryIds {
+        /// Position of the first difference (or the shorter length).
+        position: usize,
+    },
+}
+
+/// Tolerance on a row's sum and on values below zero for [`SoftLabels::validate`].
+pub const SIMPLEX_TOLERANCE: f32 = 1e-3;
+
+impl SoftLabels {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.query_ids.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.query_ids.is_empty()
+    }
+
+    /// The probability vector of row `i`.
+    ///
+    /// # Panics
+    /// If `i` is out of range or the labels were not validated; callers validate first.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let c = self.classes as usize;
+        &self.probs[i * c..(i + 1) * c]
+    }
+
+    /// Checks shape, class count, finiteness and that every row lies on the probability simplex
+    /// (within [`SIMPLEX_TOLERANCE`]).
+    pub fn validate(&self, classes: usize) -> Result<(), LabelError> {
+        let c = self.classes as usize;
+        if c != classes {
+            return Err(LabelError::Classes {
+                expected: classes,
+                got: c,
+            });
+        }
+        let expected = self.query_ids.len().saturating_mul(c);
+        if self.probs.len() != expected {
+            return Err(LabelError::Shape {
+                queries: self.query_ids.len(),
+                classes: c,
+                expected,
+                got: self.probs.len(),
+            });
+        }
+        for (r, &query) in self.query_ids.iter().enumerate() {
+            let row = self.row(r);
+            if let Some(index) = row.iter().position(|v| !v.is_finite()) {
+                return Err(LabelError::NonFinite { query, index });
+            }
+            let sum: f32 = row.iter().sum();
+            let min = row.iter().copied().fold(f32::INFINITY, f32::min);
+            if min < -SIMPLEX_TOLERANCE
+                || row.iter().any(|&v| v > 1.0 + SIMPLEX_TOLERANCE)
+                || (sum - 1.0).abs() > SIMPLEX_TOLERANCE
+            {
+                return Err(LabelError::OffSimplex { query, min, sum });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the rows are exactly the queries asked for, in order.
+    pub fn check_queries(&self, asked: &[u32]) -> Result<(), LabelError> {
+        match self
+            .query_ids
+            .iter()
+            .zip(asked)
+            .position(|(a, b)| a != b)
+        {
+            Some(position) => Err(LabelError::QueryIds { position }),
+            None if self.query_ids.len() != asked.len() => Err(LabelError::QueryIds {
+                position: self.query_ids.len().min(asked.len()),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(rows: &[&[f32]]) -> SoftLabels {
+        SoftLabels {
+            classes: rows[0].len() as u16,
+            query_ids: (0..rows.len() as u32).collect(),
+            probs: rows.iter().flat_map(|r| r.iter().copied()).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_rows_pass() {
+        assert_eq!(labels(&[&[0.25, 0.75], &[1.0, 0.0]]).validate(2), Ok(()));
+    }
+
+    #[test]
+    fn each_defect_is_named() {
+        let mut l = labels(&[&[0.5, 0.5]]);
+        assert!(matches!(l.validate(3), Err(LabelError::Classes { .. })));
+        l.probs.push(0.0);
+        assert!(matches!(l.validate(2), Err(LabelError::Shape { .. })));
+        let nan = labels(&[&[f32::NAN, 1.0]]);
+        assert!(matches!(nan.validate(2), Err(LabelError::NonFinite { .. })));
+        let sum = labels(&[&[0.6, 0.6]]);
+        assert!(matches!(sum.validate(2), Err(LabelError::OffSimplex { .. })));
+        let neg = labels(&[&[-0.5, 1.5]]);
+        assert!(matches!(neg.validate(2), Err(LabelError::OffSimplex { .. })));
+    }
+
+    #[test]
+    fn query_ids_must_match_exactly() {
+        let l = labels(&[&[0.5, 0.5], &[0.5, 0.5]]);
+        assert_eq!(l.check_queries(&[0, 1]), Ok(()));
+        assert_eq!(
+            l.check_queries(&[0, 2]),
+            Err(LabelError::QueryIds { position: 1 })
+        );
+        assert_eq!(
+            l.check_queries(&[0]),
+            Err(LabelError::QueryIds { position: 1 })
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! One simulated federation: the real coordinator and N real clients in one process, talking
+//! over loopback QUIC with mutual TLS, plus the local-only and centralised baselines.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context;
+use fd_certs::pki::Ca;
+use fd_certs::tls::TlsIdentity;
+use fd_client::node::prepare;
+use fd_client::session::{SessionPlan, run_session};
+use fd_client::train::{Learner, TrainConfig, train_local_only};
+use fd_coordinator::FederationConfig;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::Serialize;
+
+use crate::datasets::{self, DatasetKind};
+use crate::partition;
+
+/// What to simulate.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimConfig {
+    /// Built-in dataset.
+    pub dataset: DatasetKind,
+    /// Number of clients.
+    pub clients: usize,
+    /// Number of rounds.
+    pub rounds: u32,
+    /// Dirichlet concentration of the label skew (smaller: more skewed).
+    pub beta: f64,
+    /// Seed of the split, the partition and every model.
+    pub seed: u64,
+    /// Fraction of records in the shared test set.
+    pub test_fraction: f64,
+    /// Fraction of records in the public reference set.
+    pub public_fraction: f64,
+    /// How every client trains (its seed is offset per client).
+    pub training: TrainConfig,
+}
+
+impl SimConfig {
+    /// The issue's default setup for a dataset: 10 clients, 20 rounds, Dirichlet(0.5),
+    /// 20% test, 20% public, 60% private.
+    pub fn new(dataset: DatasetKind) -> SimConfig {
+        let images = dataset == DatasetKind::Digits;
+        SimConfig {
+            dataset,
+            clients: 10,
+            rounds: 20,
+            beta: 0.5,
+            seed: 1,
+            test_fraction: 0.2,
+            public_fraction: 0.2,
+            training: TrainConfig {
+                temperature: if images { 2.0 } else { 4.0 },
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
+/// One client's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientResult {
+    /// Node name (from its certificate).
+    pub node: String,
+    /// Private records.
+    pub records: usize,
+    /// Test accuracy of a student trained on its private records alone.
+    pub local_only_acc: f64,
+    /// Test accuracy of its student after the federation.
+    pub federated_acc: f64,
+    /// Test accuracy after each round.
+    pub round_acc: Vec<f64>,
+}
+
+/// The whole simulation's results (written as JSON by `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SimResult {
+    /// Dataset name.
+    pub dataset: String,
+    /// Privacy statement of the released labels.
+    pub privacy: String,
+    /// The setup.
+    pub config: SimConfig,
+    /// Test accuracy of one student trained on all clients' private records.
+    pub centralized_acc: f64,
+    /// Mean over clients of the local-only accuracy.
+    pub local_only_mean_acc: f64,
+    /// Mean over clients of the federated accuracy.
+    pub federated_mean_acc: f64,
+    /// Mean federated test accuracy after each round.
+    pub rounds: Vec<f64>,
+    /// Per-client results.
+    pub clients: Vec<ClientResult>,
+    /// Records in the shared test set.
+    pub test_records: usize,
+    /// Records in the public set.
+    pub public_records: usize,
+    /// Bytes all clients sent to the coordinator (frames, as counted by the coordinator).
+    pub bytes_up: u64,
+    /// Bytes the coordinator sent to all clients.
+    pub bytes_down: u64,
+    /// Wall time of the federation (connections, rounds, final distillation).
+    pub wall_seconds: f64,
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+/// Runs the federation and the baselines.
+pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
+    let data = datasets::load(config.dataset);
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let split = partition::split(
+        &data.table,
+        data.classes,
+        config.clients,
+        config.beta,
+        config.test_fraction,
+        config.public_fraction,
+        &mut rng,
+    );
+    let classes = data.classes;
+
+    // Certificates for everyone, in memory: a throw-away federation CA.
+    let ca = Ca::generate("fd-sim")?;
+    let server = ca.issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])?;
+    let server_tls = TlsIdentity {
+        ca_pem: ca.cert_pem(),
+        cert_pem: server.cert_pem,
+        key_pem: server.key_pem,
+    };
+    let endpoint = fd_certs::transport::server_endpoint(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        fd_certs::tls::server_config(&server_tls)?,
+    )?;
+    let addr = endpoint.local_addr()?;
+    let federation = FederationConfig {
+        name: format!("fd-sim-{}", data.name),
+        listen: addr,
+        ca: "<in memory>".into(),
+        cert: "<in memory>".into(),
+        key: "<in memory>".into(),
+        nodes: config.clients,
+        rounds: config.rounds,
+        public_records: split.public.rows() as u32,
+        classes: classes as u16,
+        queries_per_round: 0,
+        join_timeout_secs: 120,
+        round_timeout_secs: 600,
+        summary_json: None,
+    };
+    federation
+        .validate()
+        .map_err(|m| anyhow::anyhow!("simulated federation: {m}"))?;
+
+    let started = Instant::now();
+    let coordinator = tokio::spawn(fd_coordinator::run(federation, endpoint));
+    let mut sessions = Vec::new();
+    for (i, private) in split.clients.iter().enumerate() {
+        let name = format!("client-{i:02}");
+        let id = ca.issue_node(&name)?;
+        let prepared = prepare(
+            private,
+            &split.test,
+            &split.public,
+            classes,
+            "label",
+            config.training.hidden.clone(),
+        )?;
+        let training = TrainConfig {
+            seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+            ..config.training.clone()
+        };
+        let learner = Learner::new(training, classes, prepared.train, prepared.public)?;
+        let plan = SessionPlan {
+            coordinator: addr,
+            server_name: "localhost".into(),
+            tls: TlsIdentity {
+                ca_pem: ca.cert_pem(),
+                cert_pem: id.cert_pem,
+                key_pem: id.key_pem,
+            },
+            private_records: private.rows() as u32,
+            holdout: prepared.holdout,
+            max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+        };
+        sessions.push(tokio::spawn(run_session(plan, learner)));
+    }
+    let mut outcomes = Vec::new();
+    for (i, s) in sessions.into_iter().enumerate() {
+        outcomes.push(
+            s.await
+                .context("client task panicked")?
+                .with_context(|| format!("client-{i:02}"))?,
+        );
+    }
+    let summary = coordinator.await.context("coordinator task panicked")??;
+    let wall_seconds = started.elapsed().as_secs_f64();
+
+    // Baselines, each on its own blocking thread: local-only per client, and centralised.
+    let steps = config.training.local_steps
+        + config.rounds as usize * config.training.steps_per_round;
+    let mut baselines = Vec::new();
+    for (i, private) in split.clients.iter().enumerate() {
+        baselines.push(baseline(
+            config,
+            private,
+            &split,
+            classes,
+            steps,
+            config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+        )?);
+    }
+    let all_private = fd_client::data::Table {
+        columns: split.public.columns.clone(),
+        features: split.clients.iter().flat_map(|t| t.features.iter().copied()).collect(),
+        labels: split.clients.iter().flat_map(|t| t.labels.iter().copied()).collect(),
+    };
+    let centralised = baseline(config, &all_private, &split, classes, steps, config.seed)?;
+    let mut local = Vec::new();
+    for b in baselines {
+        local.push(b.await??);
+    }
+    let centralized_acc = centralised.await??;
+
+    let clients: Vec<ClientResult> = outcomes
+        .iter()
+        .zip(&split.clients)
+        .zip(local)
+        .map(|((o, private), local_only_acc)| ClientResult {
+            node: o.node.clone(),
+            records: private.rows(),
+            local_only_acc,
+            federated_acc: o.final_accuracy,
+            round_acc: o.round_accuracy.clone(),
+        })
+        .collect();
+    let rounds = (0..config.rounds as usize)
+        .map(|r| mean(clients.iter().filter_map(|c| c.round_acc.get(r).copied())))
+        .collect();
+    Ok(SimResult {
+        dataset: data.name,
+        privacy: fd_client::node::NON_PRIVATE.into(),
+        config: config.clone(),
+        centralized_acc,
+        local_only_mean_acc: mean(clients.iter().map(|c| c.local_only_acc)),
+        federated_mean_acc: mean(clients.iter().map(|c| c.federated_acc)),
+        rounds,
+        test_records: split.test.rows(),
+        public_records: split.public.rows(),
+        bytes_up: summary.bytes_up,
+        bytes_down: summary.bytes_down,
+        wall_seconds,
+        clients,
+    })
+}
+
+/// Starts training a student on `private` alone; resolves to its test accuracy.
+fn baseline(
+    config: &SimConfig,
+    private: &fd_client::data::Table,
+    split: &partition::Split,
+    classes: usize,
+    steps: usize,
+    seed: u64,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<f64>>> {
+    let prepared = prepare(
+        private,
+        &split.test,
+        &split.public,
+        classes,
+        "label",
+        config.training.hidden.clone(),
+    )?;
+    let training = TrainConfig {
+        seed,
+        ..config.training.clone()
+    };
+    Ok(tokio::task::spawn_blocking(move || {
+        let learner = train_local_only(&training, classes, prepared.train, prepared.public, steps)?;
+        Ok(learner.accuracy(&prepared.holdout)?)
+    }))
+}

@@ -1,0 +1,14 @@
+//! Whole-federation simulations on one machine (`fd-sim`).
+//!
+//! A simulation starts the real coordinator (`fd-coordinator`) and N real clients (`fd-client`)
+//! in one process; they talk over loopback QUIC with mutual TLS, with certificates from a
+//! throw-away federation CA (`fd-certs`). Data comes from built-in datasets ([`datasets`]),
+//! split into a shared test set, a public reference set and non-IID private shards
+//! ([`partition`]). [`federation`] runs it all and the baselines (local-only and centralised).
+
+#![warn(missing_docs)]
+
+pub mod datasets;
+pub mod federation;
+pub mod partition;
+pub mod report;
