@@ -136,6 +136,7 @@ mod tests {
     use crate::pki::Ca;
     use crate::tls::{TlsIdentity, client_config, peer_name, server_config};
     use fd_protocol::{DEFAULT_MAX_FRAME_LEN, Hello};
+    use rustls_pki_types::pem::PemObject;
     use std::time::Duration;
     use tokio::time::timeout;
 
@@ -284,6 +285,87 @@ mod tests {
                 assert!((0x100..0x200).contains(&code), "not a TLS alert: {e}");
             }
             other => panic!("coordinator accepted a rogue node: {other:?}"),
+        }
+    }
+
+    /// The coordinator's verdict on one incoming connection, within [`STEP`].
+    async fn verdict(server: quinn::Endpoint) -> Result<quinn::Connection, quinn::ConnectionError> {
+        let incoming = timeout(STEP, server.accept())
+            .await
+            .expect("a connection attempt in time")
+            .expect("endpoint open");
+        timeout(STEP, incoming)
+            .await
+            .expect("handshake ends in time")
+    }
+
+    #[tokio::test]
+    async fn node_without_a_certificate_is_refused() {
+        let ca = Ca::generate("federation").expect("CA");
+        let (server, _) = endpoints(&ca, &ca);
+        let addr = server.local_addr().expect("server addr");
+        let coordinator = tokio::spawn(verdict(server));
+
+        // A well-behaved TLS client that trusts the CA but has no certificate to present.
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
+            .expect("CA PEM");
+        roots.add(ca_der).expect("root");
+        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![fd_protocol::ALPN.to_vec()];
+        let cfg = quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS"),
+        ));
+        let client = client_endpoint(cfg).expect("client endpoint");
+        let exchange = async {
+            let conn = client.connect(addr, "localhost")?.await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_message(&mut send, &hello(), DEFAULT_MAX_FRAME_LEN).await?;
+            read_message(&mut recv, DEFAULT_MAX_FRAME_LEN).await
+        };
+        let outcome: Result<_, TransportError> = timeout(STEP, exchange)
+            .await
+            .expect("node gives up in time");
+        assert!(outcome.is_err(), "exchange succeeded: {outcome:?}");
+        let accepted = coordinator.await.expect("coordinator task");
+        assert!(accepted.is_err(), "coordinator accepted an anonymous node");
+    }
+
+    #[tokio::test]
+    async fn node_certificate_cannot_serve_as_the_coordinator() {
+        let ca = Ca::generate("federation").expect("CA");
+        // A node that tries to pose as the coordinator with its own (client-only) certificate.
+        let impostor = ca.issue_node("localhost").expect("node cert");
+        let server = server_endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(&identity(&ca, &impostor)).expect("server config"),
+        )
+        .expect("server endpoint");
+        let addr = server.local_addr().expect("server addr");
+        let _coordinator = tokio::spawn(verdict(server));
+
+        let node = ca.issue_node("hospital-a").expect("node cert");
+        let client = client_endpoint(client_config(&identity(&ca, &node)).expect("client config"))
+            .expect("client endpoint");
+        let connecting = client.connect(addr, "localhost").expect("connect starts");
+        let result = timeout(STEP, connecting)
+            .await
+            .expect("handshake ends in time");
+        match result {
+            // rustls refuses it for its extended key usage (clientAuth only), not by accident.
+            Err(quinn::ConnectionError::TransportError(e)) => {
+                assert!(
+                    e.reason.contains("usage"),
+                    "refused for another reason: {e}"
+                );
+            }
+            other => panic!("node trusted a client-only certificate as the server: {other:?}"),
         }
     }
 

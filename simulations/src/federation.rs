@@ -91,6 +91,9 @@ pub struct SimResult {
     pub federated_mean_acc: f64,
     /// Mean federated test accuracy after each round.
     pub rounds: Vec<f64>,
+    /// Accuracy of the final global target's arg-max on the public records' true labels
+    /// (a diagnostic only the simulator can compute).
+    pub target_acc: f64,
     /// Per-client results.
     pub clients: Vec<ClientResult>,
     /// Records in the shared test set.
@@ -242,7 +245,14 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let rounds = (0..config.rounds as usize)
         .map(|r| mean(clients.iter().filter_map(|c| c.round_acc.get(r).copied())))
         .collect();
+    let target = &summary.target;
+    let target_acc = mean((0..target.len()).map(|i| {
+        let row = target.row(i);
+        let best = (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+        f64::from(u8::from(best as u32 == split.public_labels[target.query_ids[i] as usize]))
+    }));
     Ok(SimResult {
+        target_acc,
         dataset: data.name,
         privacy: fd_client::node::NON_PRIVATE.into(),
         config: config.clone(),

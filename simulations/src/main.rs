@@ -32,6 +32,36 @@ struct Args {
     /// Built-in dataset.
     #[arg(long, value_enum, default_value_t = DatasetKind::Digits)]
     dataset: DatasetKind,
+    /// Hidden layer widths of the MLP students, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// Optimiser steps on private data before the first contribution.
+    #[arg(long)]
+    local_steps: Option<usize>,
+    /// Optimiser steps per round once a target exists.
+    #[arg(long)]
+    steps_per_round: Option<usize>,
+    /// Weight of the private cross-entropy in the first round [default: 0.7].
+    #[arg(long)]
+    alpha_start: Option<f64>,
+    /// Weight of the private cross-entropy in the last round [default: 0.3].
+    #[arg(long)]
+    alpha_end: Option<f64>,
+    /// Gaussian jitter on training inputs, in standardised units.
+    #[arg(long)]
+    input_noise: Option<f64>,
+    /// Rows per mini-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Learning rate (AdamW).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Distillation temperature [default: 2 for digits, 4 for tabular data].
+    #[arg(long)]
+    temperature: Option<f64>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -66,6 +96,18 @@ fn main() -> anyhow::Result<()> {
     config.rounds = args.rounds;
     config.beta = args.beta;
     config.seed = args.seed;
+    let t = &mut config.training;
+    if let Some(v) = args.hidden { t.hidden = v; }
+    if let Some(v) = args.local_steps { t.local_steps = v; }
+    if let Some(v) = args.steps_per_round { t.steps_per_round = v; }
+    if let Some(v) = args.lr { t.learning_rate = v; }
+    if let Some(v) = args.batch_size { t.batch_size = v; }
+    if let Some(v) = args.alpha_start { t.alpha_start = v; }
+    if let Some(v) = args.alpha_end { t.alpha_end = v; }
+    if let Some(v) = args.input_noise { t.input_noise = v; }
+    if let Some(v) = args.weight_decay { t.weight_decay = v; }
+    if let Some(v) = args.temperature { t.temperature = v; }
+    t.validate().map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

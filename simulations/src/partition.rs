@@ -11,6 +11,8 @@ pub struct Split {
     pub test: Table,
     /// Public reference set (its labels are dropped before anyone sees it).
     pub public: Table,
+    /// The public set's true labels, kept aside only to measure the target's accuracy.
+    pub public_labels: Vec<u32>,
     /// Private records of each client.
     pub clients: Vec<Table>,
 }
@@ -37,8 +39,9 @@ pub fn split(
     let private = table.select(private_rows);
     let parts = dirichlet_partition(&private.labels, classes, clients, beta, rng);
     let mut public = table.select(public_rows);
-    public.labels.clear();
+    let public_labels = std::mem::take(&mut public.labels);
     Split {
+        public_labels,
         test: table.select(test_rows),
         public,
         clients: parts.iter().map(|rows| private.select(rows)).collect(),

@@ -34,6 +34,7 @@ pub fn table(r: &SimResult) -> String {
         r.federated_mean_acc
     );
     let _ = writeln!(s, "centralised upper bound (all private records): {:.4}", r.centralized_acc);
+    let _ = writeln!(s, "final target accuracy on the public records: {:.4}", r.target_acc);
     let _ = writeln!(
         s,
         "test records {} | public records {} | bytes up {} | bytes down {} | wall {:.1} s",
