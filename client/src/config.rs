@@ -99,7 +99,9 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
-        config.validate().map_err(|message| ConfigError { file, message })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError { file, message })?;
         Ok(config)
     }
 
@@ -109,7 +111,11 @@ impl NodeConfig {
             return Err(format!("classes must be >= 2, got {}", self.classes));
         }
         if self.classes > u16::MAX as usize {
-            return Err(format!("classes must be <= {}, got {}", u16::MAX, self.classes));
+            return Err(format!(
+                "classes must be <= {}, got {}",
+                u16::MAX,
+                self.classes
+            ));
         }
         if !(0.0..1.0).contains(&self.holdout_fraction) {
             return Err(format!(
@@ -150,7 +156,10 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "coordinator = \"nowhere\"\n").unwrap();
         let msg = NodeConfig::load(&path).unwrap_err().to_string();
-        assert!(msg.contains("node.toml") && msg.contains("coordinator"), "{msg}");
+        assert!(
+            msg.contains("node.toml") && msg.contains("coordinator"),
+            "{msg}"
+        );
 
         std::fs::write(
             &path,

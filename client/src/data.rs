@@ -108,7 +108,10 @@ impl Table {
     pub fn select(&self, rows: &[usize]) -> Table {
         Table {
             columns: self.columns.clone(),
-            features: rows.iter().flat_map(|&i| self.row(i).iter().copied()).collect(),
+            features: rows
+                .iter()
+                .flat_map(|&i| self.row(i).iter().copied())
+                .collect(),
             labels: if self.labels.is_empty() {
                 Vec::new()
             } else {
@@ -168,6 +171,24 @@ impl Standardiser {
         }
     }
 
+    /// Fits one mean and one standard deviation over every value (for images, where a pixel's
+    /// meaning must not depend on its position, so that shifted images stay comparable).
+    pub fn fit_global(table: &Table) -> Standardiser {
+        let values = &table.features;
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let std = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
+        Standardiser {
+            mean: vec![mean as f32; table.width()],
+            std: vec![std; table.width()],
+        }
+    }
+
     /// Applies the standardisation to a table's features, returning row-major values.
     pub fn apply(&self, table: &Table) -> Vec<f32> {
         let w = table.width();
@@ -182,7 +203,11 @@ impl Standardiser {
 
 /// Reads a labelled CSV: every column but `label_column` is a numeric feature; labels must be
 /// integers in `0..classes`.
-pub fn read_labelled_csv(path: &Path, label_column: &str, classes: usize) -> Result<Table, DataError> {
+pub fn read_labelled_csv(
+    path: &Path,
+    label_column: &str,
+    classes: usize,
+) -> Result<Table, DataError> {
     read_csv(path, Some((label_column, classes)), None)
 }
 
@@ -241,9 +266,10 @@ fn read_csv(
             }
             let mut sources = Vec::with_capacity(expected.len());
             for name in expected {
-                let i = header.iter().position(|h| h == name).ok_or_else(|| {
-                    header_error(format!("missing feature column '{name}'"))
-                })?;
+                let i = header
+                    .iter()
+                    .position(|h| h == name)
+                    .ok_or_else(|| header_error(format!("missing feature column '{name}'")))?;
                 sources.push(i);
             }
             (expected.to_vec(), sources)
@@ -376,7 +402,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = write(dir.path(), "bad.csv", "a,y\n1,0\nx,1\n");
         let msg = read_labelled_csv(&bad, "y", 2).unwrap_err().to_string();
-        assert!(msg.contains("bad.csv") && msg.contains("line 3") && msg.contains("'a'"), "{msg}");
+        assert!(
+            msg.contains("bad.csv") && msg.contains("line 3") && msg.contains("'a'"),
+            "{msg}"
+        );
 
         let label = write(dir.path(), "label.csv", "a,y\n1,7\n");
         let msg = read_labelled_csv(&label, "y", 2).unwrap_err().to_string();
@@ -393,14 +422,18 @@ mod tests {
         ));
 
         let extra = write(dir.path(), "extra.csv", "a,z\n1,0\n");
-        let msg = read_public_csv(&extra, &["a".into()]).unwrap_err().to_string();
+        let msg = read_public_csv(&extra, &["a".into()])
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("'z'"), "{msg}");
 
         let inf = write(dir.path(), "inf.csv", "a\ninf\n");
         assert!(read_public_csv(&inf, &["a".into()]).is_err());
 
         let missing = dir.path().join("missing.csv");
-        let msg = read_public_csv(&missing, &["a".into()]).unwrap_err().to_string();
+        let msg = read_public_csv(&missing, &["a".into()])
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("missing.csv"), "{msg}");
     }
 
@@ -416,6 +449,19 @@ mod tests {
         assert_eq!(s.mean, [2.0, 5.0]);
         assert_eq!(s.std, [1.0, 1.0]);
         assert_eq!(s.apply(&t), [-1.0, 0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn global_standardiser_uses_one_mean_and_std() {
+        let t = Table {
+            columns: vec!["a".into(), "b".into()],
+            features: vec![0.0, 2.0, 4.0, 6.0],
+            labels: vec![],
+        };
+        let s = Standardiser::fit_global(&t);
+        // Mean 3, population variance (9 + 1 + 1 + 9) / 4 = 5.
+        assert_eq!(s.mean, [3.0, 3.0]);
+        assert!((s.std[0] - 5f32.sqrt()).abs() < 1e-6 && s.std[0] == s.std[1]);
     }
 
     #[test]

@@ -67,15 +67,32 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
         Some(path) => NodeConfig::load(path)?,
         None => {
             let mut missing = Vec::new();
-            if args.coordinator.is_none() { missing.push("--coordinator"); }
-            if args.ca.is_none() { missing.push("--ca"); }
-            if args.cert.is_none() { missing.push("--cert"); }
-            if args.key.is_none() { missing.push("--key"); }
-            if args.private_csv.is_none() { missing.push("--private-csv"); }
-            if args.public_csv.is_none() { missing.push("--public-csv"); }
-            if args.classes.is_none() { missing.push("--classes"); }
+            if args.coordinator.is_none() {
+                missing.push("--coordinator");
+            }
+            if args.ca.is_none() {
+                missing.push("--ca");
+            }
+            if args.cert.is_none() {
+                missing.push("--cert");
+            }
+            if args.key.is_none() {
+                missing.push("--key");
+            }
+            if args.private_csv.is_none() {
+                missing.push("--private-csv");
+            }
+            if args.public_csv.is_none() {
+                missing.push("--public-csv");
+            }
+            if args.classes.is_none() {
+                missing.push("--classes");
+            }
             if !missing.is_empty() {
-                bail!("without --config these flags are required: {}", missing.join(", "));
+                bail!(
+                    "without --config these flags are required: {}",
+                    missing.join(", ")
+                );
             }
             NodeConfig {
                 coordinator: args.coordinator.context("--coordinator")?,
@@ -94,18 +111,42 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
             }
         }
     };
-    if let Some(v) = args.coordinator { config.coordinator = v; }
-    if let Some(v) = args.server_name { config.server_name = v; }
-    if let Some(v) = args.ca { config.ca = v; }
-    if let Some(v) = args.cert { config.cert = v; }
-    if let Some(v) = args.key { config.key = v; }
-    if let Some(v) = args.private_csv { config.private_csv = v; }
-    if let Some(v) = args.public_csv { config.public_csv = v; }
-    if let Some(v) = args.label_column { config.label_column = v; }
-    if let Some(v) = args.classes { config.classes = v; }
-    if let Some(v) = args.output_dir { config.output_dir = v; }
-    if let Some(v) = args.seed { config.seed = v; }
-    if let Some(v) = args.temperature { config.training.temperature = v; }
+    if let Some(v) = args.coordinator {
+        config.coordinator = v;
+    }
+    if let Some(v) = args.server_name {
+        config.server_name = v;
+    }
+    if let Some(v) = args.ca {
+        config.ca = v;
+    }
+    if let Some(v) = args.cert {
+        config.cert = v;
+    }
+    if let Some(v) = args.key {
+        config.key = v;
+    }
+    if let Some(v) = args.private_csv {
+        config.private_csv = v;
+    }
+    if let Some(v) = args.public_csv {
+        config.public_csv = v;
+    }
+    if let Some(v) = args.label_column {
+        config.label_column = v;
+    }
+    if let Some(v) = args.classes {
+        config.classes = v;
+    }
+    if let Some(v) = args.output_dir {
+        config.output_dir = v;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    if let Some(v) = args.temperature {
+        config.training.temperature = v;
+    }
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;

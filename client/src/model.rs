@@ -166,7 +166,9 @@ impl Student {
         };
         std::fs::create_dir_all(dir).map_err(|e| files(dir, &e))?;
         let weights = dir.join("model.safetensors");
-        self.varmap.save(&weights).map_err(|e| files(&weights, &e))?;
+        self.varmap
+            .save(&weights)
+            .map_err(|e| files(&weights, &e))?;
         let json = dir.join("model.json");
         let text = serde_json::to_string_pretty(card).map_err(|e| files(&json, &e))?;
         std::fs::write(&json, text).map_err(|e| files(&json, &e))?;
@@ -235,7 +237,10 @@ pub fn distillation_term(
 /// `log softmax(log p / T)` of probability rows, with `p` floored at 1e-7 so zeros stay finite.
 fn temper_log(probs: &Tensor, temperature: f64) -> Result<Tensor, ModelError> {
     let logp = probs.clamp(1e-7f32, 1f32)?.log()?;
-    Ok(candle_nn::ops::log_softmax(&(logp / temperature)?, D::Minus1)?)
+    Ok(candle_nn::ops::log_softmax(
+        &(logp / temperature)?,
+        D::Minus1,
+    )?)
 }
 
 /// The full loss `alpha * CE(y, s) + (1 - alpha) * T^2 * KL(...)`, where the cross-entropy is
@@ -322,6 +327,9 @@ mod tests {
         assert_eq!(back, card);
         assert_eq!(c.probabilities(&x).unwrap(), a.probabilities(&x).unwrap());
         let other = Student::new(cfg, 10).unwrap();
-        assert_ne!(other.probabilities(&x).unwrap(), a.probabilities(&x).unwrap());
+        assert_ne!(
+            other.probabilities(&x).unwrap(),
+            a.probabilities(&x).unwrap()
+        );
     }
 }

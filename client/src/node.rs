@@ -10,7 +10,7 @@ use crate::config::NodeConfig;
 use crate::data::{self, DataError, Standardiser, Table};
 use crate::model::{ModelCard, ModelError, StudentConfig, matrix};
 use crate::session::{SessionError, SessionPlan, run_session};
-use crate::train::{Labelled, Learner};
+use crate::train::{Labelled, Learner, TrainConfig};
 
 /// Why a node run failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,8 @@ pub enum NodeError {
 }
 
 /// Privacy statement of the walking-skeleton node: labels leave without noise.
-pub const NON_PRIVATE: &str = "none (non-private baseline: soft labels leave the node without noise)";
+pub const NON_PRIVATE: &str =
+    "none (non-private baseline: soft labels leave the node without noise)";
 
 /// What a node writes to `report.json` at the end of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,9 +95,12 @@ pub fn prepare(
     public: &Table,
     classes: usize,
     label_column: &str,
-    hidden: Vec<usize>,
+    training: &TrainConfig,
 ) -> Result<PreparedData, ModelError> {
-    let standardiser = Standardiser::fit(public);
+    let standardiser = match training.image {
+        Some(_) => Standardiser::fit_global(public),
+        None => Standardiser::fit(public),
+    };
     let width = public.width();
     Ok(PreparedData {
         train: Labelled::new(standardiser.apply(train), width, train.labels.clone())?,
@@ -106,7 +110,7 @@ pub fn prepare(
             student: StudentConfig {
                 inputs: width,
                 classes,
-                hidden,
+                hidden: training.hidden.clone(),
             },
             columns: public.columns.clone(),
             label_column: label_column.to_owned(),
@@ -118,10 +122,13 @@ pub fn prepare(
 /// Runs a node from its config: joins, trains, and writes `model.safetensors`, `model.json` and
 /// `report.json` into the output directory.
 pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
-    let private = data::read_labelled_csv(&config.private_csv, &config.label_column, config.classes)?;
+    let private =
+        data::read_labelled_csv(&config.private_csv, &config.label_column, config.classes)?;
     let public = data::read_public_csv(&config.public_csv, &private.columns)?;
-    let (train, holdout) =
-        private.split_holdout(config.holdout_fraction, &mut StdRng::seed_from_u64(config.seed));
+    let (train, holdout) = private.split_holdout(
+        config.holdout_fraction,
+        &mut StdRng::seed_from_u64(config.seed),
+    );
     if train.rows() == 0 {
         return Err(NodeError::Mismatch(format!(
             "{}: no training records left after holding out {}",
@@ -135,7 +142,7 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
         &public,
         config.classes,
         &config.label_column,
-        config.training.hidden.clone(),
+        &config.training,
     )?;
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     let mut training = config.training.clone();

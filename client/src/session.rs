@@ -117,12 +117,13 @@ pub async fn run_session(
     let addr = plan.coordinator;
     let config = fd_certs::tls::client_config(&plan.tls)?;
     let endpoint = transport::client_endpoint(config)?;
-    let connecting = endpoint
-        .connect(addr, &plan.server_name)
-        .map_err(|e| SessionError::Connect {
-            addr,
-            message: e.to_string(),
-        })?;
+    let connecting =
+        endpoint
+            .connect(addr, &plan.server_name)
+            .map_err(|e| SessionError::Connect {
+                addr,
+                message: e.to_string(),
+            })?;
     let connection = connecting.await.map_err(|e| SessionError::Connect {
         addr,
         message: e.to_string(),

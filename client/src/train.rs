@@ -35,23 +35,41 @@ pub struct TrainConfig {
     /// Standard deviation of Gaussian jitter added to training inputs (in standardised units);
     /// 0 turns it off. A cheap regulariser for small data.
     pub input_noise: f64,
+    /// Layout of image inputs (pixels row-major); enables image-wide standardisation and
+    /// random shifts of training batches. `None` for tabular data.
+    pub image: Option<ImageShape>,
+    /// With `image`: training inputs are shifted by up to this many pixels in each direction
+    /// (edge pixels repeated). 0 turns shifting off.
+    pub max_shift: usize,
     /// Seed of weight initialisation and batch sampling.
     pub seed: u64,
+}
+
+/// Height and width of image inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageShape {
+    /// Rows of pixels.
+    pub height: usize,
+    /// Columns of pixels.
+    pub width: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            hidden: vec![128],
+            hidden: vec![256],
             learning_rate: 1e-3,
             weight_decay: 1e-4,
             batch_size: 64,
             local_steps: 300,
-            steps_per_round: 100,
+            steps_per_round: 200,
             temperature: 4.0,
             alpha_start: 0.7,
             alpha_end: 0.3,
-            input_noise: 0.0,
+            input_noise: 0.5,
+            image: None,
+            max_shift: 0,
             seed: 1,
         }
     }
@@ -61,14 +79,29 @@ impl TrainConfig {
     /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
-            (self.learning_rate > 0.0 && self.learning_rate.is_finite(), "learning_rate must be > 0"),
+            (
+                self.learning_rate > 0.0 && self.learning_rate.is_finite(),
+                "learning_rate must be > 0",
+            ),
             (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
             (self.batch_size > 0, "batch_size must be > 0"),
-            (self.temperature > 0.0 && self.temperature.is_finite(), "temperature must be > 0"),
-            ((0.0..=1.0).contains(&self.alpha_start), "alpha_start must be in [0, 1]"),
-            ((0.0..=1.0).contains(&self.alpha_end), "alpha_end must be in [0, 1]"),
+            (
+                self.temperature > 0.0 && self.temperature.is_finite(),
+                "temperature must be > 0",
+            ),
+            (
+                (0.0..=1.0).contains(&self.alpha_start),
+                "alpha_start must be in [0, 1]",
+            ),
+            (
+                (0.0..=1.0).contains(&self.alpha_end),
+                "alpha_end must be in [0, 1]",
+            ),
             (!self.hidden.contains(&0), "hidden widths must be > 0"),
-            (self.input_noise >= 0.0 && self.input_noise.is_finite(), "input_noise must be >= 0"),
+            (
+                self.input_noise >= 0.0 && self.input_noise.is_finite(),
+                "input_noise must be >= 0",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(format!("training.{msg}")),
@@ -151,6 +184,16 @@ impl Learner {
         public: Tensor,
     ) -> Result<Learner, ModelError> {
         let inputs = private.x.dims2()?.1;
+        if let Some(shape) = config.image {
+            if shape.height * shape.width != inputs {
+                return Err(ModelError::Config(format!(
+                    "training.image is {}x{} = {} pixels, but the data has {inputs} features",
+                    shape.height,
+                    shape.width,
+                    shape.height * shape.width
+                )));
+            }
+        }
         let student = Student::new(
             StudentConfig {
                 inputs,
@@ -216,8 +259,16 @@ impl Learner {
         Ok(Tensor::new(idx.as_slice(), &crate::model::device())?)
     }
 
-    /// Adds the configured input jitter to a batch.
+    /// Perturbs a training batch: random image shifts, then Gaussian jitter, as configured.
     fn jitter(&mut self, x: Tensor) -> Result<Tensor, ModelError> {
+        let x = match self.config.image {
+            Some(shape) if self.config.max_shift > 0 => {
+                let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let shifted = shift_images(&values, shape, self.config.max_shift, &mut self.rng);
+                Tensor::from_vec(shifted, x.dims(), x.device())?
+            }
+            _ => x,
+        };
         if self.config.input_noise <= 0.0 {
             return Ok(x);
         }
@@ -280,6 +331,27 @@ impl Learner {
     }
 }
 
+/// Shifts each image (row-major pixels of `shape`) by a random offset in `-max..=max` along each
+/// axis, repeating edge pixels into the uncovered border.
+pub fn shift_images(values: &[f32], shape: ImageShape, max: usize, rng: &mut StdRng) -> Vec<f32> {
+    let (h, w) = (shape.height, shape.width);
+    let pixels = h * w;
+    let max = max as i64;
+    let mut out = Vec::with_capacity(values.len());
+    for image in values.chunks(pixels) {
+        let dy = rng.random_range(-max..=max);
+        let dx = rng.random_range(-max..=max);
+        for y in 0..h as i64 {
+            let sy = (y - dy).clamp(0, h as i64 - 1) as usize;
+            for x in 0..w as i64 {
+                let sx = (x - dx).clamp(0, w as i64 - 1) as usize;
+                out.push(image[sy * w + sx]);
+            }
+        }
+    }
+    out
+}
+
 /// Trains a student on private data alone for `steps` steps: the local-only baseline.
 pub fn train_local_only(
     config: &TrainConfig,
@@ -304,6 +376,29 @@ mod tests {
         assert!((c.alpha(19, 20) - 0.3).abs() < 1e-12);
         // Halfway between rounds 0 and 18 of 19 is 0.5.
         assert!((c.alpha(9, 19) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shifts_move_pixels_and_repeat_edges() {
+        let shape = ImageShape {
+            height: 2,
+            width: 3,
+        };
+        let img = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut seen = std::collections::BTreeSet::new();
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..200 {
+            let out = shift_images(&img, shape, 1, &mut rng);
+            // Every output pixel is some input pixel, and the image keeps its size.
+            assert_eq!(out.len(), 6);
+            assert!(out.iter().all(|v| img.contains(v)));
+            seen.insert(out.iter().map(|v| *v as u8).collect::<Vec<_>>());
+        }
+        // 3 x 3 offsets; on a 2-row image dy = +1 and dy = -1 differ, so all 9 are distinct.
+        assert_eq!(seen.len(), 9);
+        // Shifting right by one repeats the left column: [1,1,2 / 4,4,5] must be among them.
+        assert!(seen.contains(&vec![1, 1, 2, 4, 4, 5]));
+        assert_eq!(shift_images(&img, shape, 0, &mut rng), img);
     }
 
     #[test]

@@ -72,8 +72,16 @@ mod tests {
 
     #[test]
     fn mean_averages_each_query() {
-        let a = SoftLabels { classes: 2, query_ids: vec![3, 5], probs: vec![1.0, 0.0, 0.5, 0.5] };
-        let b = SoftLabels { classes: 2, query_ids: vec![3, 5], probs: vec![0.0, 1.0, 0.25, 0.75] };
+        let a = SoftLabels {
+            classes: 2,
+            query_ids: vec![3, 5],
+            probs: vec![1.0, 0.0, 0.5, 0.5],
+        };
+        let b = SoftLabels {
+            classes: 2,
+            query_ids: vec![3, 5],
+            probs: vec![0.0, 1.0, 0.25, 0.75],
+        };
         let m = mean(&[&a, &b]).unwrap();
         assert_eq!(m.probs, [0.5, 0.5, 0.375, 0.625]);
         assert_eq!(m.query_ids, [3, 5]);
@@ -83,8 +91,16 @@ mod tests {
     #[test]
     fn target_keeps_latest_row_per_query() {
         let mut t = Target::new(2);
-        t.update(&SoftLabels { classes: 2, query_ids: vec![4, 1], probs: vec![1.0, 0.0, 0.0, 1.0] });
-        t.update(&SoftLabels { classes: 2, query_ids: vec![4], probs: vec![0.5, 0.5] });
+        t.update(&SoftLabels {
+            classes: 2,
+            query_ids: vec![4, 1],
+            probs: vec![1.0, 0.0, 0.0, 1.0],
+        });
+        t.update(&SoftLabels {
+            classes: 2,
+            query_ids: vec![4],
+            probs: vec![0.5, 0.5],
+        });
         let l = t.to_labels();
         assert_eq!(l.query_ids, [1, 4]);
         assert_eq!(l.probs, [0.0, 1.0, 0.5, 0.5]);

@@ -91,7 +91,9 @@ impl FederationConfig {
         if let Some(p) = config.summary_json.as_mut().filter(|p| p.is_relative()) {
             *p = base.join(&*p);
         }
-        config.validate().map_err(|message| ConfigError { file, message })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError { file, message })?;
         Ok(config)
     }
 
@@ -125,9 +127,15 @@ impl FederationConfig {
     /// every record is labelled before any is asked twice.
     pub fn queries(&self, round: u32) -> Vec<u32> {
         let m = self.public_records;
-        let q = if self.queries_per_round == 0 { m } else { self.queries_per_round };
+        let q = if self.queries_per_round == 0 {
+            m
+        } else {
+            self.queries_per_round
+        };
         let start = (round as u64 * q as u64 % m as u64) as u32;
-        (0..q).map(|i| ((start as u64 + i as u64) % m as u64) as u32).collect()
+        (0..q)
+            .map(|i| ((start as u64 + i as u64) % m as u64) as u32)
+            .collect()
     }
 }
 
@@ -182,6 +190,9 @@ mod tests {
         )
         .unwrap();
         let msg = FederationConfig::load(&path).unwrap_err().to_string();
-        assert!(msg.contains("federation.toml") && msg.contains("nodes"), "{msg}");
+        assert!(
+            msg.contains("federation.toml") && msg.contains("nodes"),
+            "{msg}"
+        );
     }
 }

@@ -15,4 +15,4 @@ pub mod config;
 pub mod server;
 
 pub use config::FederationConfig;
-pub use server::{CoordinatorError, Summary, run, serve};
+pub use server::{CoordinatorError, Summary, bind, run, serve};

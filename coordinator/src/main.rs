@@ -47,20 +47,36 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut config = FederationConfig::load(&args.config)?;
-    if let Some(v) = args.listen { config.listen = v; }
-    if let Some(v) = args.nodes { config.nodes = v; }
-    if let Some(v) = args.rounds { config.rounds = v; }
-    if let Some(v) = args.summary_json { config.summary_json = Some(v); }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.nodes {
+        config.nodes = v;
+    }
+    if let Some(v) = args.rounds {
+        config.rounds = v;
+    }
+    if let Some(v) = args.summary_json {
+        config.summary_json = Some(v);
+    }
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
     let summary_path = config.summary_json.clone();
-    let summary = fd_coordinator::serve(config).await?;
+    let endpoint = fd_coordinator::bind(&config)?;
+    let addr = endpoint.local_addr().context("reading the bound address")?;
+    // Machine-readable first line: with `listen = "127.0.0.1:0"` this is how callers learn the port.
+    println!("fd-coordinator listening on {addr}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let summary = fd_coordinator::run(config, endpoint).await?;
     println!(
         "federation '{}' finished: {} rounds in {:.1} s, target covers {} public records",
         summary.federation, summary.rounds, summary.wall_seconds, summary.target_records
     );
-    println!("{:<24} {:>13} {:>12} {:>12} {:>9}", "node", "contributions", "bytes up", "bytes down", "finished");
+    println!(
+        "{:<24} {:>13} {:>12} {:>12} {:>9}",
+        "node", "contributions", "bytes up", "bytes down", "finished"
+    );
     for n in &summary.nodes {
         println!(
             "{:<24} {:>13} {:>12} {:>12} {:>9}",

@@ -83,14 +83,16 @@ pub struct Summary {
     pub target: SoftLabels,
 }
 
-/// Opens the endpoint described by `config` and runs the federation to its end.
-pub async fn serve(config: FederationConfig) -> Result<Summary, CoordinatorError> {
+/// Opens the QUIC endpoint described by `config` (TLS files, listen address).
+pub fn bind(config: &FederationConfig) -> Result<quinn::Endpoint, CoordinatorError> {
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     let server = fd_certs::tls::server_config(&tls)?;
-    let endpoint = transport::server_endpoint(config.listen, server)?;
-    if let Ok(addr) = endpoint.local_addr() {
-        info!(listen = %addr, "listening");
-    }
+    Ok(transport::server_endpoint(config.listen, server)?)
+}
+
+/// Opens the endpoint described by `config` and runs the federation to its end.
+pub async fn serve(config: FederationConfig) -> Result<Summary, CoordinatorError> {
+    let endpoint = bind(&config)?;
     run(config, endpoint).await
 }
 
@@ -235,14 +237,19 @@ struct Driver {
 }
 
 impl Driver {
-    async fn drive(&mut self, inbox: &mut mpsc::Receiver<Event>) -> Result<Summary, CoordinatorError> {
+    async fn drive(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Event>,
+    ) -> Result<Summary, CoordinatorError> {
         self.join(inbox).await?;
         self.started = Instant::now();
         let mut target = Target::new(self.config.classes);
         let mut accepted_per_round = Vec::new();
         let mut summary_nodes: BTreeMap<String, NodeSummary> = BTreeMap::new();
         for round in 0..self.config.rounds {
-            let accepted = self.round(round, &mut target, inbox, &mut summary_nodes).await?;
+            let accepted = self
+                .round(round, &mut target, inbox, &mut summary_nodes)
+                .await?;
             accepted_per_round.push(accepted);
         }
         let final_labels = target.to_labels();
@@ -342,8 +349,12 @@ impl Driver {
         };
         if let Some(reason) = reject {
             warn!(node = %name, "rejected: {reason}");
-            let _ = transport::write_message(&mut send, &Message::Reject { reason }, self.max_frame_len)
-                .await;
+            let _ = transport::write_message(
+                &mut send,
+                &Message::Reject { reason },
+                self.max_frame_len,
+            )
+            .await;
             let _ = send.finish();
             return false;
         }
@@ -390,7 +401,8 @@ impl Driver {
 
     async fn join(&mut self, inbox: &mut mpsc::Receiver<Event>) -> Result<(), CoordinatorError> {
         let expected = self.config.nodes;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.join_timeout_secs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.config.join_timeout_secs);
         info!(expected, "waiting for nodes");
         while self.peers.len() < expected {
             let event = tokio::select! {
@@ -406,8 +418,11 @@ impl Driver {
                     self.peers.remove(&node);
                 }
                 Some(Event::Message { node, message, .. }) => {
-                    self.refuse(&node, format!("unexpected {} before round 0", message.kind()))
-                        .await;
+                    self.refuse(
+                        &node,
+                        format!("unexpected {} before round 0", message.kind()),
+                    )
+                    .await;
                 }
                 None => {
                     return Err(CoordinatorError::JoinTimeout {
@@ -472,12 +487,17 @@ impl Driver {
                     let verdict = match (&message, asked.get(&node)) {
                         (Message::Contribution(c), Some(None)) => {
                             if c.round != round {
-                                Err(format!("contribution for round {} during round {round}", c.round))
+                                Err(format!(
+                                    "contribution for round {} during round {round}",
+                                    c.round
+                                ))
                             } else {
                                 c.labels
                                     .check_queries(&query_ids)
                                     .and_then(|()| c.labels.validate(self.config.classes as usize))
-                                    .map_err(|e| format!("round {round}: contribution refused: {e}"))
+                                    .map_err(|e| {
+                                        format!("round {round}: contribution refused: {e}")
+                                    })
                             }
                         }
                         (Message::Contribution(_), Some(Some(_))) => {
@@ -504,9 +524,16 @@ impl Driver {
                     }
                 }
                 None => {
-                    let late: Vec<&String> =
-                        asked.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
-                    warn!(round, ?late, "round deadline passed; closing with what arrived");
+                    let late: Vec<&String> = asked
+                        .iter()
+                        .filter(|(_, v)| v.is_none())
+                        .map(|(k, _)| k)
+                        .collect();
+                    warn!(
+                        round,
+                        ?late,
+                        "round deadline passed; closing with what arrived"
+                    );
                     break;
                 }
             }
@@ -520,7 +547,13 @@ impl Driver {
         if let Some(agg) = aggregate::mean(&labels) {
             target.update(&agg);
         }
-        info!(round, accepted, asked = asked_count, target = target.len(), "round closed");
+        info!(
+            round,
+            accepted,
+            asked = asked_count,
+            target = target.len(),
+            "round closed"
+        );
         let closed = Message::RoundClosed(RoundClosed {
             round,
             accepted,

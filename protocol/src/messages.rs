@@ -158,7 +158,9 @@ pub struct SoftLabels {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LabelError {
     /// `probs` does not hold `query_ids.len() * classes` values.
-    #[error("shape mismatch: {queries} queries x {classes} classes needs {expected} values, got {got}")]
+    #[error(
+        "shape mismatch: {queries} queries x {classes} classes needs {expected} values, got {got}"
+    )]
     Shape {
         /// Number of query ids.
         queries: usize,
@@ -264,12 +266,7 @@ impl SoftLabels {
 
     /// Checks that the rows are exactly the queries asked for, in order.
     pub fn check_queries(&self, asked: &[u32]) -> Result<(), LabelError> {
-        match self
-            .query_ids
-            .iter()
-            .zip(asked)
-            .position(|(a, b)| a != b)
-        {
+        match self.query_ids.iter().zip(asked).position(|(a, b)| a != b) {
             Some(position) => Err(LabelError::QueryIds { position }),
             None if self.query_ids.len() != asked.len() => Err(LabelError::QueryIds {
                 position: self.query_ids.len().min(asked.len()),
@@ -305,9 +302,15 @@ mod tests {
         let nan = labels(&[&[f32::NAN, 1.0]]);
         assert!(matches!(nan.validate(2), Err(LabelError::NonFinite { .. })));
         let sum = labels(&[&[0.6, 0.6]]);
-        assert!(matches!(sum.validate(2), Err(LabelError::OffSimplex { .. })));
+        assert!(matches!(
+            sum.validate(2),
+            Err(LabelError::OffSimplex { .. })
+        ));
         let neg = labels(&[&[-0.5, 1.5]]);
-        assert!(matches!(neg.validate(2), Err(LabelError::OffSimplex { .. })));
+        assert!(matches!(
+            neg.validate(2),
+            Err(LabelError::OffSimplex { .. })
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use fd_certs::pki::Ca;
 use fd_certs::tls::TlsIdentity;
 use fd_client::node::prepare;
 use fd_client::session::{SessionPlan, run_session};
-use fd_client::train::{Learner, TrainConfig, train_local_only};
+use fd_client::train::{ImageShape, Learner, TrainConfig, train_local_only};
 use fd_coordinator::FederationConfig;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -53,6 +53,10 @@ impl SimConfig {
             public_fraction: 0.2,
             training: TrainConfig {
                 temperature: if images { 2.0 } else { 4.0 },
+                image: images.then_some(ImageShape {
+                    height: 8,
+                    width: 8,
+                }),
                 ..TrainConfig::default()
             },
         }
@@ -172,7 +176,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             &split.public,
             classes,
             "label",
-            config.training.hidden.clone(),
+            &config.training,
         )?;
         let training = TrainConfig {
             seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
@@ -205,8 +209,8 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let wall_seconds = started.elapsed().as_secs_f64();
 
     // Baselines, each on its own blocking thread: local-only per client, and centralised.
-    let steps = config.training.local_steps
-        + config.rounds as usize * config.training.steps_per_round;
+    let steps =
+        config.training.local_steps + config.rounds as usize * config.training.steps_per_round;
     let mut baselines = Vec::new();
     for (i, private) in split.clients.iter().enumerate() {
         baselines.push(baseline(
@@ -220,8 +224,16 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     }
     let all_private = fd_client::data::Table {
         columns: split.public.columns.clone(),
-        features: split.clients.iter().flat_map(|t| t.features.iter().copied()).collect(),
-        labels: split.clients.iter().flat_map(|t| t.labels.iter().copied()).collect(),
+        features: split
+            .clients
+            .iter()
+            .flat_map(|t| t.features.iter().copied())
+            .collect(),
+        labels: split
+            .clients
+            .iter()
+            .flat_map(|t| t.labels.iter().copied())
+            .collect(),
     };
     let centralised = baseline(config, &all_private, &split, classes, steps, config.seed)?;
     let mut local = Vec::new();
@@ -249,7 +261,9 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let target_acc = mean((0..target.len()).map(|i| {
         let row = target.row(i);
         let best = (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b });
-        f64::from(u8::from(best as u32 == split.public_labels[target.query_ids[i] as usize]))
+        f64::from(u8::from(
+            best as u32 == split.public_labels[target.query_ids[i] as usize],
+        ))
     }));
     Ok(SimResult {
         target_acc,
@@ -284,7 +298,7 @@ fn baseline(
         &split.public,
         classes,
         "label",
-        config.training.hidden.clone(),
+        &config.training,
     )?;
     let training = TrainConfig {
         seed,

@@ -50,6 +50,10 @@ struct Args {
     /// Gaussian jitter on training inputs, in standardised units.
     #[arg(long)]
     input_noise: Option<f64>,
+    /// Largest random shift (pixels) of training images (digits only); 0, the default, turns it
+    /// off: on 8x8 digits even one pixel costs accuracy.
+    #[arg(long)]
+    max_shift: Option<usize>,
     /// Rows per mini-batch.
     #[arg(long)]
     batch_size: Option<usize>,
@@ -82,32 +86,58 @@ fn main() -> anyhow::Result<()> {
     single_threaded_kernels();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    anyhow::ensure!(args.beta > 0.0 && args.beta.is_finite(), "--beta must be > 0");
+    anyhow::ensure!(
+        args.beta > 0.0 && args.beta.is_finite(),
+        "--beta must be > 0"
+    );
     let mut config = SimConfig::new(args.dataset);
     config.clients = args.clients;
     config.rounds = args.rounds;
     config.beta = args.beta;
     config.seed = args.seed;
     let t = &mut config.training;
-    if let Some(v) = args.hidden { t.hidden = v; }
-    if let Some(v) = args.local_steps { t.local_steps = v; }
-    if let Some(v) = args.steps_per_round { t.steps_per_round = v; }
-    if let Some(v) = args.lr { t.learning_rate = v; }
-    if let Some(v) = args.batch_size { t.batch_size = v; }
-    if let Some(v) = args.alpha_start { t.alpha_start = v; }
-    if let Some(v) = args.alpha_end { t.alpha_end = v; }
-    if let Some(v) = args.input_noise { t.input_noise = v; }
-    if let Some(v) = args.weight_decay { t.weight_decay = v; }
-    if let Some(v) = args.temperature { t.temperature = v; }
-    t.validate().map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
+    if let Some(v) = args.hidden {
+        t.hidden = v;
+    }
+    if let Some(v) = args.local_steps {
+        t.local_steps = v;
+    }
+    if let Some(v) = args.steps_per_round {
+        t.steps_per_round = v;
+    }
+    if let Some(v) = args.lr {
+        t.learning_rate = v;
+    }
+    if let Some(v) = args.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = args.alpha_start {
+        t.alpha_start = v;
+    }
+    if let Some(v) = args.alpha_end {
+        t.alpha_end = v;
+    }
+    if let Some(v) = args.input_noise {
+        t.input_noise = v;
+    }
+    if let Some(v) = args.max_shift {
+        t.max_shift = v;
+    }
+    if let Some(v) = args.weight_decay {
+        t.weight_decay = v;
+    }
+    if let Some(v) = args.temperature {
+        t.temperature = v;
+    }
+    t.validate()
+        .map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

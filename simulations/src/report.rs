@@ -17,7 +17,11 @@ pub fn table(r: &SimResult) -> String {
         r.config.seed
     );
     let _ = writeln!(s, "privacy: {}", r.privacy);
-    let _ = writeln!(s, "{:<12} {:>8} {:>12} {:>12}", "client", "records", "local-only", "federated");
+    let _ = writeln!(
+        s,
+        "{:<12} {:>8} {:>12} {:>12}",
+        "client", "records", "local-only", "federated"
+    );
     for c in &r.clients {
         let _ = writeln!(
             s,
@@ -33,8 +37,16 @@ pub fn table(r: &SimResult) -> String {
         r.local_only_mean_acc,
         r.federated_mean_acc
     );
-    let _ = writeln!(s, "centralised upper bound (all private records): {:.4}", r.centralized_acc);
-    let _ = writeln!(s, "final target accuracy on the public records: {:.4}", r.target_acc);
+    let _ = writeln!(
+        s,
+        "centralised upper bound (all private records): {:.4}",
+        r.centralized_acc
+    );
+    let _ = writeln!(
+        s,
+        "final target accuracy on the public records: {:.4}",
+        r.target_acc
+    );
     let _ = writeln!(
         s,
         "test records {} | public records {} | bytes up {} | bytes down {} | wall {:.1} s",

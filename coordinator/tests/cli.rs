@@ -1,0 +1,58 @@
+//! The `fd-coordinator` binary as an operator meets it: help and configuration errors.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fd-coordinator"))
+        .args(args)
+        .output()
+        .expect("run fd-coordinator");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn help_explains_the_daemon() {
+    let (ok, text) = run(&["--help"]);
+    assert!(ok);
+    assert!(
+        text.contains("--config") && text.contains("mutual TLS"),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let (ok, text) = run(&["--config", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(text.contains("missing.toml"), "{text}");
+
+    let bad = dir.path().join("federation.toml");
+    std::fs::write(
+        &bad,
+        "ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nnodes = 3\npublic_records = 10\nclasses = 1\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["--config", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        text.contains("federation.toml") && text.contains("classes"),
+        "{text}"
+    );
+
+    // A valid config whose certificate files do not exist: the error names the file.
+    std::fs::write(
+        &bad,
+        "ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nnodes = 3\npublic_records = 10\nclasses = 2\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(text.contains("ca.pem"), "{text}");
+}

@@ -1,0 +1,250 @@
+//! End to end: the real `fd-coordinator` and several real `fd-client` processes, certificates
+//! from the real `fd-certs`, talking over loopback QUIC with mutual TLS.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use fd_tests::{Process, bin, run_ok, write_blobs};
+
+/// Generous: three tiny nodes need a few seconds; a loaded CI machine may need more.
+const LIMIT: Duration = Duration::from_secs(180);
+const ROUNDS: u32 = 3;
+const PUBLIC_ROWS: usize = 60;
+
+/// A federation's files in a temporary directory.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let fixture = Fixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let pki = fixture.path("pki");
+        let certs = |args: &[&str]| {
+            run_ok(
+                Command::new(bin("fd-certs"))
+                    .args(args)
+                    .env_remove("FD_CERTS_DIR"),
+            )
+            .expect("fd-certs")
+        };
+        let pki_arg = pki.to_str().expect("utf-8");
+        certs(&["init", "--dir", pki_arg, "--federation", "e2e"]);
+        certs(&[
+            "issue",
+            "--dir",
+            pki_arg,
+            "--server",
+            "--name",
+            "coordinator",
+            "--san",
+            "localhost,127.0.0.1",
+        ]);
+        write_blobs(
+            &fixture.path("public.csv"),
+            PUBLIC_ROWS,
+            &[0, 1, 2],
+            99,
+            false,
+        );
+        fixture
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts the coordinator on an ephemeral port; returns it and the address it bound.
+    fn coordinator(&self, nodes: usize) -> (Process, String) {
+        let config = self.path("federation.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"e2e\"\nlisten = \"127.0.0.1:0\"\nca = \"pki/ca.pem\"\n\
+                 cert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\nnodes = {nodes}\n\
+                 rounds = {ROUNDS}\npublic_records = {PUBLIC_ROWS}\nclasses = 3\n\
+                 join_timeout_secs = 120\nround_timeout_secs = 120\n\
+                 summary_json = \"summary.json\"\n"
+            ),
+        )
+        .expect("write federation.toml");
+        let mut process = Process::start(
+            "fd-coordinator",
+            Command::new(bin("fd-coordinator"))
+                .arg("--config")
+                .arg(&config),
+        )
+        .expect("start coordinator");
+        let addr = process
+            .read_line_starting("fd-coordinator listening on ")
+            .expect("coordinator address");
+        (process, addr)
+    }
+
+    /// Issues a node certificate from the CA in `pki_dir` and writes the node's data and config.
+    fn node(&self, name: &str, pki_dir: &str, classes: &[u32], seed: u64, addr: &str) -> PathBuf {
+        let pki = self.path(pki_dir);
+        run_ok(
+            Command::new(bin("fd-certs"))
+                .args(["issue", "--dir"])
+                .arg(&pki)
+                .args(["--name", name])
+                .env_remove("FD_CERTS_DIR"),
+        )
+        .expect("issue node certificate");
+        write_blobs(&self.path(&format!("{name}.csv")), 80, classes, seed, true);
+        let config = self.path(&format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "coordinator = \"{addr}\"\nca = \"{pki_dir}/ca.pem\"\n\
+                 cert = \"{pki_dir}/{name}.pem\"\nkey = \"{pki_dir}/{name}.key\"\n\
+                 private_csv = \"{name}.csv\"\npublic_csv = \"public.csv\"\nclasses = 3\n\
+                 output_dir = \"out-{name}\"\nseed = {seed}\n\
+                 [training]\nhidden = [16]\nlocal_steps = 40\nsteps_per_round = 20\n"
+            ),
+        )
+        .expect("write node.toml");
+        config
+    }
+}
+
+fn start_client(name: &str, config: &Path) -> Process {
+    Process::start(
+        name,
+        Command::new(bin("fd-client")).arg("--config").arg(config),
+    )
+    .expect("start client")
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// Checks a finished node's outputs: report, and a loadable model.
+fn assert_node_finished(fixture: &Fixture, name: &str) {
+    let out = fixture.path(&format!("out-{name}"));
+    let report = read_json(&out.join("report.json"));
+    assert_eq!(report["node"], name, "identity comes from the certificate");
+    assert_eq!(report["rounds"], ROUNDS);
+    let accuracy = report["accuracy"].as_f64().expect("accuracy");
+    assert!((0.0..=1.0).contains(&accuracy), "{accuracy}");
+    assert!(
+        report["privacy"]
+            .as_str()
+            .expect("privacy")
+            .contains("non-private")
+    );
+    assert!(out.join("model.safetensors").exists());
+    assert!(out.join("model.json").exists());
+}
+
+#[test]
+fn three_client_processes_federate_and_report() {
+    let fixture = Fixture::new();
+    let (coordinator, addr) = fixture.coordinator(3);
+    // Non-IID: each node sees two of the three classes.
+    let nodes = [
+        ("hospital-a", [0, 1]),
+        ("hospital-b", [1, 2]),
+        ("bank-c", [0, 2]),
+    ];
+    let clients: Vec<Process> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, classes))| {
+            let config = fixture.node(name, "pki", classes, 10 + i as u64, &addr);
+            start_client(name, &config)
+        })
+        .collect();
+    for client in clients {
+        let name = client.name.clone();
+        let (status, output) = client.wait(LIMIT).expect("client finishes");
+        assert!(status.success(), "{name} failed:\n{output}");
+    }
+    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
+    assert!(status.success(), "coordinator failed:\n{output}");
+    for (name, _) in nodes {
+        assert_node_finished(&fixture, name);
+    }
+    let summary = read_json(&fixture.path("summary.json"));
+    assert_eq!(summary["rounds"], ROUNDS);
+    // Every round aggregated all three nodes.
+    assert_eq!(summary["accepted_per_round"], serde_json::json!([3, 3, 3]));
+    assert_eq!(summary["target_records"], PUBLIC_ROWS);
+    assert!(summary["bytes_up"].as_u64().expect("bytes_up") > 0);
+}
+
+#[test]
+fn client_from_another_ca_is_refused_and_federation_completes() {
+    let fixture = Fixture::new();
+    // A second, unrelated CA, as an attacker (or a misconfigured node) would have.
+    let rogue = fixture.path("rogue");
+    run_ok(
+        Command::new(bin("fd-certs"))
+            .args(["init", "--dir"])
+            .arg(&rogue)
+            .args(["--federation", "rogue"])
+            .env_remove("FD_CERTS_DIR"),
+    )
+    .expect("rogue CA");
+    // The rogue node trusts the real federation CA (so it will accept the coordinator), but
+    // its own certificate is signed by the rogue CA.
+    std::fs::copy(fixture.path("pki/ca.pem"), rogue.join("real-ca.pem")).expect("copy ca");
+
+    let (coordinator, addr) = fixture.coordinator(2);
+    // The intruder tries first, while the coordinator is still waiting for nodes.
+    let intruder_config = fixture.node("intruder", "rogue", &[0, 1, 2], 7, &addr);
+    let text = std::fs::read_to_string(&intruder_config).expect("read");
+    std::fs::write(
+        &intruder_config,
+        text.replace("rogue/ca.pem", "rogue/real-ca.pem"),
+    )
+    .expect("write");
+    let intruder = start_client("intruder", &intruder_config);
+    let (status, output) = intruder.wait(LIMIT).expect("intruder exits");
+    assert!(
+        !status.success(),
+        "the intruder must not be admitted:\n{output}"
+    );
+    assert!(output.contains("not admitted"), "{output}");
+
+    let honest: Vec<Process> = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, classes))| {
+            start_client(
+                name,
+                &fixture.node(name, "pki", classes, 20 + i as u64, &addr),
+            )
+        })
+        .collect();
+    for client in honest {
+        let name = client.name.clone();
+        let (status, output) = client.wait(LIMIT).expect("client finishes");
+        assert!(status.success(), "{name} failed:\n{output}");
+    }
+    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
+    assert!(status.success(), "coordinator failed:\n{output}");
+    assert!(
+        output.contains("refused connection"),
+        "the refusal is logged:\n{output}"
+    );
+    let summary = read_json(&fixture.path("summary.json"));
+    let names: Vec<&str> = summary["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["node"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["hospital-a", "hospital-b"],
+        "the intruder never joined"
+    );
+    assert!(!fixture.path("out-intruder/report.json").exists());
+}
