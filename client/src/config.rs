@@ -56,6 +56,92 @@ pub struct NodeConfig {
     /// Training schedule and student architecture.
     #[serde(default)]
     pub training: TrainConfig,
+    /// Differential privacy of the labels this node releases.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+}
+
+/// How the node labels public records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivacyMode {
+    /// Non-private baseline: the student's own probabilities leave the node without noise.
+    #[default]
+    None,
+    /// Record-level differential privacy by subsample-and-aggregate: teachers on disjoint
+    /// shards, their summed probabilities released with Gaussian noise (zCDP).
+    Shards,
+}
+
+/// The `[privacy]` table of the node config.
+///
+/// The privacy unit is **one record of this node's private data**: what leaves the node is
+/// differentially private with respect to adding, removing or replacing one record, against
+/// everyone outside the node, the coordinator included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// `"none"` (non-private baseline) or `"shards"` (differentially private).
+    pub mode: PrivacyMode,
+    /// Total epsilon this node may spend over the whole run (`inf`: no limit and no noise).
+    pub epsilon: f64,
+    /// The delta at which `epsilon` is measured.
+    pub delta: f64,
+    /// Number of teachers (disjoint shards of the private records); 0 chooses one teacher per
+    /// 40 records, between 1 and 250.
+    pub shards: usize,
+    /// Noise standard deviation per release. Unset: chosen so the coordinator's planned
+    /// queries exactly use the budget.
+    pub sigma: Option<f64>,
+    /// The privacy ledger (SQLite); default `privacy-ledger.sqlite` in the output directory.
+    /// Keep it: it remembers what was spent across restarts.
+    pub ledger: Option<PathBuf>,
+    /// Hidden width of each teacher.
+    pub teacher_hidden: usize,
+    /// Teacher steps on private data before the first release.
+    pub teacher_local_steps: usize,
+    /// Teacher steps per round once a target exists.
+    pub teacher_steps_per_round: usize,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            mode: PrivacyMode::None,
+            epsilon: 2.0,
+            delta: 1e-5,
+            shards: 0,
+            sigma: None,
+            ledger: None,
+            teacher_hidden: 64,
+            teacher_local_steps: 300,
+            teacher_steps_per_round: 50,
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mode == PrivacyMode::None {
+            return Ok(());
+        }
+        crate::privacy::Budget {
+            epsilon: self.epsilon,
+            delta: self.delta,
+        }
+        .validate()
+        .map_err(|e| format!("privacy: {e}"))?;
+        if let Some(s) = self.sigma {
+            if !(s > 0.0 && s.is_finite()) {
+                return Err(format!("privacy.sigma must be > 0, got {s}"));
+            }
+        }
+        if self.teacher_hidden == 0 {
+            return Err("privacy.teacher_hidden must be > 0".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_server_name() -> String {
@@ -99,6 +185,11 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(p) = config.privacy.ledger.as_mut() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         config
             .validate()
             .map_err(|message| ConfigError { file, message })?;
@@ -123,7 +214,8 @@ impl NodeConfig {
                 self.holdout_fraction
             ));
         }
-        self.training.validate()
+        self.training.validate()?;
+        self.privacy.validate()
     }
 }
 
@@ -148,6 +240,23 @@ mod tests {
         assert_eq!(c.label_column, "label");
         assert_eq!(c.training.temperature, 2.0);
         assert_eq!(c.training.alpha_start, 0.7);
+        assert_eq!(c.privacy.mode, PrivacyMode::None);
+    }
+
+    #[test]
+    fn privacy_table_is_parsed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let base = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
+                    private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 3\n";
+        std::fs::write(&path, format!("{base}[privacy]\nmode = \"shards\"\nepsilon = 4.0\nledger = \"l.db\"\n")).unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.privacy.mode, PrivacyMode::Shards);
+        assert_eq!(c.privacy.epsilon, 4.0);
+        assert_eq!(c.privacy.ledger, Some(dir.path().join("l.db")));
+        std::fs::write(&path, format!("{base}[privacy]\nmode = \"shards\"\ndelta = 2.0\n")).unwrap();
+        let msg = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("delta"), "{msg}");
     }
 
     #[test]

@@ -13,7 +13,10 @@
 
 pub mod config;
 pub mod data;
+pub mod ensemble;
+pub mod labeller;
 pub mod model;
 pub mod node;
+pub mod privacy;
 pub mod session;
 pub mod train;

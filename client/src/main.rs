@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use fd_client::config::NodeConfig;
+use fd_client::config::{NodeConfig, PrivacyConfig, PrivacyMode};
 use fd_client::train::TrainConfig;
 
 /// Join a federated knowledge-distillation run as one node.
@@ -60,6 +60,25 @@ struct Args {
     /// Distillation temperature (2 suits images, 4 tabular data) [default: 4].
     #[arg(long)]
     temperature: Option<f64>,
+    /// Privacy of released labels: `none` (non-private baseline) or `shards` (record-level
+    /// differential privacy: teachers on disjoint shards, Gaussian noise) [default: none].
+    #[arg(long, value_parser = parse_mode)]
+    privacy: Option<PrivacyMode>,
+    /// Total epsilon budget of this node over the run, per record of its private data
+    /// [default: 2].
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// The delta of the budget [default: 1e-5].
+    #[arg(long)]
+    delta: Option<f64>,
+}
+
+fn parse_mode(s: &str) -> Result<PrivacyMode, String> {
+    match s {
+        "none" => Ok(PrivacyMode::None),
+        "shards" => Ok(PrivacyMode::Shards),
+        other => Err(format!("'{other}' is not a privacy mode; use none or shards")),
+    }
 }
 
 fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
@@ -108,6 +127,7 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
                 output_dir: "fd-node-out".into(),
                 seed: 1,
                 training: TrainConfig::default(),
+                privacy: PrivacyConfig::default(),
             }
         }
     };
@@ -147,6 +167,15 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
     if let Some(v) = args.temperature {
         config.training.temperature = v;
     }
+    if let Some(v) = args.privacy {
+        config.privacy.mode = v;
+    }
+    if let Some(v) = args.epsilon {
+        config.privacy.epsilon = v;
+    }
+    if let Some(v) = args.delta {
+        config.privacy.delta = v;
+    }
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
@@ -163,11 +192,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = config_from(Args::parse())?;
-    tracing::info!(
-        privacy = fd_client::node::NON_PRIVATE,
-        coordinator = %config.coordinator,
-        "starting node"
-    );
+    tracing::info!(coordinator = %config.coordinator, privacy = ?config.privacy.mode, "starting node");
     let report = fd_client::node::run_node(&config).await?;
     println!(
         "node {}: {} rounds, held-out accuracy {:.4}, report in {}",

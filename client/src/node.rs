@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, PrivacyConfig, PrivacyMode};
+use crate::ensemble::{EnsembleConfig, TeacherEnsemble, default_shards};
+use crate::labeller::{Labeller, PrivateLabeller};
+use crate::privacy::{Budget, PrivacyError, PrivacyLedger};
 use crate::data::{self, DataError, Standardiser, Table};
 use crate::model::{ModelCard, ModelError, StudentConfig, matrix};
 use crate::session::{SessionError, SessionPlan, run_session};
@@ -38,6 +41,9 @@ pub enum NodeError {
     /// The data does not fit the config.
     #[error("{0}")]
     Mismatch(String),
+    /// The privacy ledger or budget is unusable.
+    #[error(transparent)]
+    Privacy(#[from] PrivacyError),
 }
 
 /// Privacy statement of the walking-skeleton node: labels leave without noise.
@@ -51,6 +57,20 @@ pub struct NodeReport {
     pub node: String,
     /// Privacy guarantee of what this node released.
     pub privacy: String,
+    /// Privacy unit (`"record"` in private mode).
+    pub privacy_unit: String,
+    /// Epsilon spent over the whole life of the ledger, at `delta` (private mode).
+    pub epsilon_spent: Option<f64>,
+    /// zCDP rho spent over the whole life of the ledger (private mode).
+    pub rho_spent: Option<f64>,
+    /// The budget's delta (private mode).
+    pub delta: Option<f64>,
+    /// Noise standard deviation per release (private mode).
+    pub sigma: Option<f64>,
+    /// Number of teachers (private mode).
+    pub teachers: Option<usize>,
+    /// Why the node stopped contributing early, if it did.
+    pub left: Option<String>,
     /// Private records trained on.
     pub private_records: usize,
     /// Private records held out for measurement.
@@ -147,6 +167,25 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     let mut training = config.training.clone();
     training.seed = config.seed;
+    let ledger_path = config
+        .privacy
+        .ledger
+        .clone()
+        .unwrap_or_else(|| config.output_dir.join("privacy-ledger.sqlite"));
+    if config.privacy.mode != PrivacyMode::None {
+        std::fs::create_dir_all(&config.output_dir).map_err(|source| NodeError::Output {
+            path: config.output_dir.clone(),
+            source,
+        })?;
+    }
+    let labeller = build_labeller(
+        &config.privacy,
+        &prepared.train,
+        config.classes,
+        &training,
+        &ledger_path,
+    )?;
+    tracing::info!(privacy = %labeller.statement(), "privacy of released labels");
     let learner = Learner::new(training, config.classes, prepared.train, prepared.public)?;
     let plan = SessionPlan {
         coordinator: config.coordinator,
@@ -156,12 +195,19 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
         holdout: prepared.holdout,
         max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
     };
-    let outcome = run_session(plan, learner).await?;
+    let outcome = run_session(plan, learner, labeller).await?;
     let student = outcome.learner.student();
     student.save(&config.output_dir, &prepared.card)?;
     let report = NodeReport {
+        privacy: outcome.labeller.statement(),
+        privacy_unit: privacy_unit(&outcome.labeller).into(),
+        epsilon_spent: outcome.labeller.spent()?.map(|(e, _)| e),
+        rho_spent: outcome.labeller.spent()?.map(|(_, r)| r),
+        delta: private_part(&outcome.labeller).map(|p| p.budget.delta),
+        sigma: private_part(&outcome.labeller).and_then(|p| p.sigma),
+        teachers: private_part(&outcome.labeller).map(|p| p.ensemble.config().teachers),
+        left: outcome.left.clone(),
         node: outcome.node,
-        privacy: NON_PRIVATE.into(),
         private_records: train.rows(),
         holdout_records: holdout.rows(),
         public_records: public.rows(),
@@ -176,6 +222,88 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
     };
     write_json(&config.output_dir.join("report.json"), &report)?;
     Ok(report)
+}
+
+/// The private labeller, if the node runs one.
+pub fn private_part(labeller: &Labeller) -> Option<&PrivateLabeller> {
+    match labeller {
+        Labeller::Private(p) => Some(p),
+        Labeller::Student => None,
+    }
+}
+
+/// The privacy unit of a labeller's releases: `"record"`, or `"none"` without noise.
+pub fn privacy_unit(labeller: &Labeller) -> &'static str {
+    match private_part(labeller) {
+        Some(p) if p.ledger.is_some() => crate::privacy::PRIVACY_UNIT,
+        _ => "none",
+    }
+}
+
+/// Builds the node's labeller: the student itself (non-private), or a teacher ensemble on
+/// disjoint shards of `private` with its ledger at `ledger_path` (private).
+pub fn build_labeller(
+    privacy: &PrivacyConfig,
+    private: &Labelled,
+    classes: usize,
+    training: &TrainConfig,
+    ledger_path: &Path,
+) -> Result<Labeller, NodeError> {
+    if privacy.mode == PrivacyMode::None {
+        return Ok(Labeller::Student);
+    }
+    let budget = Budget {
+        epsilon: privacy.epsilon,
+        delta: privacy.delta,
+    };
+    budget.validate()?;
+    let records = private.len();
+    let teachers = if privacy.shards == 0 {
+        default_shards(records)
+    } else {
+        privacy.shards
+    };
+    let shard_size = (records / teachers.max(1)).max(1);
+    let ensemble = TeacherEnsemble::new(
+        EnsembleConfig {
+            teachers,
+            hidden: privacy.teacher_hidden,
+            inputs: private.x.dims2().map_err(ModelError::from)?.1,
+            classes,
+            learning_rate: training.learning_rate,
+            batch_size: shard_size.min(32),
+            temperature: training.temperature,
+            seed: training.seed ^ 0x5a4d,
+        },
+        private.x.clone(),
+        private.y.clone(),
+    )?;
+    let noiseless = budget.epsilon.is_infinite() && privacy.sigma.is_none();
+    let ledger = if noiseless {
+        None
+    } else {
+        Some(PrivacyLedger::open(ledger_path, budget)?)
+    };
+    if let Some(l) = &ledger {
+        tracing::info!(
+            ledger = %ledger_path.display(),
+            epsilon_spent = l.epsilon_spent()?,
+            budget_epsilon = budget.epsilon,
+            delta = budget.delta,
+            teachers,
+            records,
+            "privacy ledger opened (unit: one record of this node's private data)"
+        );
+    }
+    Ok(Labeller::Private(Box::new(PrivateLabeller {
+        ensemble,
+        ledger,
+        budget,
+        fixed_sigma: privacy.sigma,
+        local_steps: privacy.teacher_local_steps,
+        steps_per_round: privacy.teacher_steps_per_round,
+        sigma: None,
+    })))
 }
 
 /// Writes a value as pretty JSON, atomically (temp file, then rename).

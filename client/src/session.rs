@@ -13,6 +13,7 @@ use fd_protocol::{Contribution, Hello, Message, SoftLabels};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::labeller::{LabelError, Labeller, Labels};
 use crate::model::ModelError;
 use crate::train::{Labelled, Learner};
 
@@ -54,9 +55,15 @@ pub enum SessionError {
     /// The coordinator sent something out of place.
     #[error("protocol violation by the coordinator: {0}")]
     Protocol(String),
-    /// Training or labelling failed.
+    /// Training failed.
     #[error("model: {0}")]
     Model(#[from] ModelError),
+    /// Labelling (teachers or the privacy machinery) failed.
+    #[error("labelling: {0}")]
+    Label(#[from] LabelError),
+    /// This node cannot take part on the federation's terms.
+    #[error("{0}")]
+    Terms(String),
 }
 
 /// What a node needs to take part.
@@ -95,6 +102,10 @@ pub struct SessionOutcome {
     pub seconds: f64,
     /// The trained learner (its student is the node's product).
     pub learner: Learner,
+    /// The labeller (in private mode: the teachers and the ledger).
+    pub labeller: Labeller,
+    /// Why the node stopped contributing early, if it did (e.g. its budget ran out).
+    pub left: Option<String>,
 }
 
 /// Per-round numbers for the report.
@@ -108,10 +119,21 @@ pub struct RoundLog {
     pub accuracy: f64,
 }
 
+/// Finishes our stream and waits (up to 10 s) until the coordinator has read all of it, so
+/// that closing the connection right after cannot drop our last message.
+async fn finish_stream(send: &mut quinn::SendStream) {
+    if let Err(e) = send.finish() {
+        warn!("closing stream: {e}");
+        return;
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), send.stopped()).await;
+}
+
 /// Runs one node from connection to `Finished`.
 pub async fn run_session(
     plan: SessionPlan,
     mut learner: Learner,
+    mut labeller: Labeller,
 ) -> Result<SessionOutcome, SessionError> {
     let started = Instant::now();
     let addr = plan.coordinator;
@@ -147,10 +169,26 @@ pub async fn run_session(
     )
     .await
     .map_err(|e| not_admitted(&e))? as u64;
-    let (node, mut bytes_down) = match transport::read_message(&mut recv, max).await {
+    let (node, planned_queries, mut bytes_down) = match transport::read_message(&mut recv, max).await {
         Ok(Some((Message::Welcome(w), n))) => {
-            info!(node = %w.node, federation = %w.federation, rounds = w.rounds, "admitted");
-            (w.node, n as u64)
+            info!(
+                node = %w.node,
+                federation = %w.federation,
+                rounds = w.rounds,
+                planned_queries = w.planned_queries,
+                privacy = %labeller.statement(),
+                "admitted"
+            );
+            if w.require_privacy && matches!(labeller, Labeller::Student) {
+                let why = "this federation requires differential privacy; set [privacy] mode = \
+                           \"shards\" in the node config";
+                let leave = Message::Leave { reason: why.into() };
+                let _ = transport::write_message(&mut send, &leave, max).await;
+                let _ = send.finish();
+                connection.close(0u32.into(), b"terms");
+                return Err(SessionError::Terms(why.into()));
+            }
+            (w.node, w.planned_queries, n as u64)
         }
         Ok(Some((Message::Reject { reason }, _))) => return Err(SessionError::Rejected(reason)),
         Ok(Some((other, _))) => {
@@ -200,7 +238,7 @@ pub async fn run_session(
                 }
                 let alpha = learner.config().alpha(open.round, open.rounds);
                 let holdout_ref = holdout.clone();
-                let (back, result) = tokio::task::spawn_blocking(move || {
+                let (back, back_labeller, result) = tokio::task::spawn_blocking(move || {
                     let result = (|| {
                         learner.set_target(&open.target)?;
                         let steps = if open.target.is_empty() {
@@ -210,21 +248,55 @@ pub async fn run_session(
                         };
                         learner.train(steps, alpha)?;
                         let accuracy = learner.accuracy(&holdout_ref)?;
-                        let labels = learner.label(&open.query_ids)?;
-                        Ok::<_, ModelError>((accuracy, labels))
+                        let labels = labeller.label_round(
+                            &learner,
+                            open.round,
+                            open.rounds,
+                            &open.query_ids,
+                            planned_queries,
+                        )?;
+                        Ok::<_, SessionError>((open.round, accuracy, labels))
                     })();
-                    (learner, result)
+                    (learner, labeller, result)
                 })
                 .await
                 .map_err(|e| SessionError::Protocol(format!("training thread failed: {e}")))?;
                 learner = back;
-                let (accuracy, labels) = result?;
-                info!(round = open.round, alpha, accuracy, "trained and labelled");
+                labeller = back_labeller;
+                let (round, accuracy, labels) = result?;
+                info!(round, alpha, accuracy, "trained and labelled");
                 round_accuracy.push(accuracy);
+                let (labels, receipt) = match labels {
+                    Labels::Release(labels, receipt) => (labels, receipt),
+                    Labels::BudgetSpent(reason) => {
+                        // Nothing was drawn or sent for this round. Tell the coordinator why
+                        // and stop; the federation goes on without this node.
+                        warn!(round, "privacy budget spent; leaving the federation: {reason}");
+                        let leave = Message::Leave {
+                            reason: format!("privacy budget spent: {reason}"),
+                        };
+                        bytes_up += transport::write_message(&mut send, &leave, max).await? as u64;
+                        finish_stream(&mut send).await;
+                        connection.close(0u32.into(), b"budget spent");
+                        endpoint.wait_idle().await;
+                        return Ok(SessionOutcome {
+                            node,
+                            rounds: rounds_done,
+                            final_accuracy: accuracy,
+                            round_accuracy,
+                            bytes_up,
+                            bytes_down,
+                            seconds: started.elapsed().as_secs_f64(),
+                            learner,
+                            labeller,
+                            left: Some(reason),
+                        });
+                    }
+                };
                 let contribution = Message::Contribution(Contribution {
-                    round: open.round,
+                    round,
                     labels,
-                    receipt: None,
+                    receipt,
                 });
                 bytes_up += transport::write_message(&mut send, &contribution, max).await? as u64;
                 rounds_done += 1;
@@ -255,9 +327,7 @@ pub async fn run_session(
                 let final_accuracy = result?;
                 info!(rounds, final_accuracy, "federation finished");
                 // Tell the coordinator we are done, then let the close reach it.
-                if let Err(e) = send.finish() {
-                    warn!("closing stream: {e}");
-                }
+                finish_stream(&mut send).await;
                 connection.close(0u32.into(), b"done");
                 endpoint.wait_idle().await;
                 return Ok(SessionOutcome {
@@ -269,6 +339,8 @@ pub async fn run_session(
                     bytes_down,
                     seconds: started.elapsed().as_secs_f64(),
                     learner,
+                    labeller,
+                    left: None,
                 });
             }
             Message::Error { message } => return Err(SessionError::Coordinator(message)),

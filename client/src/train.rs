@@ -313,11 +313,25 @@ impl Learner {
         Ok(last)
     }
 
+    /// The current target: public rows `[t, inputs]` and their probabilities `[t, classes]`.
+    pub fn target(&self) -> Option<(Tensor, Tensor)> {
+        self.target.clone()
+    }
+
+    /// Standardised public rows for the given record ids.
+    pub fn public_rows(&self, query_ids: &[u32]) -> Result<Tensor, ModelError> {
+        let ids = Tensor::new(query_ids, &crate::model::device())?;
+        Ok(self.public.index_select(&ids, 0)?)
+    }
+
+    /// The private training set.
+    pub fn private(&self) -> &Labelled {
+        &self.private
+    }
+
     /// The student's probability vectors for the given public records.
     pub fn label(&self, query_ids: &[u32]) -> Result<SoftLabels, ModelError> {
-        let device = crate::model::device();
-        let ids = Tensor::new(query_ids, &device)?;
-        let x = self.public.index_select(&ids, 0)?;
+        let x = self.public_rows(query_ids)?;
         Ok(SoftLabels {
             classes: self.student.config().classes as u16,
             query_ids: query_ids.to_vec(),

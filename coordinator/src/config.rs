@@ -49,6 +49,9 @@ pub struct FederationConfig {
     /// Seconds a round waits for contributions before closing with what it has.
     #[serde(default = "default_round_timeout")]
     pub round_timeout_secs: u64,
+    /// Refuse contributions that carry no differential-privacy receipt.
+    #[serde(default)]
+    pub require_privacy: bool,
     /// Where to write the run summary (JSON); none by default.
     #[serde(default)]
     pub summary_json: Option<PathBuf>,
@@ -123,6 +126,16 @@ impl FederationConfig {
         Ok(())
     }
 
+    /// Labels asked of each node over the whole run: the sum of every round's query count.
+    pub fn planned_queries(&self) -> u64 {
+        let per_round = if self.queries_per_round == 0 {
+            self.public_records
+        } else {
+            self.queries_per_round
+        };
+        per_round as u64 * self.rounds as u64
+    }
+
     /// The public records queried in `round`: a window that slides over the public set, so
     /// every record is labelled before any is asked twice.
     pub fn queries(&self, round: u32) -> Vec<u32> {
@@ -157,6 +170,7 @@ mod tests {
             queries_per_round: 0,
             join_timeout_secs: 1,
             round_timeout_secs: 1,
+            require_privacy: false,
             summary_json: None,
         }
     }
@@ -169,6 +183,8 @@ mod tests {
         assert_eq!(c.queries(0), [0, 1]);
         assert_eq!(c.queries(1), [2, 3]);
         assert_eq!(c.queries(2), [4, 0]);
+        // 4 rounds of 2 queries.
+        assert_eq!(c.planned_queries(), 8);
     }
 
     #[test]

@@ -36,12 +36,6 @@ pub enum CoordinatorError {
         /// The join timeout.
         secs: u64,
     },
-    /// Every node left before the plan ended.
-    #[error("all nodes left during round {round}; no one to aggregate for")]
-    NoNodesLeft {
-        /// The round.
-        round: u32,
-    },
 }
 
 /// What a node contributed, for the summary.
@@ -57,6 +51,27 @@ pub struct NodeSummary {
     pub bytes_down: u64,
     /// Whether it was still present at the end.
     pub finished: bool,
+    /// Why it left early, if it did.
+    pub left: Option<String>,
+    /// Its privacy spending, from the latest receipt it sent.
+    pub privacy: Option<NodeSpending>,
+}
+
+/// A node's cumulative privacy spending, as its latest receipt states it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeSpending {
+    /// Mechanism named in the receipt.
+    pub mechanism: String,
+    /// Privacy unit named in the receipt.
+    pub unit: String,
+    /// Releases (receipts) received.
+    pub releases: u32,
+    /// Cumulative zCDP cost.
+    pub rho_total: f64,
+    /// Cumulative epsilon at `delta`.
+    pub epsilon_total: f64,
+    /// The delta of `epsilon_total`.
+    pub delta: f64,
 }
 
 /// The coordinator's account of a run.
@@ -66,6 +81,8 @@ pub struct Summary {
     pub federation: String,
     /// Rounds completed.
     pub rounds: u32,
+    /// Why the federation ended before its planned rounds, if it did.
+    pub ended_early: Option<String>,
     /// Contributions accepted in each round.
     pub accepted_per_round: Vec<u32>,
     /// Public records in the final target.
@@ -202,6 +219,18 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<Event>) {
     }
 }
 
+/// What is wrong with a receipt, if anything: every number must be finite and in range.
+fn receipt_defect(r: &fd_protocol::PrivacyReceipt) -> Option<String> {
+    let numbers = [r.sigma, r.sensitivity, r.rho, r.rho_total, r.epsilon_total, r.delta];
+    if numbers.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        return Some("has a negative or non-finite number".into());
+    }
+    if r.rho_total < r.rho || !(r.delta > 0.0 && r.delta < 1.0) {
+        return Some("is inconsistent (rho_total < rho, or delta outside (0, 1))".into());
+    }
+    None
+}
+
 /// Forwards one node's messages to the driver until its stream ends.
 async fn read_loop(
     node: String,
@@ -246,15 +275,25 @@ impl Driver {
         let mut target = Target::new(self.config.classes);
         let mut accepted_per_round = Vec::new();
         let mut summary_nodes: BTreeMap<String, NodeSummary> = BTreeMap::new();
+        let mut ended_early = None;
         for round in 0..self.config.rounds {
             let accepted = self
                 .round(round, &mut target, inbox, &mut summary_nodes)
-                .await?;
+                .await;
             accepted_per_round.push(accepted);
+            if self.peers.is_empty() {
+                // Every node left (budgets spent, or gone): the federation ends here, with the
+                // rounds it completed. This is the design's "until budgets run out".
+                let why = format!("every node left by the end of round {round}");
+                warn!("{why}; ending the federation early");
+                ended_early = Some(why);
+                break;
+            }
         }
+        let rounds_done = accepted_per_round.len() as u32;
         let final_labels = target.to_labels();
         let finished = Message::Finished {
-            rounds: self.config.rounds,
+            rounds: rounds_done,
             target: final_labels.clone(),
         };
         for name in self.peer_names() {
@@ -278,7 +317,8 @@ impl Driver {
         let nodes: Vec<NodeSummary> = summary_nodes.into_values().collect();
         Ok(Summary {
             federation: self.config.name.clone(),
-            rounds: self.config.rounds,
+            rounds: rounds_done,
+            ended_early,
             accepted_per_round,
             target_records: final_labels.len(),
             bytes_up: nodes.iter().map(|n| n.bytes_up).sum(),
@@ -362,7 +402,8 @@ impl Driver {
             node: name.clone(),
             federation: self.config.name.clone(),
             rounds: self.config.rounds,
-            require_privacy: false,
+            require_privacy: self.config.require_privacy,
+            planned_queries: self.config.planned_queries(),
         });
         let sent = match transport::write_message(&mut send, &welcome, self.max_frame_len).await {
             Ok(n) => n as u64,
@@ -443,7 +484,7 @@ impl Driver {
         target: &mut Target,
         inbox: &mut mpsc::Receiver<Event>,
         departed: &mut BTreeMap<String, NodeSummary>,
-    ) -> Result<u32, CoordinatorError> {
+    ) -> u32 {
         let query_ids = self.config.queries(round);
         let open = Message::RoundOpen(RoundOpen {
             round,
@@ -484,6 +525,16 @@ impl Driver {
                     if let Some(peer) = self.peers.get_mut(&node) {
                         peer.summary.bytes_up += bytes;
                     }
+                    if let Message::Leave { reason } = &message {
+                        info!(node, round, "node left the federation: {reason}");
+                        asked.remove(&node);
+                        if let Some(mut peer) = self.peers.remove(&node) {
+                            peer.summary.left = Some(reason.clone());
+                            let _ = peer.send.finish();
+                            departed.insert(node.clone(), peer.summary);
+                        }
+                        continue;
+                    }
                     let verdict = match (&message, asked.get(&node)) {
                         (Message::Contribution(c), Some(None)) => {
                             if c.round != round {
@@ -491,6 +542,13 @@ impl Driver {
                                     "contribution for round {} during round {round}",
                                     c.round
                                 ))
+                            } else if self.config.require_privacy && c.receipt.is_none() {
+                                Err(format!(
+                                    "round {round}: contribution refused: this federation requires \
+                                     differential privacy and the contribution has no privacy receipt"
+                                ))
+                            } else if let Some(bad) = c.receipt.as_ref().and_then(receipt_defect) {
+                                Err(format!("round {round}: contribution refused: receipt {bad}"))
                             } else {
                                 c.labels
                                     .check_queries(&query_ids)
@@ -503,13 +561,28 @@ impl Driver {
                         (Message::Contribution(_), Some(Some(_))) => {
                             Err(format!("round {round}: duplicate contribution"))
                         }
-                        (Message::Leave { reason }, _) => Err(format!("node left: {reason}")),
                         (other, _) => Err(format!("unexpected {} in round {round}", other.kind())),
                     };
                     match (verdict, message) {
                         (Ok(()), Message::Contribution(c)) => {
                             if let Some(peer) = self.peers.get_mut(&node) {
                                 peer.summary.contributions += 1;
+                                if let Some(r) = &c.receipt {
+                                    info!(
+                                        node, round, rho = r.rho, sigma = r.sigma,
+                                        epsilon_total = r.epsilon_total, delta = r.delta,
+                                        "privacy receipt"
+                                    );
+                                    let releases = peer.summary.privacy.as_ref().map_or(0, |p| p.releases);
+                                    peer.summary.privacy = Some(NodeSpending {
+                                        mechanism: r.mechanism.clone(),
+                                        unit: r.unit.clone(),
+                                        releases: releases + 1,
+                                        rho_total: r.rho_total,
+                                        epsilon_total: r.epsilon_total,
+                                        delta: r.delta,
+                                    });
+                                }
                             }
                             asked.insert(node, Some(c.labels));
                         }
@@ -541,9 +614,6 @@ impl Driver {
         // BTreeMap order: contributions are combined sorted by node name (reproducible sums).
         let labels: Vec<&SoftLabels> = asked.values().flatten().collect();
         let accepted = labels.len() as u32;
-        if self.peers.is_empty() {
-            return Err(CoordinatorError::NoNodesLeft { round });
-        }
         if let Some(agg) = aggregate::mean(&labels) {
             target.update(&agg);
         }
@@ -562,6 +632,6 @@ impl Driver {
         for name in self.peer_names() {
             self.send(&name, &closed).await;
         }
-        Ok(accepted)
+        accepted
     }
 }

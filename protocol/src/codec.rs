@@ -167,6 +167,7 @@ mod tests {
                 federation: "demo".into(),
                 rounds: 20,
                 require_privacy: true,
+                planned_queries: 7180,
             }),
             Message::Reject {
                 reason: "full".into(),

@@ -84,6 +84,9 @@ pub struct Welcome {
     pub rounds: u32,
     /// Whether every contribution must carry a differential-privacy receipt.
     pub require_privacy: bool,
+    /// Public-record labels the coordinator plans to ask of each node over the whole run (the
+    /// sum of the query counts of all rounds), so a node can spread its privacy budget.
+    pub planned_queries: u64,
 }
 
 /// A round starts: label these public records, and distil from the target so far.

@@ -23,10 +23,13 @@ pub enum DatasetKind {
     Digits,
     /// 569 tumours with 30 features, 2 classes (Wisconsin diagnostic breast cancer).
     BreastCancer,
+    /// Generated class-conditional Gaussian mixtures, as large as asked (see `SyntheticSpec`).
+    Synthetic,
 }
 
-/// Loads a built-in dataset.
-pub fn load(kind: DatasetKind) -> Dataset {
+/// Loads a built-in dataset; `None` for [`DatasetKind::Synthetic`], which is generated per
+/// client by [`synthetic`].
+pub fn load(kind: DatasetKind) -> Option<Dataset> {
     let (name, raw, labels, images) = match kind {
         DatasetKind::Digits => {
             let raw = smartcore::dataset::digits::load_dataset();
@@ -37,12 +40,13 @@ pub fn load(kind: DatasetKind) -> Dataset {
             let raw = smartcore::dataset::breast_cancer::load_dataset();
             ("breast-cancer", raw.data, raw.target, false)
         }
+        DatasetKind::Synthetic => return None,
     };
     let labels: Vec<u32> = labels;
     let width = raw.len() / labels.len().max(1);
     let classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
     let columns = (0..width).map(|j| format!("f{j}")).collect();
-    Dataset {
+    Some(Dataset {
         name: name.into(),
         table: Table {
             columns,
@@ -51,20 +55,155 @@ pub fn load(kind: DatasetKind) -> Dataset {
         },
         classes,
         images,
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn synthetic_has_requested_shape_and_skew() {
+        let spec = SyntheticSpec {
+            records_per_client: 500,
+            features: 5,
+            classes: 4,
+            test_records: 40,
+            public_records: 20,
+            ..SyntheticSpec::default()
+        };
+        let s = synthetic(&spec, 3, 0.1, &mut StdRng::seed_from_u64(1));
+        assert_eq!(s.clients.len(), 3);
+        assert!(s.clients.iter().all(|t| t.rows() == 500 && t.width() == 5));
+        assert_eq!((s.test.rows(), s.public.rows(), s.public_labels.len()), (40, 20, 20));
+        assert!(s.public.labels.is_empty());
+        // Balanced test set: 10 of each of 4 classes.
+        assert!((0..4).all(|k| s.test.labels.iter().filter(|&&y| y == k).count() == 10));
+        // beta = 0.1 concentrates each client on few classes: its largest class holds most of
+        // its records (IID would give about a quarter).
+        for t in &s.clients {
+            let top = (0..4).map(|k| t.labels.iter().filter(|&&y| y == k).count()).max().unwrap();
+            assert!(top > 250, "largest class has {top} of 500");
+        }
+    }
 
     #[test]
     fn builtin_datasets_have_their_documented_shapes() {
         // Shapes from the datasets' documentation (UCI): digits 1797 x 64, 10 classes;
         // breast cancer 569 x 30, 2 classes.
-        let d = load(DatasetKind::Digits);
+        let d = load(DatasetKind::Digits).unwrap();
         assert_eq!((d.table.rows(), d.table.width(), d.classes), (1797, 64, 10));
-        let b = load(DatasetKind::BreastCancer);
+        let b = load(DatasetKind::BreastCancer).unwrap();
+        assert!(load(DatasetKind::Synthetic).is_none());
         assert_eq!((b.table.rows(), b.table.width(), b.classes), (569, 30, 2));
+    }
+}
+
+/// Shape of the synthetic non-IID dataset: class-conditional Gaussian mixtures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SyntheticSpec {
+    /// Private records per client.
+    pub records_per_client: usize,
+    /// Features.
+    pub features: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Mixture components per class.
+    pub modes: usize,
+    /// Typical distance between component centres, in units of the within-component standard
+    /// deviation (1): smaller is harder.
+    pub separation: f64,
+    /// Records in the shared test set (class-balanced).
+    pub test_records: usize,
+    /// Records in the public reference set (class-balanced).
+    pub public_records: usize,
+}
+
+impl Default for SyntheticSpec {
+    fn default() -> Self {
+        SyntheticSpec {
+            records_per_client: 1000,
+            features: 20,
+            classes: 10,
+            modes: 2,
+            separation: 5.0,
+            test_records: 2000,
+            public_records: 500,
+        }
+    }
+}
+
+/// A synthetic federation's data: every client draws its records from the same class-conditional
+/// mixtures, but with its own class proportions from Dirichlet(`beta`) (the non-IID knob:
+/// small `beta`, few classes per client). Test and public sets are class-balanced.
+pub fn synthetic(
+    spec: &SyntheticSpec,
+    clients: usize,
+    beta: f64,
+    rng: &mut impl rand::Rng,
+) -> crate::partition::Split {
+    use rand::RngExt;
+    use rand_distr::{Distribution, Gamma, StandardNormal};
+    let (f, c, modes) = (spec.features, spec.classes.max(2), spec.modes.max(1));
+    // Centres ~ N(0, s^2 / (2f) I), so two independent centres a, b have E|a - b|^2 = s^2:
+    // they sit about `separation` within-component standard deviations apart.
+    let scale = spec.separation / (2.0 * f as f64).sqrt();
+    let centres: Vec<Vec<f64>> = (0..c * modes)
+        .map(|_| {
+            (0..f)
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(rng);
+                    z * scale
+                })
+                .collect()
+        })
+        .collect();
+    let columns: Vec<String> = (0..f).map(|j| format!("x{j}")).collect();
+    let draw = |labels: &[u32], rng: &mut dyn rand::Rng| -> Table {
+        let mut features = Vec::with_capacity(labels.len() * f);
+        for &y in labels {
+            let m = rng.random_range(0..modes);
+            let centre = &centres[y as usize * modes + m];
+            for value in centre {
+                let z: f64 = StandardNormal.sample(rng);
+                features.push((value + z) as f32);
+            }
+        }
+        Table {
+            columns: columns.clone(),
+            features,
+            labels: labels.to_vec(),
+        }
+    };
+    let balanced = |n: usize| -> Vec<u32> { (0..n).map(|i| (i % c) as u32).collect() };
+    let test = draw(&balanced(spec.test_records), rng);
+    let mut public = draw(&balanced(spec.public_records), rng);
+    let public_labels = std::mem::take(&mut public.labels);
+    let gamma = Gamma::new(beta, 1.0).ok();
+    let mut tables = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let weights: Vec<f64> = (0..c)
+            .map(|_| gamma.as_ref().map_or(1.0, |g| g.sample(rng)))
+            .collect();
+        let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        let labels: Vec<u32> = (0..spec.records_per_client)
+            .map(|_| {
+                let mut u = rng.random::<f64>() * total;
+                let mut k = 0;
+                while k + 1 < c && u >= weights[k] {
+                    u -= weights[k];
+                    k += 1;
+                }
+                k as u32
+            })
+            .collect();
+        tables.push(draw(&labels, rng));
+    }
+    crate::partition::Split {
+        test,
+        public,
+        public_labels,
+        clients: tables,
     }
 }

@@ -7,14 +7,16 @@ use std::time::Instant;
 use anyhow::Context;
 use fd_certs::pki::Ca;
 use fd_certs::tls::TlsIdentity;
-use fd_client::node::prepare;
+use fd_client::config::{PrivacyConfig, PrivacyMode};
+use fd_client::node::{build_labeller, prepare, private_part};
+use fd_client::privacy::{MECHANISM, PRIVACY_UNIT};
 use fd_client::session::{SessionPlan, run_session};
 use fd_client::train::{ImageShape, Learner, TrainConfig, train_local_only};
 use fd_coordinator::FederationConfig;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use crate::datasets::{self, DatasetKind};
+use crate::datasets::{self, DatasetKind, SyntheticSpec};
 use crate::partition;
 
 /// What to simulate.
@@ -36,6 +38,31 @@ pub struct SimConfig {
     pub public_fraction: f64,
     /// How every client trains (its seed is offset per client).
     pub training: TrainConfig,
+    /// Shape of the synthetic dataset (used with `--dataset synthetic`).
+    pub synthetic: SyntheticSpec,
+    /// Every client's privacy settings (mode, budget, shards).
+    pub privacy: PrivacyConfig,
+    /// Public records asked per round; `None`: all of them every round without privacy, and
+    /// each record once (public / rounds per round) with privacy, since a record labelled once
+    /// stays in the target for free while every release costs budget.
+    pub queries_per_round: Option<u32>,
+}
+
+/// The privacy of a simulation's releases, as the JSON reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrivacySummary {
+    /// `"none"` or `"shards"`.
+    pub mode: String,
+    /// The privacy unit: `"record"` (one record of one node's private data) or `"none"`.
+    pub unit: String,
+    /// Every node's epsilon budget (`None`: no limit).
+    pub epsilon: Option<f64>,
+    /// The budget's delta.
+    pub delta: Option<f64>,
+    /// The mechanism.
+    pub mechanism: String,
+    /// A sentence for people.
+    pub statement: String,
 }
 
 impl SimConfig {
@@ -59,6 +86,9 @@ impl SimConfig {
                 }),
                 ..TrainConfig::default()
             },
+            synthetic: SyntheticSpec::default(),
+            privacy: PrivacyConfig::default(),
+            queries_per_round: None,
         }
     }
 }
@@ -76,6 +106,14 @@ pub struct ClientResult {
     pub federated_acc: f64,
     /// Test accuracy after each round.
     pub round_acc: Vec<f64>,
+    /// Epsilon this client spent (private mode with a finite budget).
+    pub epsilon_spent: Option<f64>,
+    /// Noise standard deviation per release (private mode).
+    pub sigma: Option<f64>,
+    /// Teachers in its ensemble (private mode).
+    pub teachers: Option<usize>,
+    /// Why it stopped contributing early, if it did.
+    pub left: Option<String>,
 }
 
 /// The whole simulation's results (written as JSON by `--json`).
@@ -83,8 +121,8 @@ pub struct ClientResult {
 pub struct SimResult {
     /// Dataset name.
     pub dataset: String,
-    /// Privacy statement of the released labels.
-    pub privacy: String,
+    /// Privacy of the released labels.
+    pub privacy: PrivacySummary,
     /// The setup.
     pub config: SimConfig,
     /// Test accuracy of one student trained on all clients' private records.
@@ -119,18 +157,28 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 
 /// Runs the federation and the baselines.
 pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
-    let data = datasets::load(config.dataset);
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let split = partition::split(
-        &data.table,
-        data.classes,
-        config.clients,
-        config.beta,
-        config.test_fraction,
-        config.public_fraction,
-        &mut rng,
-    );
-    let classes = data.classes;
+    let (name, classes, split) = match datasets::load(config.dataset) {
+        Some(data) => {
+            let split = partition::split(
+                &data.table,
+                data.classes,
+                config.clients,
+                config.beta,
+                config.test_fraction,
+                config.public_fraction,
+                &mut rng,
+            );
+            (data.name, data.classes, split)
+        }
+        None => {
+            let spec = &config.synthetic;
+            let split = datasets::synthetic(spec, config.clients, config.beta, &mut rng);
+            ("synthetic".to_owned(), spec.classes, split)
+        }
+    };
+
+    let private = config.privacy.mode == PrivacyMode::Shards && config.privacy.epsilon.is_finite();
 
     // Certificates for everyone, in memory: a throw-away federation CA.
     let ca = Ca::generate("fd-sim")?;
@@ -146,7 +194,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     )?;
     let addr = endpoint.local_addr()?;
     let federation = FederationConfig {
-        name: format!("fd-sim-{}", data.name),
+        name: format!("fd-sim-{name}"),
         listen: addr,
         ca: "<in memory>".into(),
         cert: "<in memory>".into(),
@@ -155,15 +203,20 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         rounds: config.rounds,
         public_records: split.public.rows() as u32,
         classes: classes as u16,
-        queries_per_round: 0,
+        queries_per_round: config.queries_per_round.unwrap_or(match config.privacy.mode {
+            PrivacyMode::None => 0,
+            PrivacyMode::Shards => (split.public.rows() as u32).div_ceil(config.rounds),
+        }),
         join_timeout_secs: 120,
         round_timeout_secs: 600,
+        require_privacy: private,
         summary_json: None,
     };
     federation
         .validate()
         .map_err(|m| anyhow::anyhow!("simulated federation: {m}"))?;
 
+    let ledgers = tempfile::tempdir().context("temporary directory for privacy ledgers")?;
     let started = Instant::now();
     let coordinator = tokio::spawn(fd_coordinator::run(federation, endpoint));
     let mut sessions = Vec::new();
@@ -182,6 +235,13 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
             ..config.training.clone()
         };
+        let labeller = build_labeller(
+            &config.privacy,
+            &prepared.train,
+            classes,
+            &training,
+            &ledgers.path().join(format!("{name}.sqlite")),
+        )?;
         let learner = Learner::new(training, classes, prepared.train, prepared.public)?;
         let plan = SessionPlan {
             coordinator: addr,
@@ -195,7 +255,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             holdout: prepared.holdout,
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
         };
-        sessions.push(tokio::spawn(run_session(plan, learner)));
+        sessions.push(tokio::spawn(run_session(plan, learner, labeller)));
     }
     let mut outcomes = Vec::new();
     for (i, s) in sessions.into_iter().enumerate() {
@@ -247,6 +307,10 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         .zip(&split.clients)
         .zip(local)
         .map(|((o, private), local_only_acc)| ClientResult {
+            epsilon_spent: o.labeller.spent().ok().flatten().map(|(e, _)| e),
+            sigma: private_part(&o.labeller).and_then(|p| p.sigma),
+            teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
+            left: o.left.clone(),
             node: o.node.clone(),
             records: private.rows(),
             local_only_acc,
@@ -267,8 +331,8 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     }));
     Ok(SimResult {
         target_acc,
-        dataset: data.name,
-        privacy: fd_client::node::NON_PRIVATE.into(),
+        dataset: name,
+        privacy: privacy_summary(config, outcomes.first().map(|o| o.labeller.statement())),
         config: config.clone(),
         centralized_acc,
         local_only_mean_acc: mean(clients.iter().map(|c| c.local_only_acc)),
@@ -281,6 +345,29 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         wall_seconds,
         clients,
     })
+}
+
+fn privacy_summary(config: &SimConfig, statement: Option<String>) -> PrivacySummary {
+    let p = &config.privacy;
+    let statement = statement.unwrap_or_else(|| fd_client::node::NON_PRIVATE.into());
+    match p.mode {
+        PrivacyMode::None => PrivacySummary {
+            mode: "none".into(),
+            unit: "none".into(),
+            epsilon: None,
+            delta: None,
+            mechanism: "none (non-private baseline)".into(),
+            statement,
+        },
+        PrivacyMode::Shards => PrivacySummary {
+            mode: "shards".into(),
+            unit: if p.epsilon.is_finite() { PRIVACY_UNIT } else { "none" }.into(),
+            epsilon: p.epsilon.is_finite().then_some(p.epsilon),
+            delta: Some(p.delta),
+            mechanism: MECHANISM.into(),
+            statement,
+        },
+    }
 }
 
 /// Starts training a student on `private` alone; resolves to its test accuracy.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use fd_sim::datasets::DatasetKind;
+use fd_client::config::PrivacyMode;
 use fd_sim::federation::{self, SimConfig};
+use fd_sim::report::SweepRow;
 
 /// Simulate a federated knowledge-distillation run on one machine.
 ///
@@ -66,9 +68,62 @@ struct Args {
     /// Distillation temperature [default: 2 for digits, 4 for tabular data].
     #[arg(long)]
     temperature: Option<f64>,
+    /// Synthetic data: private records per client.
+    #[arg(long, default_value_t = 1000)]
+    records_per_client: usize,
+    /// Synthetic data: number of features.
+    #[arg(long, default_value_t = 20)]
+    features: usize,
+    /// Synthetic data: number of classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Synthetic data: records in the public reference set.
+    #[arg(long, default_value_t = 500)]
+    public_records: usize,
+    /// Synthetic data: distance between mixture components, in within-component standard
+    /// deviations (smaller is harder).
+    #[arg(long, default_value_t = 5.0)]
+    separation: f64,
+    /// Privacy of released labels: none (non-private baseline) or shards (record-level
+    /// differential privacy: subsample-and-aggregate with Gaussian noise, zCDP accounting).
+    #[arg(long, value_enum, default_value_t = PrivacyArg::None)]
+    privacy: PrivacyArg,
+    /// Every client's total epsilon budget (with --privacy shards). A comma-separated list,
+    /// e.g. 1,2,4,8,inf, runs a sweep and prints accuracy against epsilon.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    epsilon: Vec<String>,
+    /// The delta of the budget.
+    #[arg(long, default_value_t = 1e-5)]
+    delta: f64,
+    /// Teachers per client (disjoint shards); 0 chooses one per 40 records.
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Public records asked per round [default: all every round without privacy; each record
+    /// once, spread over the rounds, with privacy].
+    #[arg(long)]
+    queries_per_round: Option<u32>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrivacyArg {
+    /// Non-private baseline: students' probabilities leave without noise.
+    None,
+    /// Teachers on disjoint shards, summed votes with Gaussian noise.
+    Shards,
+}
+
+fn parse_epsilon(text: &str) -> anyhow::Result<f64> {
+    let e = match text.trim() {
+        "inf" | "infinity" => f64::INFINITY,
+        t => t
+            .parse::<f64>()
+            .map_err(|_| anyhow::anyhow!("--epsilon: '{t}' is not a number or inf"))?,
+    };
+    anyhow::ensure!(e > 0.0, "--epsilon: {e} must be > 0");
+    Ok(e)
 }
 
 /// Small-batch candle training is fastest single-threaded, and the simulation already runs one
@@ -102,6 +157,19 @@ fn main() -> anyhow::Result<()> {
     config.rounds = args.rounds;
     config.beta = args.beta;
     config.seed = args.seed;
+    if args.dataset == DatasetKind::Synthetic {
+        anyhow::ensure!(args.records_per_client >= 1, "--records-per-client must be at least 1");
+        anyhow::ensure!(args.features >= 1, "--features must be at least 1");
+        anyhow::ensure!(args.classes >= 2, "--classes must be at least 2");
+        anyhow::ensure!(args.public_records >= 1, "--public-records must be at least 1");
+        anyhow::ensure!(args.separation > 0.0, "--separation must be > 0");
+        let spec = &mut config.synthetic;
+        spec.records_per_client = args.records_per_client;
+        spec.features = args.features;
+        spec.classes = args.classes;
+        spec.public_records = args.public_records;
+        spec.separation = args.separation;
+    }
     let t = &mut config.training;
     if let Some(v) = args.hidden {
         t.hidden = v;
@@ -138,14 +206,62 @@ fn main() -> anyhow::Result<()> {
     }
     t.validate()
         .map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
+    config.queries_per_round = args.queries_per_round;
+    config.privacy.mode = match args.privacy {
+        PrivacyArg::None => PrivacyMode::None,
+        PrivacyArg::Shards => PrivacyMode::Shards,
+    };
+    config.privacy.delta = args.delta;
+    config.privacy.shards = args.shards;
+    let epsilons = args
+        .epsilon
+        .iter()
+        .map(|t| parse_epsilon(t))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    anyhow::ensure!(
+        epsilons.len() == 1 || config.privacy.mode == PrivacyMode::Shards,
+        "an epsilon sweep needs --privacy shards"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(federation::run(&config))?;
-    print!("{}", fd_sim::report::table(&result));
-    if let Some(path) = args.json {
-        let text = serde_json::to_string_pretty(&result)?;
+    let mut rows = Vec::new();
+    let mut last = None;
+    for &epsilon in &epsilons {
+        config.privacy.epsilon = epsilon;
+        config
+            .privacy
+            .validate()
+            .map_err(|m| anyhow::anyhow!("invalid privacy settings: {m}"))?;
+        let result = runtime.block_on(federation::run(&config))?;
+        print!("{}", fd_sim::report::table(&result));
+        rows.push(SweepRow {
+            epsilon: epsilon.is_finite().then_some(epsilon),
+            federated_mean_acc: result.federated_mean_acc,
+            local_only_mean_acc: result.local_only_mean_acc,
+            max_epsilon_spent: result
+                .clients
+                .iter()
+                .filter_map(|c| c.epsilon_spent)
+                .reduce(f64::max),
+            sigma: result.clients.first().and_then(|c| c.sigma),
+        });
+        last = Some(result);
+        if epsilons.len() > 1 {
+            println!();
+        }
+    }
+    if epsilons.len() > 1 {
+        println!("accuracy against epsilon (per record of each node's private data):");
+        print!("{}", fd_sim::report::sweep_table(&rows));
+    }
+    if let (Some(path), Some(result)) = (args.json, last) {
+        let mut json = serde_json::to_value(&result)?;
+        if epsilons.len() > 1 {
+            json["sweep"] = serde_json::to_value(&rows)?;
+        }
+        let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("results written to {}", path.display());
     }

@@ -1,4 +1,4 @@
-//! The results table fd-sim prints.
+//! The tables fd-sim prints.
 
 use std::fmt::Write;
 
@@ -16,18 +16,36 @@ pub fn table(r: &SimResult) -> String {
         r.config.beta,
         r.config.seed
     );
-    let _ = writeln!(s, "privacy: {}", r.privacy);
-    let _ = writeln!(
+    let _ = writeln!(s, "privacy: {} (unit: {})", r.privacy.statement, r.privacy.unit);
+    let private = r.clients.iter().any(|c| c.epsilon_spent.is_some());
+    let _ = write!(
         s,
         "{:<12} {:>8} {:>12} {:>12}",
         "client", "records", "local-only", "federated"
     );
+    if private {
+        let _ = write!(s, " {:>9} {:>9} {:>8}", "teachers", "sigma", "epsilon");
+    }
+    let _ = writeln!(s);
     for c in &r.clients {
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{:<12} {:>8} {:>12.4} {:>12.4}",
             c.node, c.records, c.local_only_acc, c.federated_acc
         );
+        if private {
+            let _ = write!(
+                s,
+                " {:>9} {:>9.2} {:>8.4}",
+                c.teachers.unwrap_or(0),
+                c.sigma.unwrap_or(f64::NAN),
+                c.epsilon_spent.unwrap_or(f64::NAN)
+            );
+        }
+        if let Some(why) = &c.left {
+            let _ = write!(s, "  (left early: {why})");
+        }
+        let _ = writeln!(s);
     }
     let _ = writeln!(
         s,
@@ -52,5 +70,41 @@ pub fn table(r: &SimResult) -> String {
         "test records {} | public records {} | bytes up {} | bytes down {} | wall {:.1} s",
         r.test_records, r.public_records, r.bytes_up, r.bytes_down, r.wall_seconds
     );
+    s
+}
+
+/// One row of an epsilon sweep.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SweepRow {
+    /// The budget (`None`: infinite, no noise).
+    pub epsilon: Option<f64>,
+    /// Mean federated test accuracy.
+    pub federated_mean_acc: f64,
+    /// Mean local-only test accuracy (the same at every epsilon).
+    pub local_only_mean_acc: f64,
+    /// Largest epsilon any client spent.
+    pub max_epsilon_spent: Option<f64>,
+    /// Noise standard deviation of the first client's releases.
+    pub sigma: Option<f64>,
+}
+
+/// Renders accuracy against epsilon.
+pub fn sweep_table(rows: &[SweepRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>8} {:>10} {:>12} {:>12} {:>14}",
+        "epsilon", "sigma", "federated", "local-only", "max eps spent"
+    );
+    for r in rows {
+        let eps = r.epsilon.map_or("inf".to_owned(), |e| format!("{e}"));
+        let spent = r.max_epsilon_spent.map_or("-".to_owned(), |e| format!("{e:.4}"));
+        let sigma = r.sigma.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            s,
+            "{:>8} {:>10} {:>12.4} {:>12.4} {:>14}",
+            eps, sigma, r.federated_mean_acc, r.local_only_mean_acc, spent
+        );
+    }
     s
 }
