@@ -88,7 +88,7 @@ pub struct PrivacyConfig {
     /// The delta at which `epsilon` is measured.
     pub delta: f64,
     /// Number of teachers (disjoint shards of the private records); 0 chooses one teacher per
-    /// 40 records, between 1 and 250.
+    /// 20 records, between 1 and 250.
     pub shards: usize,
     /// Noise standard deviation per release. Unset: chosen so the coordinator's planned
     /// queries exactly use the budget.
@@ -102,6 +102,11 @@ pub struct PrivacyConfig {
     pub teacher_local_steps: usize,
     /// Teacher steps per round once a target exists.
     pub teacher_steps_per_round: usize,
+    /// Rows of its shard each teacher sees per step.
+    pub teacher_batch_size: usize,
+    /// Post-processing of each noisy row: values are lowered by this many noise standard
+    /// deviations and clamped at 0 before renormalising (0: plain clamp). Costs no privacy.
+    pub clamp_floor: f64,
 }
 
 impl Default for PrivacyConfig {
@@ -114,8 +119,10 @@ impl Default for PrivacyConfig {
             sigma: None,
             ledger: None,
             teacher_hidden: 64,
-            teacher_local_steps: 300,
-            teacher_steps_per_round: 50,
+            teacher_local_steps: 100,
+            teacher_steps_per_round: 20,
+            teacher_batch_size: 16,
+            clamp_floor: 1.0,
         }
     }
 }
@@ -132,13 +139,19 @@ impl PrivacyConfig {
         }
         .validate()
         .map_err(|e| format!("privacy: {e}"))?;
-        if let Some(s) = self.sigma {
-            if !(s > 0.0 && s.is_finite()) {
-                return Err(format!("privacy.sigma must be > 0, got {s}"));
-            }
+        if let Some(s) = self.sigma
+            && !(s > 0.0 && s.is_finite())
+        {
+            return Err(format!("privacy.sigma must be > 0, got {s}"));
         }
-        if self.teacher_hidden == 0 {
-            return Err("privacy.teacher_hidden must be > 0".into());
+        if self.teacher_hidden == 0 || self.teacher_batch_size == 0 {
+            return Err("privacy.teacher_hidden and privacy.teacher_batch_size must be > 0".into());
+        }
+        if !(self.clamp_floor >= 0.0 && self.clamp_floor.is_finite()) {
+            return Err(format!(
+                "privacy.clamp_floor must be >= 0, got {}",
+                self.clamp_floor
+            ));
         }
         Ok(())
     }
@@ -185,10 +198,10 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = config.privacy.ledger.as_mut() {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+        if let Some(p) = config.privacy.ledger.as_mut()
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
         config
             .validate()
@@ -249,12 +262,20 @@ mod tests {
         let path = dir.path().join("node.toml");
         let base = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
                     private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 3\n";
-        std::fs::write(&path, format!("{base}[privacy]\nmode = \"shards\"\nepsilon = 4.0\nledger = \"l.db\"\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{base}[privacy]\nmode = \"shards\"\nepsilon = 4.0\nledger = \"l.db\"\n"),
+        )
+        .unwrap();
         let c = NodeConfig::load(&path).unwrap();
         assert_eq!(c.privacy.mode, PrivacyMode::Shards);
         assert_eq!(c.privacy.epsilon, 4.0);
         assert_eq!(c.privacy.ledger, Some(dir.path().join("l.db")));
-        std::fs::write(&path, format!("{base}[privacy]\nmode = \"shards\"\ndelta = 2.0\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{base}[privacy]\nmode = \"shards\"\ndelta = 2.0\n"),
+        )
+        .unwrap();
         let msg = NodeConfig::load(&path).unwrap_err().to_string();
         assert!(msg.contains("delta"), "{msg}");
     }

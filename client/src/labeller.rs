@@ -53,6 +53,9 @@ pub struct PrivateLabeller {
     pub steps_per_round: usize,
     /// Noise in use (set at the first release).
     pub sigma: Option<f64>,
+    /// Post-processing floor, in noise standard deviations: released rows are
+    /// `max(v - clamp_floor * sigma, 0)`, renormalised.
+    pub clamp_floor: f64,
 }
 
 /// How a node labels public records.
@@ -125,8 +128,11 @@ impl Labeller {
         let m = query_ids.len();
         let Some(ledger) = p.ledger.as_mut() else {
             // Infinite budget: normalise the votes, no noise, nothing to account.
-            let probs = privacy::to_simplex(&sums, classes);
-            return Ok(Labels::Release(soft_labels(query_ids, classes, probs), None));
+            let probs = privacy::to_simplex(&sums, classes, 0.0);
+            return Ok(Labels::Release(
+                soft_labels(query_ids, classes, probs),
+                None,
+            ));
         };
         let sigma = match (p.sigma, p.fixed_sigma) {
             (Some(s), _) | (None, Some(s)) => s,
@@ -150,7 +156,8 @@ impl Labeller {
             }
         };
         p.sigma = Some(sigma);
-        match private_release(ledger, round, &sums, classes, sigma) {
+        let floor = p.clamp_floor * sigma;
+        match private_release(ledger, round, &sums, classes, sigma, floor) {
             Ok((probs, r)) => {
                 let receipt = PrivacyReceipt {
                     mechanism: MECHANISM.into(),

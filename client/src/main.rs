@@ -77,7 +77,9 @@ fn parse_mode(s: &str) -> Result<PrivacyMode, String> {
     match s {
         "none" => Ok(PrivacyMode::None),
         "shards" => Ok(PrivacyMode::Shards),
-        other => Err(format!("'{other}' is not a privacy mode; use none or shards")),
+        other => Err(format!(
+            "'{other}' is not a privacy mode; use none or shards"
+        )),
     }
 }
 

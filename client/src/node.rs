@@ -7,11 +7,11 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{NodeConfig, PrivacyConfig, PrivacyMode};
+use crate::data::{self, DataError, Standardiser, Table};
 use crate::ensemble::{EnsembleConfig, TeacherEnsemble, default_shards};
 use crate::labeller::{Labeller, PrivateLabeller};
-use crate::privacy::{Budget, PrivacyError, PrivacyLedger};
-use crate::data::{self, DataError, Standardiser, Table};
 use crate::model::{ModelCard, ModelError, StudentConfig, matrix};
+use crate::privacy::{Budget, PrivacyError, PrivacyLedger};
 use crate::session::{SessionError, SessionPlan, run_session};
 use crate::train::{Labelled, Learner, TrainConfig};
 
@@ -271,7 +271,7 @@ pub fn build_labeller(
             inputs: private.x.dims2().map_err(ModelError::from)?.1,
             classes,
             learning_rate: training.learning_rate,
-            batch_size: shard_size.min(32),
+            batch_size: shard_size.min(privacy.teacher_batch_size),
             temperature: training.temperature,
             seed: training.seed ^ 0x5a4d,
         },
@@ -303,6 +303,7 @@ pub fn build_labeller(
         local_steps: privacy.teacher_local_steps,
         steps_per_round: privacy.teacher_steps_per_round,
         sigma: None,
+        clamp_floor: privacy.clamp_floor,
     })))
 }
 

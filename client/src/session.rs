@@ -169,7 +169,9 @@ pub async fn run_session(
     )
     .await
     .map_err(|e| not_admitted(&e))? as u64;
-    let (node, planned_queries, mut bytes_down) = match transport::read_message(&mut recv, max).await {
+    let (node, planned_queries, mut bytes_down) = match transport::read_message(&mut recv, max)
+        .await
+    {
         Ok(Some((Message::Welcome(w), n))) => {
             info!(
                 node = %w.node,
@@ -271,7 +273,10 @@ pub async fn run_session(
                     Labels::BudgetSpent(reason) => {
                         // Nothing was drawn or sent for this round. Tell the coordinator why
                         // and stop; the federation goes on without this node.
-                        warn!(round, "privacy budget spent; leaving the federation: {reason}");
+                        warn!(
+                            round,
+                            "privacy budget spent; leaving the federation: {reason}"
+                        );
                         let leave = Message::Leave {
                             reason: format!("privacy budget spent: {reason}"),
                         };

@@ -184,15 +184,15 @@ impl Learner {
         public: Tensor,
     ) -> Result<Learner, ModelError> {
         let inputs = private.x.dims2()?.1;
-        if let Some(shape) = config.image {
-            if shape.height * shape.width != inputs {
-                return Err(ModelError::Config(format!(
-                    "training.image is {}x{} = {} pixels, but the data has {inputs} features",
-                    shape.height,
-                    shape.width,
-                    shape.height * shape.width
-                )));
-            }
+        if let Some(shape) = config.image
+            && shape.height * shape.width != inputs
+        {
+            return Err(ModelError::Config(format!(
+                "training.image is {}x{} = {} pixels, but the data has {inputs} features",
+                shape.height,
+                shape.width,
+                shape.height * shape.width
+            )));
         }
         let student = Student::new(
             StudentConfig {

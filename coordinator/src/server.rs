@@ -221,7 +221,14 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<Event>) {
 
 /// What is wrong with a receipt, if anything: every number must be finite and in range.
 fn receipt_defect(r: &fd_protocol::PrivacyReceipt) -> Option<String> {
-    let numbers = [r.sigma, r.sensitivity, r.rho, r.rho_total, r.epsilon_total, r.delta];
+    let numbers = [
+        r.sigma,
+        r.sensitivity,
+        r.rho,
+        r.rho_total,
+        r.epsilon_total,
+        r.delta,
+    ];
     if numbers.iter().any(|v| !v.is_finite() || *v < 0.0) {
         return Some("has a negative or non-finite number".into());
     }
@@ -297,11 +304,11 @@ impl Driver {
             target: final_labels.clone(),
         };
         for name in self.peer_names() {
-            if self.send(&name, &finished).await {
-                if let Some(peer) = self.peers.get_mut(&name) {
-                    peer.summary.finished = true;
-                    let _ = peer.send.finish();
-                }
+            if self.send(&name, &finished).await
+                && let Some(peer) = self.peers.get_mut(&name)
+            {
+                peer.summary.finished = true;
+                let _ = peer.send.finish();
             }
         }
         let wall_seconds = self.started.elapsed().as_secs_f64();
@@ -548,7 +555,9 @@ impl Driver {
                                      differential privacy and the contribution has no privacy receipt"
                                 ))
                             } else if let Some(bad) = c.receipt.as_ref().and_then(receipt_defect) {
-                                Err(format!("round {round}: contribution refused: receipt {bad}"))
+                                Err(format!(
+                                    "round {round}: contribution refused: receipt {bad}"
+                                ))
                             } else {
                                 c.labels
                                     .check_queries(&query_ids)
@@ -569,11 +578,16 @@ impl Driver {
                                 peer.summary.contributions += 1;
                                 if let Some(r) = &c.receipt {
                                     info!(
-                                        node, round, rho = r.rho, sigma = r.sigma,
-                                        epsilon_total = r.epsilon_total, delta = r.delta,
+                                        node,
+                                        round,
+                                        rho = r.rho,
+                                        sigma = r.sigma,
+                                        epsilon_total = r.epsilon_total,
+                                        delta = r.delta,
                                         "privacy receipt"
                                     );
-                                    let releases = peer.summary.privacy.as_ref().map_or(0, |p| p.releases);
+                                    let releases =
+                                        peer.summary.privacy.as_ref().map_or(0, |p| p.releases);
                                     peer.summary.privacy = Some(NodeSpending {
                                         mechanism: r.mechanism.clone(),
                                         unit: r.unit.clone(),

@@ -76,14 +76,20 @@ mod tests {
         let s = synthetic(&spec, 3, 0.1, &mut StdRng::seed_from_u64(1));
         assert_eq!(s.clients.len(), 3);
         assert!(s.clients.iter().all(|t| t.rows() == 500 && t.width() == 5));
-        assert_eq!((s.test.rows(), s.public.rows(), s.public_labels.len()), (40, 20, 20));
+        assert_eq!(
+            (s.test.rows(), s.public.rows(), s.public_labels.len()),
+            (40, 20, 20)
+        );
         assert!(s.public.labels.is_empty());
         // Balanced test set: 10 of each of 4 classes.
         assert!((0..4).all(|k| s.test.labels.iter().filter(|&&y| y == k).count() == 10));
         // beta = 0.1 concentrates each client on few classes: its largest class holds most of
         // its records (IID would give about a quarter).
         for t in &s.clients {
-            let top = (0..4).map(|k| t.labels.iter().filter(|&&y| y == k).count()).max().unwrap();
+            let top = (0..4)
+                .map(|k| t.labels.iter().filter(|&&y| y == k).count())
+                .max()
+                .unwrap();
             assert!(top > 250, "largest class has {top} of 500");
         }
     }

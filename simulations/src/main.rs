@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fd_sim::datasets::DatasetKind;
 use fd_client::config::PrivacyMode;
+use fd_sim::datasets::DatasetKind;
 use fd_sim::federation::{self, SimConfig};
 use fd_sim::report::SweepRow;
 
@@ -77,6 +77,9 @@ struct Args {
     /// Synthetic data: number of classes.
     #[arg(long, default_value_t = 10)]
     classes: usize,
+    /// Synthetic data: Gaussian components per class.
+    #[arg(long, default_value_t = 2)]
+    modes: usize,
     /// Synthetic data: records in the public reference set.
     #[arg(long, default_value_t = 500)]
     public_records: usize,
@@ -95,11 +98,14 @@ struct Args {
     /// The delta of the budget.
     #[arg(long, default_value_t = 1e-5)]
     delta: f64,
-    /// Teachers per client (disjoint shards); 0 chooses one per 40 records.
+    /// Teachers per client (disjoint shards); 0 chooses one per 20 records, at most 250.
     #[arg(long, default_value_t = 0)]
     shards: usize,
-    /// Public records asked per round [default: all every round without privacy; each record
-    /// once, spread over the rounds, with privacy].
+    /// Post-processing floor of noisy rows, in noise standard deviations (0: plain clamp).
+    #[arg(long)]
+    clamp_floor: Option<f64>,
+    /// Public records asked per round [default: all every round without privacy; with privacy
+    /// 200 records in all, each once, spread over the rounds].
     #[arg(long)]
     queries_per_round: Option<u32>,
     /// Also write the results as JSON to this file.
@@ -158,10 +164,16 @@ fn main() -> anyhow::Result<()> {
     config.beta = args.beta;
     config.seed = args.seed;
     if args.dataset == DatasetKind::Synthetic {
-        anyhow::ensure!(args.records_per_client >= 1, "--records-per-client must be at least 1");
+        anyhow::ensure!(
+            args.records_per_client >= 1,
+            "--records-per-client must be at least 1"
+        );
         anyhow::ensure!(args.features >= 1, "--features must be at least 1");
         anyhow::ensure!(args.classes >= 2, "--classes must be at least 2");
-        anyhow::ensure!(args.public_records >= 1, "--public-records must be at least 1");
+        anyhow::ensure!(
+            args.public_records >= 1,
+            "--public-records must be at least 1"
+        );
         anyhow::ensure!(args.separation > 0.0, "--separation must be > 0");
         let spec = &mut config.synthetic;
         spec.records_per_client = args.records_per_client;
@@ -169,6 +181,8 @@ fn main() -> anyhow::Result<()> {
         spec.classes = args.classes;
         spec.public_records = args.public_records;
         spec.separation = args.separation;
+        anyhow::ensure!(args.modes >= 1, "--modes must be at least 1");
+        spec.modes = args.modes;
     }
     let t = &mut config.training;
     if let Some(v) = args.hidden {
@@ -213,6 +227,9 @@ fn main() -> anyhow::Result<()> {
     };
     config.privacy.delta = args.delta;
     config.privacy.shards = args.shards;
+    if let Some(v) = args.clamp_floor {
+        config.privacy.clamp_floor = v;
+    }
     let epsilons = args
         .epsilon
         .iter()

@@ -16,7 +16,11 @@ pub fn table(r: &SimResult) -> String {
         r.config.beta,
         r.config.seed
     );
-    let _ = writeln!(s, "privacy: {} (unit: {})", r.privacy.statement, r.privacy.unit);
+    let _ = writeln!(
+        s,
+        "privacy: {} (unit: {})",
+        r.privacy.statement, r.privacy.unit
+    );
     let private = r.clients.iter().any(|c| c.epsilon_spent.is_some());
     let _ = write!(
         s,
@@ -98,7 +102,9 @@ pub fn sweep_table(rows: &[SweepRow]) -> String {
     );
     for r in rows {
         let eps = r.epsilon.map_or("inf".to_owned(), |e| format!("{e}"));
-        let spent = r.max_epsilon_spent.map_or("-".to_owned(), |e| format!("{e:.4}"));
+        let spent = r
+            .max_epsilon_spent
+            .map_or("-".to_owned(), |e| format!("{e:.4}"));
         let sigma = r.sigma.map_or("-".to_owned(), |v| format!("{v:.2}"));
         let _ = writeln!(
             s,

@@ -451,7 +451,7 @@ mod tests {
             let would_fit = ledger
                 .can_afford(release_rho(100, release_sensitivity(10), 30.0).expect("rho"))
                 .expect("afford");
-            match private_release(&mut ledger, accepted, &sums, 10, 30.0) {
+            match private_release(&mut ledger, accepted, &sums, 10, 30.0, 0.0) {
                 Ok((labels, receipt)) => {
                     assert!(would_fit, "can_afford said no but charge accepted");
                     assert_eq!(labels.len(), 100);

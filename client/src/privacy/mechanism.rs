@@ -183,20 +183,23 @@ pub fn gaussian_release(
     Ok((noisy, release.rho()))
 }
 
-/// Post-processing (free under DP): clamps each row of width `classes` to `>= 0` and
-/// renormalises it to sum 1, returning `f32` rows.
+/// Post-processing (free under DP): clamps each row of width `classes` at `floor` (each value
+/// becomes `max(v - floor, 0)`) and renormalises it to sum 1, returning `f32` rows. With
+/// `floor = 0` this is the plain projection; a floor of about one noise standard deviation
+/// removes most entries that are noise alone, so averaging many nodes' rows is not swamped by
+/// the clamped noise of classes no teacher voted for.
 ///
-/// A row whose clamped sum is zero (all entries were `<= 0`) or not finite becomes uniform.
+/// A row whose clamped sum is zero (no entry above the floor) or not finite becomes uniform.
 /// `noisy.len()` should be a multiple of `classes`; a trailing partial row is normalised on its
 /// own. `classes == 0` gives an empty vector.
-pub fn to_simplex(noisy: &[f64], classes: usize) -> Vec<f32> {
+pub fn to_simplex(noisy: &[f64], classes: usize, floor: f64) -> Vec<f32> {
     if classes == 0 {
         return Vec::new();
     }
     let mut out = Vec::with_capacity(noisy.len());
     for row in noisy.chunks(classes) {
         // `f64::max` maps NaN to the other operand, so NaN clamps to 0 as well.
-        let clamped: Vec<f64> = row.iter().map(|v| v.max(0.0)).collect();
+        let clamped: Vec<f64> = row.iter().map(|v| (v - floor).max(0.0)).collect();
         let sum: f64 = clamped.iter().sum();
         if sum > 0.0 && sum.is_finite() {
             out.extend(clamped.iter().map(|v| (v / sum) as f32));
@@ -315,9 +318,10 @@ pub fn private_release(
     sums: &[f64],
     classes: usize,
     sigma: f64,
+    floor: f64,
 ) -> Result<(Vec<f32>, Receipt), PrivacyError> {
     const LOCATION: &str = "privacy::private_release";
-    if classes == 0 || sums.is_empty() || sums.len() % classes != 0 {
+    if classes == 0 || sums.is_empty() || !sums.len().is_multiple_of(classes) {
         return Err(PrivacyError::InvalidShape {
             len: sums.len(),
             classes,
@@ -341,7 +345,7 @@ pub fn private_release(
         rho: release.rho(),
     })?;
     let noisy = release.invoke(sums)?;
-    Ok((to_simplex(&noisy, classes), receipt))
+    Ok((to_simplex(&noisy, classes, floor), receipt))
 }
 
 #[cfg(test)]
@@ -502,7 +506,7 @@ mod tests {
         // Row 2: all negative -> uniform 1/3.
         // Row 3: [2, 2, 0] -> [0.5, 0.5, 0].
         let noisy = [-1.0, 1.0, 3.0, -0.5, -2.0, -0.1, 2.0, 2.0, 0.0];
-        let out = to_simplex(&noisy, 3);
+        let out = to_simplex(&noisy, 3, 0.0);
         let expected = [
             0.0,
             0.25,
@@ -523,7 +527,7 @@ mod tests {
             // f32 rounding of three terms: within a few ulps of 1.
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         }
-        assert!(to_simplex(&noisy, 0).is_empty());
+        assert!(to_simplex(&noisy, 0, 0.0).is_empty());
     }
 
     #[test]
@@ -536,7 +540,8 @@ mod tests {
         let mut ledger = PrivacyLedger::open(&dir.path().join("l.sqlite"), budget).expect("open");
         // 4 queries x 3 classes; each row sums to 5 (5 teachers).
         let sums = [5.0, 0.0, 0.0, 1.0, 2.0, 2.0, 0.0, 0.0, 5.0, 2.5, 2.5, 0.0];
-        let (labels, receipt) = private_release(&mut ledger, 7, &sums, 3, 2.0).expect("release");
+        let (labels, receipt) =
+            private_release(&mut ledger, 7, &sums, 3, 2.0, 0.0).expect("release");
         assert_eq!(labels.len(), 12);
         for row in labels.chunks(3) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
@@ -549,11 +554,11 @@ mod tests {
         assert_eq!(ledger.charges().expect("charges")[0].queries, 4);
         // A malformed release is refused before anything is charged.
         assert!(matches!(
-            private_release(&mut ledger, 8, &sums[..11], 3, 2.0),
+            private_release(&mut ledger, 8, &sums[..11], 3, 2.0, 0.0),
             Err(PrivacyError::InvalidShape { .. })
         ));
         assert!(matches!(
-            private_release(&mut ledger, 8, &[f64::INFINITY, 0.0], 2, 2.0),
+            private_release(&mut ledger, 8, &[f64::INFINITY, 0.0], 2, 2.0, 0.0),
             Err(PrivacyError::NonFiniteInput { .. })
         ));
         assert_eq!(ledger.charges().expect("charges").len(), 1);
