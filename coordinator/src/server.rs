@@ -465,13 +465,16 @@ impl Driver {
                     warn!(node, "left before the start: {reason}");
                     self.peers.remove(&node);
                 }
-                Some(Event::Message { node, message, .. }) => {
-                    self.refuse(
-                        &node,
-                        format!("unexpected {} before round 0", message.kind()),
-                    )
-                    .await;
-                }
+                Some(Event::Message { node, message, .. }) => match message {
+                    Message::Leave { reason } => {
+                        info!(node, "left before the start: {reason}");
+                        self.peers.remove(&node);
+                    }
+                    other => {
+                        let why = format!("unexpected {} before round 0", other.kind());
+                        self.refuse(&node, why).await;
+                    }
+                },
                 None => {
                     return Err(CoordinatorError::JoinTimeout {
                         joined: self.peers.len(),

@@ -59,6 +59,11 @@ impl Fixture {
 
     /// Starts the coordinator on an ephemeral port; returns it and the address it bound.
     fn coordinator(&self, nodes: usize) -> (Process, String) {
+        self.coordinator_with(nodes, "")
+    }
+
+    /// Like [`Fixture::coordinator`], with extra lines in `federation.toml`.
+    fn coordinator_with(&self, nodes: usize, extra: &str) -> (Process, String) {
         let config = self.path("federation.toml");
         std::fs::write(
             &config,
@@ -67,7 +72,7 @@ impl Fixture {
                  cert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\nnodes = {nodes}\n\
                  rounds = {ROUNDS}\npublic_records = {PUBLIC_ROWS}\nclasses = 3\n\
                  join_timeout_secs = 120\nround_timeout_secs = 120\n\
-                 summary_json = \"summary.json\"\n"
+                 summary_json = \"summary.json\"\n{extra}"
             ),
         )
         .expect("write federation.toml");
@@ -86,6 +91,19 @@ impl Fixture {
 
     /// Issues a node certificate from the CA in `pki_dir` and writes the node's data and config.
     fn node(&self, name: &str, pki_dir: &str, classes: &[u32], seed: u64, addr: &str) -> PathBuf {
+        self.node_with(name, pki_dir, classes, seed, addr, "")
+    }
+
+    /// Like [`Fixture::node`], with extra TOML appended to the node's config.
+    fn node_with(
+        &self,
+        name: &str,
+        pki_dir: &str,
+        classes: &[u32],
+        seed: u64,
+        addr: &str,
+        extra: &str,
+    ) -> PathBuf {
         let pki = self.path(pki_dir);
         run_ok(
             Command::new(bin("fd-certs"))
@@ -104,7 +122,7 @@ impl Fixture {
                  cert = \"{pki_dir}/{name}.pem\"\nkey = \"{pki_dir}/{name}.key\"\n\
                  private_csv = \"{name}.csv\"\npublic_csv = \"public.csv\"\nclasses = 3\n\
                  output_dir = \"out-{name}\"\nseed = {seed}\n\
-                 [training]\nhidden = [16]\nlocal_steps = 40\nsteps_per_round = 20\n"
+                 [training]\nhidden = [16]\nlocal_steps = 40\nsteps_per_round = 20\n{extra}"
             ),
         )
         .expect("write node.toml");
@@ -247,4 +265,58 @@ fn client_from_another_ca_is_refused_and_federation_completes() {
         "the intruder never joined"
     );
     assert!(!fixture.path("out-intruder/report.json").exists());
+}
+
+#[test]
+fn private_nodes_charge_their_ledgers_and_the_coordinator_reports_spending() {
+    let fixture = Fixture::new();
+    let (coordinator, addr) = fixture.coordinator_with(2, "require_privacy = true\n");
+    let privacy = "[privacy]\nmode = \"shards\"\nepsilon = 3.0\ndelta = 1e-5\nshards = 4\n";
+    let clients: Vec<Process> = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, classes))| {
+            let config = fixture.node_with(name, "pki", classes, 30 + i as u64, &addr, privacy);
+            start_client(name, &config)
+        })
+        .collect();
+    for client in clients {
+        let name = client.name.clone();
+        let (status, output) = client.wait(LIMIT).expect("client finishes");
+        assert!(status.success(), "{name} failed:\n{output}");
+    }
+    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
+    assert!(status.success(), "coordinator failed:\n{output}");
+
+    let summary = read_json(&fixture.path("summary.json"));
+    for node in summary["nodes"].as_array().expect("nodes") {
+        let spending = &node["privacy"];
+        assert_eq!(spending["unit"], "record");
+        assert_eq!(spending["releases"], ROUNDS);
+        let eps = spending["epsilon_total"].as_f64().expect("epsilon_total");
+        assert!(eps > 0.0 && eps <= 3.0, "{eps}");
+    }
+    for name in ["hospital-a", "hospital-b"] {
+        let out = fixture.path(&format!("out-{name}"));
+        let report = read_json(&out.join("report.json"));
+        assert_eq!(report["privacy_unit"], "record");
+        let spent = report["epsilon_spent"].as_f64().expect("epsilon_spent");
+        assert!(spent > 0.0 && spent <= 3.0, "{spent}");
+        assert_eq!(report["teachers"], 4);
+        // The ledger is on disk where the report says it would be.
+        assert!(out.join("privacy-ledger.sqlite").exists());
+    }
+}
+
+#[test]
+fn a_non_private_node_is_turned_away_by_a_federation_that_requires_privacy() {
+    let fixture = Fixture::new();
+    let (coordinator, addr) = fixture.coordinator_with(1, "require_privacy = true\n");
+    let config = fixture.node("hospital-a", "pki", &[0, 1, 2], 40, &addr);
+    let (status, output) = start_client("hospital-a", &config)
+        .wait(LIMIT)
+        .expect("client exits");
+    assert!(!status.success());
+    assert!(output.contains("requires differential privacy"), "{output}");
+    drop(coordinator);
 }
