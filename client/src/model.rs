@@ -225,13 +225,29 @@ pub fn distillation_term(
     teacher_probs: &Tensor,
     temperature: f64,
 ) -> Result<Tensor, ModelError> {
+    Ok(distillation_rows(student_logits, teacher_probs, temperature)?.mean_all()?)
+}
+
+/// The per-row terms `T^2 * KL(...)` of [`distillation_term`], shape `[n]`.
+pub fn distillation_rows(
+    student_logits: &Tensor,
+    teacher_probs: &Tensor,
+    temperature: f64,
+) -> Result<Tensor, ModelError> {
     let log_teacher = temper_log(teacher_probs, temperature)?;
     let teacher = log_teacher.exp()?;
     let log_student = candle_nn::ops::log_softmax(&(student_logits / temperature)?, D::Minus1)?;
-    let kl = (teacher * (log_teacher - log_student)?)?
-        .sum(D::Minus1)?
-        .mean_all()?;
+    let kl = (teacher * (log_teacher - log_student)?)?.sum(D::Minus1)?;
     Ok((kl * (temperature * temperature))?)
+}
+
+/// Confidence of each probability row: `1 - H(p) / ln(classes)`, in `[0, 1]` (0 for a uniform
+/// row, 1 for a one-hot row). Shape `[n]`.
+pub fn row_confidence(probs: &Tensor) -> Result<Tensor, ModelError> {
+    let classes = probs.dims2()?.1.max(2);
+    let p = probs.clamp(1e-7f32, 1f32)?;
+    let entropy = (p.log()? * &p)?.sum(D::Minus1)?.neg()?;
+    Ok((1.0 - (entropy / (classes as f64).ln())?)?.clamp(0f32, 1f32)?)
 }
 
 /// `log softmax(log p / T)` of probability rows, with `p` floored at 1e-7 so zeros stay finite.
@@ -245,6 +261,7 @@ fn temper_log(probs: &Tensor, temperature: f64) -> Result<Tensor, ModelError> {
 
 /// The full loss `alpha * CE(y, s) + (1 - alpha) * T^2 * KL(...)`, where the cross-entropy is
 /// on a batch of private records and the distillation term on a batch of public records.
+/// With `row_weights`, each public row's term is scaled by its weight (see [`row_confidence`]).
 pub fn distillation_loss(
     private_logits: &Tensor,
     private_labels: &Tensor,
@@ -252,9 +269,14 @@ pub fn distillation_loss(
     target_probs: &Tensor,
     alpha: f64,
     temperature: f64,
+    row_weights: Option<&Tensor>,
 ) -> Result<Tensor, ModelError> {
     let ce = candle_nn::loss::cross_entropy(private_logits, private_labels)?;
-    let kd = distillation_term(public_logits, target_probs, temperature)?;
+    let rows = distillation_rows(public_logits, target_probs, temperature)?;
+    let kd = match row_weights {
+        Some(w) => (rows * w)?.mean_all()?,
+        None => rows.mean_all()?,
+    };
     Ok(((ce * alpha)? + (kd * (1.0 - alpha))?)?)
 }
 
@@ -293,9 +315,26 @@ mod tests {
         let y = Tensor::new(&[0u32], &device()).unwrap();
         let p = Tensor::new(&[[0.8f32, 0.2]], &device()).unwrap();
         // CE of [1, 0] against class 0 = ln(1 + e^-1) = 0.313262; KD term = 0.0169179 (above).
-        let l = scalar(&distillation_loss(&s, &y, &s, &p, 0.7, 2.0).unwrap());
+        let l = scalar(&distillation_loss(&s, &y, &s, &p, 0.7, 2.0, None).unwrap());
         let expected = 0.7 * 0.313262 + 0.3 * 0.0169179;
         assert!((l - expected).abs() < 1e-5, "{l} vs {expected}");
+    }
+
+    #[test]
+    fn confidence_is_zero_for_uniform_and_one_for_one_hot_rows() {
+        let p = Tensor::new(
+            &[
+                [0.25f32, 0.25, 0.25, 0.25],
+                [1.0, 0.0, 0.0, 0.0],
+                [0.5, 0.5, 0.0, 0.0],
+            ],
+            &device(),
+        )
+        .unwrap();
+        let c: Vec<f32> = row_confidence(&p).unwrap().to_vec1().unwrap();
+        assert!(c[0].abs() < 1e-5 && (c[1] - 1.0).abs() < 1e-4);
+        // Two equal classes of four: H = ln 2, so 1 - ln 2 / ln 4 = 0.5.
+        assert!((c[2] - 0.5).abs() < 1e-4, "{}", c[2]);
     }
 
     #[test]

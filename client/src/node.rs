@@ -167,6 +167,8 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     let mut training = config.training.clone();
     training.seed = config.seed;
+    // Private targets are noisy: let rows the target is unsure of teach little.
+    training.confidence_weighting |= config.privacy.mode == PrivacyMode::Shards;
     let ledger_path = config
         .privacy
         .ledger

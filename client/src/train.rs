@@ -41,6 +41,10 @@ pub struct TrainConfig {
     /// With `image`: training inputs are shifted by up to this many pixels in each direction
     /// (edge pixels repeated). 0 turns shifting off.
     pub max_shift: usize,
+    /// Weight each public row's distillation term by the target's confidence in it
+    /// (`1 - H(p) / ln C`), so rows the target is unsure of (e.g. noise-dominated private
+    /// releases) teach little. Off by default; on for private nodes.
+    pub confidence_weighting: bool,
     /// Seed of weight initialisation and batch sampling.
     pub seed: u64,
 }
@@ -70,6 +74,7 @@ impl Default for TrainConfig {
             input_noise: 0.5,
             image: None,
             max_shift: 0,
+            confidence_weighting: false,
             seed: 1,
         }
     }
@@ -161,6 +166,8 @@ pub struct Learner {
     public: Tensor,
     /// Public rows covered by the current target and their target probabilities.
     target: Option<(Tensor, Tensor)>,
+    /// Per-row weights of the target's distillation terms (with `confidence_weighting`).
+    target_weights: Option<Tensor>,
     config: TrainConfig,
     rng: StdRng,
 }
@@ -216,6 +223,7 @@ impl Learner {
             private,
             public,
             target: None,
+            target_weights: None,
             rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
             config,
         })
@@ -247,6 +255,11 @@ impl Learner {
         let ids = Tensor::new(target.query_ids.as_slice(), &device)?;
         let x = self.public.index_select(&ids, 0)?;
         let p = matrix(target.probs.clone(), target.classes as usize)?;
+        self.target_weights = if self.config.confidence_weighting {
+            Some(crate::model::row_confidence(&p)?)
+        } else {
+            None
+        };
         self.target = Some((x, p));
         Ok(())
     }
@@ -296,6 +309,10 @@ impl Learner {
                     let idx = self.batch(tx.dims()[0])?;
                     let public_x = self.jitter(tx.index_select(&idx, 0)?)?;
                     let public_logits = self.student.forward(&public_x)?;
+                    let weights = match &self.target_weights {
+                        Some(w) => Some(w.index_select(&idx, 0)?),
+                        None => None,
+                    };
                     distillation_loss(
                         &logits,
                         &y,
@@ -303,6 +320,7 @@ impl Learner {
                         &tp.index_select(&idx, 0)?,
                         alpha,
                         self.config.temperature,
+                        weights.as_ref(),
                     )?
                 }
                 _ => candle_nn::loss::cross_entropy(&logits, &y)?,

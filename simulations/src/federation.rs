@@ -245,6 +245,8 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         )?;
         let training = TrainConfig {
             seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+            confidence_weighting: config.training.confidence_weighting
+                || config.privacy.mode == PrivacyMode::Shards,
             ..config.training.clone()
         };
         let labeller = build_labeller(
