@@ -120,6 +120,30 @@ impl Table {
         }
     }
 
+    /// The same rows with the columns in the order of `columns`; an error names a missing one.
+    pub fn reorder(&self, columns: &[String], file: &Path) -> Result<Table, DataError> {
+        let mut sources = Vec::with_capacity(columns.len());
+        for name in columns {
+            let i =
+                self.columns
+                    .iter()
+                    .position(|c| c == name)
+                    .ok_or_else(|| DataError::Header {
+                        file: file.to_path_buf(),
+                        message: format!("missing feature column '{name}'"),
+                    })?;
+            sources.push(i);
+        }
+        let features = (0..self.rows())
+            .flat_map(|r| sources.iter().map(move |&i| self.row(r)[i]))
+            .collect();
+        Ok(Table {
+            columns: columns.to_vec(),
+            features,
+            labels: self.labels.clone(),
+        })
+    }
+
     /// Splits off a random `fraction` of the rows as a held-out set: `(train, holdout)`.
     /// At least one row stays in each part when there are two or more rows.
     pub fn split_holdout(&self, fraction: f64, rng: &mut impl Rng) -> (Table, Table) {

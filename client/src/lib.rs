@@ -15,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod ensemble;
 pub mod labeller;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod privacy;

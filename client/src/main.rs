@@ -17,8 +17,43 @@ use fd_client::train::TrainConfig;
 ///
 /// Settings come from a TOML file (`--config node.toml`, see the README for an example); any
 /// flag below overrides the file. Without a file, the flags marked "required" must be given.
+///
+/// `fd-client predict` and `fd-client evaluate` use a student a run wrote.
 #[derive(Debug, Parser)]
-#[command(name = "fd-client", version)]
+#[command(name = "fd-client", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Predict a class and per-class probabilities for every row of a CSV.
+    Predict {
+        /// Model directory written by a run (model.safetensors + model.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// CSV with the model's feature columns (any order) and no label.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the predictions (CSV: predicted, p0, p1, ...).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Print accuracy and macro-F1 of a model on a labelled CSV.
+    Evaluate {
+        /// Model directory written by a run.
+        #[arg(long)]
+        model: PathBuf,
+        /// CSV with the model's feature columns and its label column.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Node config file (TOML). Relative paths inside it are relative to the file.
     #[arg(long)]
@@ -193,7 +228,25 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = config_from(Args::parse())?;
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Predict {
+            model,
+            input,
+            output,
+        }) => {
+            let rows = fd_client::node::predict_csv(&model, &input, &output)?;
+            println!("{rows} predictions written to {}", output.display());
+            return Ok(());
+        }
+        Some(Command::Evaluate { model, input }) => {
+            let (rows, accuracy, macro_f1) = fd_client::node::evaluate_csv(&model, &input)?;
+            println!("rows {rows} | accuracy {accuracy:.4} | macro-F1 {macro_f1:.4}");
+            return Ok(());
+        }
+        None => {}
+    }
+    let config = config_from(cli.run)?;
     tracing::info!(coordinator = %config.coordinator, privacy = ?config.privacy.mode, "starting node");
     let report = fd_client::node::run_node(&config).await?;
     println!(

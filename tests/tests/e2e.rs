@@ -189,6 +189,37 @@ fn three_client_processes_federate_and_report() {
     for (name, _) in nodes {
         assert_node_finished(&fixture, name);
     }
+    // The student a run wrote is usable: predict on the public file, evaluate on a labelled one.
+    let model = fixture.path("out-hospital-a");
+    let predictions = fixture.path("predictions.csv");
+    run_ok(
+        Command::new(bin("fd-client"))
+            .arg("predict")
+            .arg("--model")
+            .arg(&model)
+            .arg("--input")
+            .arg(fixture.path("public.csv"))
+            .arg("--output")
+            .arg(&predictions),
+    )
+    .expect("predict");
+    let text = std::fs::read_to_string(&predictions).expect("predictions");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("predicted,p0,p1,p2"));
+    assert_eq!(lines.count(), PUBLIC_ROWS, "one prediction per public row");
+    let evaluated = run_ok(
+        Command::new(bin("fd-client"))
+            .arg("evaluate")
+            .arg("--model")
+            .arg(&model)
+            .arg("--input")
+            .arg(fixture.path("bank-c.csv")),
+    )
+    .expect("evaluate");
+    assert!(
+        evaluated.contains("accuracy") && evaluated.contains("macro-F1"),
+        "{evaluated}"
+    );
     let summary = read_json(&fixture.path("summary.json"));
     assert_eq!(summary["rounds"], ROUNDS);
     // Every round aggregated all three nodes.
