@@ -21,7 +21,7 @@ use opendp::{
 };
 
 use super::PrivacyError;
-use super::mechanism::bisect;
+use super::search::{self, Boundary, Side};
 
 /// A node's total privacy budget, as `(epsilon, delta)`-differential privacy per
 /// [`PRIVACY_UNIT`](super::PRIVACY_UNIT).
@@ -116,37 +116,19 @@ pub fn rho_for(budget: Budget) -> Result<f64, PrivacyError> {
     let too_much = |rho: f64| -> Result<bool, PrivacyError> {
         Ok(epsilon_for(rho, budget.delta)? > budget.epsilon)
     };
-    // Bracket: `lo` affordable, `hi` too much, by doubling/halving from 1. rho = 0 costs
-    // epsilon 0 < budget.epsilon, so halving always ends.
-    let (mut lo, mut hi) = (1.0_f64, 1.0_f64);
-    if too_much(hi)? {
-        loop {
-            lo /= 2.0;
-            if lo == 0.0 || !too_much(lo)? {
-                break;
-            }
-            hi = lo;
-        }
-    } else {
-        loop {
-            hi *= 2.0;
-            if !hi.is_finite() {
-                return Err(PrivacyError::NoSolution {
-                    what: "rho",
-                    detail: format!(
-                        "every finite rho stays within epsilon {} at delta {}",
-                        budget.epsilon, budget.delta
-                    ),
-                });
-            }
-            if too_much(hi)? {
-                break;
-            }
-            lo = hi;
-        }
+    // The largest rho that is not too much.
+    match search::boundary(too_much, Side::Below)? {
+        Boundary::At(rho) => Ok(rho),
+        // Even the smallest positive rho is too much; rho = 0 costs epsilon 0 < budget.epsilon.
+        Boundary::Zero => Ok(0.0),
+        Boundary::Infinity => Err(PrivacyError::NoSolution {
+            what: "rho",
+            detail: format!(
+                "every finite rho stays within epsilon {} at delta {}",
+                budget.epsilon, budget.delta
+            ),
+        }),
     }
-    let (lo, _) = bisect(lo, hi, too_much)?;
-    Ok(lo)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use opendp::{
     traits::{InfCast, InfMul, InfSqrt},
 };
 
+use super::search::{self, Boundary, Side};
 use super::{Charge, PrivacyError, PrivacyLedger, Receipt};
 
 /// OpenDP's noise granularity: noise is a multiple of `2^GRANULARITY_K` (about 9.1e-13).
@@ -239,62 +240,18 @@ pub fn sigma_for_rho(len: usize, sensitivity: f64, rho: f64) -> Result<f64, Priv
     let affordable = |sigma: f64| -> Result<bool, PrivacyError> {
         Ok(release_rho(len, sensitivity, sigma)? <= rho)
     };
-    // Bracket: `lo` too expensive, `hi` affordable, by doubling/halving from 1.
-    let (mut lo, mut hi) = (1.0_f64, 1.0_f64);
-    if affordable(hi)? {
-        loop {
-            lo /= 2.0;
-            if lo == 0.0 {
-                return Err(PrivacyError::NoSolution {
-                    what: "sigma",
-                    detail: format!("every sigma > 0 costs at most rho = {rho}"),
-                });
-            }
-            if !affordable(lo)? {
-                break;
-            }
-            hi = lo;
-        }
-    } else {
-        loop {
-            hi *= 2.0;
-            if !hi.is_finite() {
-                return Err(PrivacyError::NoSolution {
-                    what: "sigma",
-                    detail: format!("no finite sigma brings the cost down to rho = {rho}"),
-                });
-            }
-            if affordable(hi)? {
-                break;
-            }
-            lo = hi;
-        }
+    // The smallest sigma that is affordable.
+    match search::boundary(affordable, Side::Above)? {
+        Boundary::At(sigma) => Ok(sigma),
+        Boundary::Zero => Err(PrivacyError::NoSolution {
+            what: "sigma",
+            detail: format!("every sigma > 0 costs at most rho = {rho}"),
+        }),
+        Boundary::Infinity => Err(PrivacyError::NoSolution {
+            what: "sigma",
+            detail: format!("no finite sigma brings the cost down to rho = {rho}"),
+        }),
     }
-    let (_, hi) = bisect(lo, hi, affordable)?;
-    Ok(hi)
-}
-
-/// Bisection on the bit patterns of non-negative finite `f64`s (which order like their
-/// values): given `lo < hi` with `pred(lo) == false` and `pred(hi) == true`, returns adjacent
-/// floats `(lo, hi)` that still satisfy that invariant. At most 64 evaluations of `pred`.
-///
-/// The invariant is kept at every step, so the ends are right even if `pred` is not perfectly
-/// monotone at the scale of an ulp.
-pub(crate) fn bisect(
-    lo: f64,
-    hi: f64,
-    mut pred: impl FnMut(f64) -> Result<bool, PrivacyError>,
-) -> Result<(f64, f64), PrivacyError> {
-    let (mut lo_bits, mut hi_bits) = (lo.to_bits(), hi.to_bits());
-    while hi_bits - lo_bits > 1 {
-        let mid_bits = lo_bits + (hi_bits - lo_bits) / 2;
-        if pred(f64::from_bits(mid_bits))? {
-            hi_bits = mid_bits;
-        } else {
-            lo_bits = mid_bits;
-        }
-    }
-    Ok((f64::from_bits(lo_bits), f64::from_bits(hi_bits)))
 }
 
 /// One round's private release of the teachers' aggregated votes.

@@ -40,6 +40,7 @@
 pub mod accountant;
 pub mod ledger;
 pub mod mechanism;
+mod search;
 
 use std::path::PathBuf;
 
