@@ -130,6 +130,37 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Starts one client per node (each seeing the given two classes, seeds from `seed`), with
+    /// `extra` appended to every node config; waits for every client and then the coordinator,
+    /// failing the test if any of them exits unsuccessfully. Returns the coordinator's output.
+    fn federate(
+        &self,
+        coordinator: Process,
+        addr: &str,
+        nodes: &[(&str, [u32; 2])],
+        seed: u64,
+        extra: &str,
+    ) -> String {
+        let clients: Vec<Process> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, classes))| {
+                let config = self.node_with(name, "pki", classes, seed + i as u64, addr, extra);
+                start_client(name, &config)
+            })
+            .collect();
+        for client in clients {
+            let name = client.name.clone();
+            let (status, output) = client.wait(LIMIT).expect("client finishes");
+            assert!(status.success(), "{name} failed:\n{output}");
+        }
+        let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
+        assert!(status.success(), "coordinator failed:\n{output}");
+        output
+    }
+}
+
 fn start_client(name: &str, config: &Path) -> Process {
     Process::start(
         name,
@@ -171,21 +202,7 @@ fn three_client_processes_federate_and_report() {
         ("hospital-b", [1, 2]),
         ("bank-c", [0, 2]),
     ];
-    let clients: Vec<Process> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (name, classes))| {
-            let config = fixture.node(name, "pki", classes, 10 + i as u64, &addr);
-            start_client(name, &config)
-        })
-        .collect();
-    for client in clients {
-        let name = client.name.clone();
-        let (status, output) = client.wait(LIMIT).expect("client finishes");
-        assert!(status.success(), "{name} failed:\n{output}");
-    }
-    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
-    assert!(status.success(), "coordinator failed:\n{output}");
+    let _ = fixture.federate(coordinator, &addr, &nodes, 10, "");
     for (name, _) in nodes {
         assert_node_finished(&fixture, name);
     }
@@ -262,23 +279,8 @@ fn client_from_another_ca_is_refused_and_federation_completes() {
     );
     assert!(output.contains("not admitted"), "{output}");
 
-    let honest: Vec<Process> = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])]
-        .iter()
-        .enumerate()
-        .map(|(i, (name, classes))| {
-            start_client(
-                name,
-                &fixture.node(name, "pki", classes, 20 + i as u64, &addr),
-            )
-        })
-        .collect();
-    for client in honest {
-        let name = client.name.clone();
-        let (status, output) = client.wait(LIMIT).expect("client finishes");
-        assert!(status.success(), "{name} failed:\n{output}");
-    }
-    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
-    assert!(status.success(), "coordinator failed:\n{output}");
+    let nodes = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])];
+    let output = fixture.federate(coordinator, &addr, &nodes, 20, "");
     assert!(
         output.contains("refused connection"),
         "the refusal is logged:\n{output}"
@@ -303,21 +305,8 @@ fn private_nodes_charge_their_ledgers_and_the_coordinator_reports_spending() {
     let fixture = Fixture::new();
     let (coordinator, addr) = fixture.coordinator_with(2, "require_privacy = true\n");
     let privacy = "[privacy]\nmode = \"shards\"\nepsilon = 3.0\ndelta = 1e-5\nshards = 4\n";
-    let clients: Vec<Process> = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])]
-        .iter()
-        .enumerate()
-        .map(|(i, (name, classes))| {
-            let config = fixture.node_with(name, "pki", classes, 30 + i as u64, &addr, privacy);
-            start_client(name, &config)
-        })
-        .collect();
-    for client in clients {
-        let name = client.name.clone();
-        let (status, output) = client.wait(LIMIT).expect("client finishes");
-        assert!(status.success(), "{name} failed:\n{output}");
-    }
-    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
-    assert!(status.success(), "coordinator failed:\n{output}");
+    let nodes = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])];
+    let _ = fixture.federate(coordinator, &addr, &nodes, 30, privacy);
 
     let summary = read_json(&fixture.path("summary.json"));
     for node in summary["nodes"].as_array().expect("nodes") {
