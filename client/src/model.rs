@@ -190,8 +190,8 @@ impl Student {
             .varmap
             .load(&weights)
             .map_err(|e| files(&weights, &e))?;
-        // `VarMap::load` replaces the variables' storage in place; the layers share them.
-        student.layers = student.layers.clone();
+        // `VarMap::load` sets the variables in place, and the layers hold the same variables,
+        // so nothing else needs rebuilding.
         Ok((student, card))
     }
 }

@@ -200,11 +200,12 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
     let outcome = run_session(plan, learner, labeller).await?;
     let student = outcome.learner.student();
     student.save(&config.output_dir, &prepared.card)?;
+    let spent = outcome.labeller.spent()?;
     let report = NodeReport {
         privacy: outcome.labeller.statement(),
         privacy_unit: privacy_unit(&outcome.labeller).into(),
-        epsilon_spent: outcome.labeller.spent()?.map(|(e, _)| e),
-        rho_spent: outcome.labeller.spent()?.map(|(_, r)| r),
+        epsilon_spent: spent.map(|(e, _)| e),
+        rho_spent: spent.map(|(_, r)| r),
         delta: private_part(&outcome.labeller).map(|p| p.budget.delta),
         sigma: private_part(&outcome.labeller).and_then(|p| p.sigma),
         teachers: private_part(&outcome.labeller).map(|p| p.ensemble.config().teachers),

@@ -316,12 +316,19 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     }
     let centralized_acc = centralised.await??;
 
+    // A ledger that cannot be read is an error, not a missing number.
+    let spent = outcomes
+        .iter()
+        .map(|o| o.labeller.spent())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading a client's privacy ledger")?;
     let clients: Vec<ClientResult> = outcomes
         .iter()
         .zip(&split.clients)
         .zip(local)
-        .map(|((o, private), local_only_acc)| ClientResult {
-            epsilon_spent: o.labeller.spent().ok().flatten().map(|(e, _)| e),
+        .zip(spent)
+        .map(|(((o, private), local_only_acc), spent)| ClientResult {
+            epsilon_spent: spent.map(|(e, _)| e),
             sigma: private_part(&o.labeller).and_then(|p| p.sigma),
             teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
             left: o.left.clone(),
