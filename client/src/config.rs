@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ensemble::{TeacherKind, Votes};
 use crate::train::TrainConfig;
 
 /// A config that could not be used; the message names the file and the field.
@@ -107,6 +108,33 @@ pub struct PrivacyConfig {
     /// Post-processing of each noisy row: values are lowered by this many noise standard
     /// deviations and clamped at 0 before renormalising (0: plain clamp). Costs no privacy.
     pub clamp_floor: f64,
+    /// What each teacher puts in a query's sum: `"soft"` (its probability vector) or `"hard"`
+    /// (one vote for its top class). Same sensitivity either way.
+    pub votes: Votes,
+    /// What each teacher is: `"nearest"` (votes for the label of its shard's record nearest
+    /// to the query, or abstains if that is beyond `radius`) or `"mlp"` (a small network
+    /// trained on its shard and distilled from the global target).
+    pub teacher: TeacherKind,
+    /// Nearest-neighbour teachers abstain when their nearest record is farther than this from
+    /// the query (standardised feature units). Unset: read off the public set (the median
+    /// distance from a public record to its `public records / (2 x classes)`-th nearest
+    /// public neighbour), which costs no privacy.
+    pub radius: Option<f64>,
+    /// How noisy vote sums become released rows: `"vote-mass"` (rows keep how many teachers
+    /// voted, so the coordinator's mean adds up all nodes' votes) or `"normalised"` (each row
+    /// clamped at `clamp_floor` noise deviations and renormalised on its own).
+    pub rows: ReleaseRows,
+}
+
+/// How noisy vote sums become the probability rows a private node releases (post-processing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseRows {
+    /// Affine in the votes with one scale for all rows (`privacy::Projection::vote_mass`).
+    #[default]
+    VoteMass,
+    /// Clamped and renormalised row by row.
+    Normalised,
 }
 
 impl Default for PrivacyConfig {
@@ -123,6 +151,10 @@ impl Default for PrivacyConfig {
             teacher_steps_per_round: 20,
             teacher_batch_size: 16,
             clamp_floor: 1.0,
+            votes: Votes::Soft,
+            teacher: TeacherKind::Nearest,
+            radius: None,
+            rows: ReleaseRows::VoteMass,
         }
     }
 }
@@ -146,6 +178,11 @@ impl PrivacyConfig {
         }
         if self.teacher_hidden == 0 || self.teacher_batch_size == 0 {
             return Err("privacy.teacher_hidden and privacy.teacher_batch_size must be > 0".into());
+        }
+        if let Some(r) = self.radius
+            && !(r > 0.0 && r.is_finite())
+        {
+            return Err(format!("privacy.radius must be > 0, got {r}"));
         }
         if !(self.clamp_floor >= 0.0 && self.clamp_floor.is_finite()) {
             return Err(format!(

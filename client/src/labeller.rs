@@ -8,10 +8,11 @@
 use fd_protocol::{PrivacyReceipt, SoftLabels};
 use tracing::info;
 
-use crate::ensemble::TeacherEnsemble;
+use crate::config::ReleaseRows;
+use crate::ensemble::{TeacherEnsemble, Votes};
 use crate::model::ModelError;
 use crate::privacy::{
-    self, Budget, MECHANISM, PRIVACY_UNIT, PrivacyError, PrivacyLedger, private_release,
+    Budget, MECHANISM, PRIVACY_UNIT, PrivacyError, PrivacyLedger, Projection, private_release,
     release_sensitivity, rho_for, sigma_for_rho,
 };
 use crate::train::Learner;
@@ -53,9 +54,84 @@ pub struct PrivateLabeller {
     pub steps_per_round: usize,
     /// Noise in use (set at the first release).
     pub sigma: Option<f64>,
-    /// Post-processing floor, in noise standard deviations: released rows are
-    /// `max(v - clamp_floor * sigma, 0)`, renormalised.
+    /// With [`ReleaseRows::Normalised`], the post-processing floor in noise standard
+    /// deviations: released rows are `max(v - clamp_floor * sigma, 0)`, renormalised.
     pub clamp_floor: f64,
+    /// Soft or hard teacher votes.
+    pub votes: Votes,
+    /// How noisy vote sums become released rows.
+    pub rows: ReleaseRows,
+}
+
+/// The post-processing of a release's noisy sums (noise `sigma`; 0 when noiseless).
+fn projection(
+    rows: ReleaseRows,
+    teachers: usize,
+    clamp_floor: f64,
+    classes: usize,
+    sigma: f64,
+) -> Projection {
+    match rows {
+        ReleaseRows::VoteMass => Projection::vote_mass(teachers, classes, sigma),
+        ReleaseRows::Normalised => Projection {
+            floor: clamp_floor * sigma,
+            full_mass: None,
+        },
+    }
+}
+
+/// What a private node's student learns from: each row of the global target becomes
+/// `w * onehot(arg-max) + (1 - w) * uniform`.
+///
+/// A private target is an average of noisy vote sums (vote-mass rows are close to uniform
+/// by construction), so its soft values mostly carry noise; its arg-max carries the signal.
+/// `w` says how far the top class stands out: `(p1 - p2) / s`, clamped to `[0, 1]`,
+/// where `p1, p2` are the two largest values and `s` is the noise scale read off the row
+/// itself (1.4826 times the median absolute deviation of its values, a robust standard
+/// deviation: most classes of a row get no votes). A row that is noise alone has a small
+/// margin and becomes nearly uniform, so with confidence weighting it teaches almost nothing.
+/// With fewer than 5 classes there is too little of a row to read the noise from and `w = 1`.
+/// Post-processing of the target: costs no privacy.
+pub fn sharpen_private_target(target: &SoftLabels) -> SoftLabels {
+    let c = usize::from(target.classes);
+    if c == 0 {
+        return target.clone();
+    }
+    let uniform = 1.0 / c as f32;
+    let mut probs = Vec::with_capacity(target.probs.len());
+    for row in target.probs.chunks(c) {
+        let mut sorted: Vec<f32> = row.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let top = row
+            .iter()
+            .enumerate()
+            .fold(0, |best, (j, v)| if *v > row[best] { j } else { best });
+        let margin = sorted[0] - sorted.get(1).copied().unwrap_or(0.0);
+        let w = if c < 5 {
+            1.0
+        } else {
+            let median = sorted[c / 2];
+            let mut dev: Vec<f32> = row.iter().map(|v| (v - median).abs()).collect();
+            dev.sort_by(f32::total_cmp);
+            let s = 1.4826 * dev[c / 2];
+            if s > 0.0 {
+                (margin / s).clamp(0.0, 1.0)
+            } else if margin > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        probs.extend((0..c).map(|j| {
+            let hot = if j == top { 1.0 } else { 0.0 };
+            w * hot + (1.0 - w) * uniform
+        }));
+    }
+    SoftLabels {
+        classes: target.classes,
+        query_ids: target.query_ids.clone(),
+        probs,
+    }
 }
 
 /// How a node labels public records.
@@ -85,6 +161,15 @@ impl Labeller {
                 p.budget.delta,
                 p.ensemble.config().teachers
             ),
+        }
+    }
+
+    /// The target the node's student learns from: the global target itself, or for a
+    /// private node its sharpened arg-max ([`sharpen_private_target`]).
+    pub fn student_target(&self, target: &SoftLabels) -> SoftLabels {
+        match self {
+            Labeller::Student => target.clone(),
+            Labeller::Private(_) => sharpen_private_target(target),
         }
     }
 
@@ -123,12 +208,15 @@ impl Labeller {
         p.ensemble
             .train(steps, alpha, target.as_ref().map(|(x, y)| (x, y)))?;
         let rows = learner.public_rows(query_ids)?;
-        let sums = p.ensemble.vote_sums(&rows)?;
+        let sums = p.ensemble.vote_sums(&rows, p.votes)?;
         let classes = p.ensemble.config().classes;
         let m = query_ids.len();
+        let (rows_kind, teachers, clamp_floor) =
+            (p.rows, p.ensemble.config().teachers, p.clamp_floor);
         let Some(ledger) = p.ledger.as_mut() else {
-            // Infinite budget: normalise the votes, no noise, nothing to account.
-            let probs = privacy::to_simplex(&sums, classes, 0.0);
+            // Infinite budget: no noise, nothing to account.
+            let probs =
+                projection(rows_kind, teachers, clamp_floor, classes, 0.0).apply(&sums, classes);
             return Ok(Labels::Release(
                 soft_labels(query_ids, classes, probs),
                 None,
@@ -156,8 +244,8 @@ impl Labeller {
             }
         };
         p.sigma = Some(sigma);
-        let floor = p.clamp_floor * sigma;
-        match private_release(ledger, round, &sums, classes, sigma, floor) {
+        let projection = projection(rows_kind, teachers, clamp_floor, classes, sigma);
+        match private_release(ledger, round, &sums, classes, sigma, &projection) {
             Ok((probs, r)) => {
                 let receipt = PrivacyReceipt {
                     mechanism: MECHANISM.into(),
@@ -192,5 +280,77 @@ fn soft_labels(query_ids: &[u32], classes: usize, probs: Vec<f32>) -> SoftLabels
         classes: classes as u16,
         query_ids: query_ids.to_vec(),
         probs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(classes: u16, probs: Vec<f32>) -> SoftLabels {
+        let rows = probs.len() / usize::from(classes);
+        SoftLabels {
+            classes,
+            query_ids: (0..rows as u32).collect(),
+            probs,
+        }
+    }
+
+    #[test]
+    fn sharpening_trusts_clear_rows_and_flattens_noise() {
+        // Row 0: class 2 stands far out of nine values at 0.09 +- 0.001: w = 1, one-hot.
+        // Row 1: two classes tied on top: margin 0, w = 0, uniform.
+        let mut clear = vec![0.09f32; 10];
+        clear[2] = 0.19;
+        clear[5] = 0.091;
+        clear[7] = 0.089;
+        let mut tied = vec![0.1f32; 10];
+        tied[3] = 0.12;
+        tied[4] = 0.12;
+        tied[0] = 0.08;
+        tied[1] = 0.08;
+        let out = sharpen_private_target(&labels(10, [clear, tied].concat()));
+        for (j, v) in out.probs[..10].iter().enumerate() {
+            assert_eq!(
+                *v,
+                if j == 2 { 1.0 } else { 0.0 },
+                "clear row: {:?}",
+                &out.probs[..10]
+            );
+        }
+        for v in &out.probs[10..] {
+            assert!((v - 0.1).abs() < 1e-7, "tied row: {:?}", &out.probs[10..]);
+        }
+        assert_eq!(out.query_ids, [0, 1]);
+    }
+
+    #[test]
+    fn sharpening_weighs_by_margin_over_row_noise() {
+        // Five values 0.11, four 0.09 and the top 0.13: the median (6th largest) is 0.11, the
+        // absolute deviations are five 0s and five 0.02s, so their median (6th smallest) is
+        // 0.02 and s = 1.4826 * 0.02. Margin 0.13 - 0.11 = 0.02: w = 0.02 / s = 0.6745.
+        let mut row: Vec<f32> = (0..10)
+            .map(|j| if j % 2 == 0 { 0.09 } else { 0.11 })
+            .collect();
+        row[4] = 0.13;
+        let out = sharpen_private_target(&labels(10, row));
+        let w = 0.02f32 / (1.4826 * 0.02);
+        assert!(
+            (out.probs[4] - (w + (1.0 - w) * 0.1)).abs() < 1e-4,
+            "{:?}",
+            out.probs
+        );
+        assert!(
+            (out.probs[0] - (1.0 - w) * 0.1).abs() < 1e-4,
+            "{:?}",
+            out.probs
+        );
+        assert!((out.probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn sharpening_few_classes_is_plain_argmax() {
+        let out = sharpen_private_target(&labels(2, vec![0.45, 0.55]));
+        assert_eq!(out.probs, [0.0, 1.0]);
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{NodeConfig, PrivacyConfig, PrivacyMode};
 use crate::data::{self, DataError, Standardiser, Table};
-use crate::ensemble::{EnsembleConfig, TeacherEnsemble, default_shards};
+use crate::ensemble::{EnsembleConfig, TeacherEnsemble, TeacherKind, default_shards};
 use crate::labeller::{Labeller, PrivateLabeller};
 use crate::model::{ModelCard, ModelError, StudentConfig, matrix};
 use crate::privacy::{Budget, PrivacyError, PrivacyLedger};
@@ -165,10 +165,8 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
         &config.training,
     )?;
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
-    let mut training = config.training.clone();
+    let mut training = student_training(&config.training, config.privacy.mode);
     training.seed = config.seed;
-    // Private targets are noisy: let rows the target is unsure of teach little.
-    training.confidence_weighting |= config.privacy.mode == PrivacyMode::Shards;
     let ledger_path = config
         .privacy
         .ledger
@@ -183,6 +181,7 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
     let labeller = build_labeller(
         &config.privacy,
         &prepared.train,
+        &prepared.public,
         config.classes,
         &training,
         &ledger_path,
@@ -293,11 +292,28 @@ pub fn privacy_unit(labeller: &Labeller) -> &'static str {
     }
 }
 
+/// The student's training settings for a node in `mode`.
+///
+/// A private node's student learns from sharpened targets
+/// ([`crate::labeller::sharpen_private_target`]): arg-max rows weighted by how clearly they
+/// stand above the noise. They are distilled at temperature 1 (cross-entropy on those rows; a
+/// high temperature would only flatten a one-hot target) and each row counts by its
+/// confidence, so rows that are noise alone teach almost nothing.
+pub fn student_training(training: &TrainConfig, mode: PrivacyMode) -> TrainConfig {
+    let mut t = training.clone();
+    if mode == PrivacyMode::Shards {
+        t.temperature = 1.0;
+        t.confidence_weighting = true;
+    }
+    t
+}
+
 /// Builds the node's labeller: the student itself (non-private), or a teacher ensemble on
 /// disjoint shards of `private` with its ledger at `ledger_path` (private).
 pub fn build_labeller(
     privacy: &PrivacyConfig,
     private: &Labelled,
+    public: &candle_core::Tensor,
     classes: usize,
     training: &TrainConfig,
     ledger_path: &Path,
@@ -317,8 +333,23 @@ pub fn build_labeller(
         privacy.shards
     };
     let shard_size = (records / teachers.max(1)).max(1);
+    let radius = match (privacy.teacher, privacy.radius) {
+        (TeacherKind::Mlp, _) => None,
+        (TeacherKind::Nearest, Some(r)) => Some(r),
+        (TeacherKind::Nearest, None) => {
+            let rows = public.dims2().map_err(ModelError::from)?.0;
+            let r = crate::ensemble::public_radius(public, (rows / (2 * classes.max(1))).max(1))?;
+            tracing::info!(
+                radius = r,
+                "nearest-neighbour teachers abstain beyond this distance (read off the public set)"
+            );
+            r
+        }
+    };
     let ensemble = TeacherEnsemble::new(
         EnsembleConfig {
+            kind: privacy.teacher,
+            radius,
             teachers,
             hidden: privacy.teacher_hidden,
             inputs: private.x.dims2().map_err(ModelError::from)?.1,
@@ -357,6 +388,8 @@ pub fn build_labeller(
         steps_per_round: privacy.teacher_steps_per_round,
         sigma: None,
         clamp_floor: privacy.clamp_floor,
+        votes: privacy.votes,
+        rows: privacy.rows,
     })))
 }
 

@@ -242,7 +242,7 @@ pub async fn run_session(
                 let holdout_ref = holdout.clone();
                 let (back, back_labeller, result) = tokio::task::spawn_blocking(move || {
                     let result = (|| {
-                        learner.set_target(&open.target)?;
+                        learner.set_target(&labeller.student_target(&open.target))?;
                         let steps = if open.target.is_empty() {
                             learner.config().local_steps
                         } else {
@@ -318,6 +318,7 @@ pub async fn run_session(
                 check_target(&target)?;
                 let alpha = learner.config().alpha_end;
                 let holdout_ref = holdout.clone();
+                let target = labeller.student_target(&target);
                 let (back, result) = tokio::task::spawn_blocking(move || {
                     let result = (|| {
                         learner.set_target(&target)?;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fd_client::config::PrivacyMode;
+use fd_client::config::{PrivacyMode, ReleaseRows};
+use fd_client::ensemble::{TeacherKind, Votes};
 use fd_sim::datasets::DatasetKind;
 use fd_sim::federation::{self, SimConfig};
 use fd_sim::report::SweepRow;
@@ -101,16 +102,68 @@ struct Args {
     /// Teachers per client (disjoint shards); 0 chooses one per 20 records, at most 250.
     #[arg(long, default_value_t = 0)]
     shards: usize,
+    /// What each teacher adds to a query's sum: soft (its probabilities) or hard (one vote for
+    /// its top class) [default: soft].
+    #[arg(long, value_enum)]
+    votes: Option<VotesArg>,
+    /// What each teacher is (with --privacy shards): nearest (votes for the label of its
+    /// shard's record nearest the query, abstains beyond --radius) or mlp (trained on its
+    /// shard) [default: nearest].
+    #[arg(long, value_enum)]
+    teacher: Option<TeacherArg>,
+    /// Nearest-neighbour teachers abstain beyond this distance (standardised units)
+    /// [default: read off the public set].
+    #[arg(long)]
+    radius: Option<f64>,
+    /// How noisy vote sums become released rows (with --privacy shards): vote-mass (the
+    /// coordinator's mean adds up all nodes' votes) or normalised (row by row) [default:
+    /// vote-mass].
+    #[arg(long, value_enum)]
+    rows: Option<RowsArg>,
+    /// Hidden width of each teacher (with --privacy shards) [default: 64].
+    #[arg(long)]
+    teacher_hidden: Option<usize>,
+    /// Teacher steps on private data before the first release (with --privacy shards)
+    /// [default: 100].
+    #[arg(long)]
+    teacher_local_steps: Option<usize>,
+    /// Teacher steps per round once a target exists (with --privacy shards) [default: 20].
+    #[arg(long)]
+    teacher_steps_per_round: Option<usize>,
     /// Post-processing floor of noisy rows, in noise standard deviations (0: plain clamp).
     #[arg(long)]
     clamp_floor: Option<f64>,
     /// Public records asked per round [default: all every round without privacy; with privacy
-    /// 200 records in all, each once, spread over the rounds].
+    /// 100 records in all, each once, spread over the rounds].
     #[arg(long)]
     queries_per_round: Option<u32>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RowsArg {
+    /// One scale for all rows: the coordinator's mean adds up the nodes' votes.
+    VoteMass,
+    /// Each row clamped and renormalised on its own.
+    Normalised,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TeacherArg {
+    /// A small MLP trained on its shard.
+    Mlp,
+    /// A nearest-neighbour rule over its shard.
+    Nearest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VotesArg {
+    /// Sum the teachers' probability vectors.
+    Soft,
+    /// Count the teachers' top classes (PATE's vote histogram).
+    Hard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -229,6 +282,36 @@ fn main() -> anyhow::Result<()> {
     config.privacy.shards = args.shards;
     if let Some(v) = args.clamp_floor {
         config.privacy.clamp_floor = v;
+    }
+    if let Some(v) = args.votes {
+        config.privacy.votes = match v {
+            VotesArg::Soft => Votes::Soft,
+            VotesArg::Hard => Votes::Hard,
+        };
+    }
+    if let Some(v) = args.teacher {
+        config.privacy.teacher = match v {
+            TeacherArg::Mlp => TeacherKind::Mlp,
+            TeacherArg::Nearest => TeacherKind::Nearest,
+        };
+    }
+    if args.radius.is_some() {
+        config.privacy.radius = args.radius;
+    }
+    if let Some(v) = args.rows {
+        config.privacy.rows = match v {
+            RowsArg::VoteMass => ReleaseRows::VoteMass,
+            RowsArg::Normalised => ReleaseRows::Normalised,
+        };
+    }
+    if let Some(v) = args.teacher_hidden {
+        config.privacy.teacher_hidden = v;
+    }
+    if let Some(v) = args.teacher_local_steps {
+        config.privacy.teacher_local_steps = v;
+    }
+    if let Some(v) = args.teacher_steps_per_round {
+        config.privacy.teacher_steps_per_round = v;
     }
     let epsilons = args
         .epsilon

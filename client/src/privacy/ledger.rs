@@ -361,7 +361,7 @@ fn check_rho(rho: f64, location: &'static str) -> Result<(), PrivacyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::privacy::{private_release, release_rho, release_sensitivity, rho_for};
+    use crate::privacy::{Projection, private_release, release_rho, release_sensitivity, rho_for};
 
     fn charge_for(round: u32, queries: usize, classes: usize, sigma: f64) -> Charge {
         let sensitivity = release_sensitivity(queries);
@@ -451,7 +451,7 @@ mod tests {
             let would_fit = ledger
                 .can_afford(release_rho(100, release_sensitivity(10), 30.0).expect("rho"))
                 .expect("afford");
-            match private_release(&mut ledger, accepted, &sums, 10, 30.0, 0.0) {
+            match private_release(&mut ledger, accepted, &sums, 10, 30.0, &Projection::PLAIN) {
                 Ok((labels, receipt)) => {
                     assert!(would_fit, "can_afford said no but charge accepted");
                     assert_eq!(labels.len(), 100);

@@ -184,32 +184,93 @@ pub fn gaussian_release(
     Ok((noisy, release.rho()))
 }
 
-/// Post-processing (free under DP): clamps each row of width `classes` at `floor` (each value
-/// becomes `max(v - floor, 0)`) and renormalises it to sum 1, returning `f32` rows. With
-/// `floor = 0` this is the plain projection; a floor of about one noise standard deviation
-/// removes most entries that are noise alone, so averaging many nodes' rows is not swamped by
-/// the clamped noise of classes no teacher voted for.
+/// Post-processing (free under DP) of noisy vote sums into probability rows.
 ///
-/// A row whose clamped sum is zero (no entry above the floor) or not finite becomes uniform.
-/// `noisy.len()` should be a multiple of `classes`; a trailing partial row is normalised on its
-/// own. `classes == 0` gives an empty vector.
-pub fn to_simplex(noisy: &[f64], classes: usize, floor: f64) -> Vec<f32> {
-    if classes == 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::with_capacity(noisy.len());
-    for row in noisy.chunks(classes) {
-        // `f64::max` maps NaN to the other operand, so NaN clamps to 0 as well.
-        let clamped: Vec<f64> = row.iter().map(|v| (v - floor).max(0.0)).collect();
-        let sum: f64 = clamped.iter().sum();
-        if sum > 0.0 && sum.is_finite() {
-            out.extend(clamped.iter().map(|v| (v / sum) as f32));
-        } else {
-            let uniform = 1.0 / row.len() as f64;
-            out.extend(std::iter::repeat_n(uniform as f32, row.len()));
+/// Each value of a row of width `classes` is first lowered by `floor` and clamped at 0
+/// (`max(v - floor, 0)`). A floor of about one noise standard deviation removes most entries
+/// that are noise alone, so averaging many nodes' rows is not swamped by the clamped noise of
+/// classes no teacher voted for. Then:
+///
+/// - with `full_mass = None` the row is renormalised to sum 1 (every node's row counts the
+///   same at the coordinator, however many of its teachers voted);
+/// - with `full_mass = Some(k)` (the number of teachers) the row is divided by `k` (by its sum
+///   if that is larger) and the mass left over, `1 - sum / k`, is spread evenly over the
+///   classes. A node whose teachers mostly abstained then sends a nearly uniform row, so the
+///   coordinator's mean weighs each node by how many of its teachers voted: the arg-max of
+///   the mean is the arg-max of the summed votes of all nodes.
+///
+/// A row whose clamped sum is zero or not finite becomes uniform. A trailing partial row is
+/// treated on its own. `classes == 0` gives an empty vector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Projection {
+    /// Subtracted from every value before clamping at 0.
+    pub floor: f64,
+    /// The vote mass of a row where every teacher voted, or `None` to renormalise every row.
+    pub full_mass: Option<f64>,
+}
+
+impl Projection {
+    /// Plain clamp at 0 and renormalise.
+    pub const PLAIN: Projection = Projection {
+        floor: 0.0,
+        full_mass: None,
+    };
+
+    /// The vote-mass projection for a release by `teachers` teachers with noise `sigma`.
+    ///
+    /// Every value is raised by `B = 4 sigma` (so that clamping at 0 almost never bites: a
+    /// Gaussian is below `-4 sigma` with probability 3e-5) and rows are divided by the fixed
+    /// `F = teachers + classes * B + 3 sigma sqrt(classes)`, which exceeds a row's raised sum
+    /// unless its noise sum is above 3 of its standard deviations. For every other row, the
+    /// released value of class `j` is `(n_j + c_row) / F`, where `n_j` is the noisy vote sum
+    /// and `c_row` does not depend on `j`. The coordinator's mean of such rows is therefore,
+    /// class by class, the summed noisy votes of all nodes (over their `F`s) plus a constant
+    /// per row: its arg-max is the arg-max of the votes summed over nodes, whose noise grows
+    /// only with the square root of the number of nodes while the votes grow linearly.
+    /// Renormalising rows one by one instead would give a node with two teachers voting the
+    /// same weight as one with two hundred.
+    pub fn vote_mass(teachers: usize, classes: usize, sigma: f64) -> Projection {
+        let b = 4.0 * sigma;
+        let c = classes as f64;
+        Projection {
+            floor: -b,
+            full_mass: Some(teachers as f64 + c * b + 3.0 * sigma * c.sqrt()),
         }
     }
-    out
+
+    /// Applies the projection to `noisy` rows of width `classes`.
+    pub fn apply(&self, noisy: &[f64], classes: usize) -> Vec<f32> {
+        if classes == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(noisy.len());
+        for row in noisy.chunks(classes) {
+            // `f64::max` maps NaN to the other operand, so NaN clamps to 0 as well.
+            let clamped: Vec<f64> = row.iter().map(|v| (v - self.floor).max(0.0)).collect();
+            let sum: f64 = clamped.iter().sum();
+            let uniform = 1.0 / row.len() as f64;
+            if !(sum > 0.0 && sum.is_finite()) {
+                out.extend(std::iter::repeat_n(uniform as f32, row.len()));
+                continue;
+            }
+            let scale = match self.full_mass {
+                Some(full) if full.is_finite() && full > 0.0 => sum.max(full),
+                _ => sum,
+            };
+            let rest = (1.0 - sum / scale).max(0.0) * uniform;
+            out.extend(clamped.iter().map(|v| (v / scale + rest) as f32));
+        }
+        out
+    }
+}
+
+/// [`Projection`] with a renormalised row: clamp each value at `floor` and rescale to sum 1.
+pub fn to_simplex(noisy: &[f64], classes: usize, floor: f64) -> Vec<f32> {
+    Projection {
+        floor,
+        full_mass: None,
+    }
+    .apply(noisy, classes)
 }
 
 /// Smallest `sigma` such that a release of `len` values with `sensitivity` costs at most
@@ -275,7 +336,7 @@ pub fn private_release(
     sums: &[f64],
     classes: usize,
     sigma: f64,
-    floor: f64,
+    projection: &Projection,
 ) -> Result<(Vec<f32>, Receipt), PrivacyError> {
     const LOCATION: &str = "privacy::private_release";
     if classes == 0 || sums.is_empty() || !sums.len().is_multiple_of(classes) {
@@ -302,7 +363,7 @@ pub fn private_release(
         rho: release.rho(),
     })?;
     let noisy = release.invoke(sums)?;
-    Ok((to_simplex(&noisy, classes, floor), receipt))
+    Ok((projection.apply(&noisy, classes), receipt))
 }
 
 #[cfg(test)]
@@ -487,6 +548,70 @@ mod tests {
         assert!(to_simplex(&noisy, 0, 0.0).is_empty());
     }
 
+    /// The coordinator's mean of vote-mass rows ranks classes exactly as the nodes' summed
+    /// votes do, whatever each node's own total.
+    #[test]
+    fn privacy_vote_mass_rows_average_to_summed_votes() {
+        let sigma = 2.0;
+        let p = Projection::vote_mass(10, 3, sigma);
+        // B = 8, F = 10 + 24 + 6 * sqrt(3).
+        let f = 10.0 + 24.0 + 6.0 * 3f64.sqrt();
+        assert_eq!(p.floor, -8.0);
+        assert!((p.full_mass.unwrap() - f).abs() < 1e-12);
+        // Node A: 9 of 10 teachers voted class 0; node B: 2 voted class 1 (noise included).
+        // Normalised rows would give class 1 the larger mean (1.0 + 0.0 vs 0.9 + 0.1).
+        let a = p.apply(&[9.0, 1.0, 0.0], 3);
+        let b = p.apply(&[0.0, 2.0, 0.0], 3);
+        let mean: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| f64::from(x + y) / 2.0)
+            .collect();
+        // Summed votes: [9, 3, 0].
+        assert!(mean[0] > mean[1] && mean[1] > mean[2], "{mean:?}");
+        // Differences between classes are the vote differences over 2F.
+        assert!(
+            (mean[0] - mean[1] - 6.0 / (2.0 * f)).abs() < 1e-6,
+            "{mean:?}"
+        );
+        for row in a.chunks(3).chain(b.chunks(3)) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn privacy_projection_with_full_mass_keeps_vote_counts() {
+        // 4 teachers, 3 classes. Row 1: [2, 1, 0] of 4 -> [0.5, 0.25, 0] + 0.25/3 each.
+        // Row 2: noise pushed the sum to 5 > 4 -> plain renormalising: [0.8, 0.2, 0].
+        // Row 3: nothing above 0 -> uniform.
+        let p = Projection {
+            floor: 0.0,
+            full_mass: Some(4.0),
+        };
+        let out = p.apply(&[2.0, 1.0, -0.5, 4.0, 1.0, 0.0, -1.0, 0.0, -2.0], 3);
+        let r = 0.25 / 3.0;
+        let expected = [
+            0.5 + r,
+            0.25 + r,
+            r,
+            0.8,
+            0.2,
+            0.0,
+            1.0 / 3.0,
+            1.0 / 3.0,
+            1.0 / 3.0,
+        ];
+        for (got, want) in out.iter().zip(expected) {
+            assert!((*got as f64 - want).abs() < 1e-7, "{out:?}");
+        }
+        // The mean of two nodes' rows ranks classes like their summed votes: node A voted
+        // [3, 0, 0] of 4, node B [0, 1, 0] of 4. Renormalised rows would tie classes 0 and 1.
+        let a = p.apply(&[3.0, 0.0, 0.0], 3);
+        let b = p.apply(&[0.0, 1.0, 0.0], 3);
+        let mean: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect();
+        assert!(mean[0] > mean[1] && mean[1] > mean[2], "{mean:?}");
+    }
+
     #[test]
     fn privacy_private_release_charges_then_releases() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -498,7 +623,7 @@ mod tests {
         // 4 queries x 3 classes; each row sums to 5 (5 teachers).
         let sums = [5.0, 0.0, 0.0, 1.0, 2.0, 2.0, 0.0, 0.0, 5.0, 2.5, 2.5, 0.0];
         let (labels, receipt) =
-            private_release(&mut ledger, 7, &sums, 3, 2.0, 0.0).expect("release");
+            private_release(&mut ledger, 7, &sums, 3, 2.0, &Projection::PLAIN).expect("release");
         assert_eq!(labels.len(), 12);
         for row in labels.chunks(3) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
@@ -511,11 +636,18 @@ mod tests {
         assert_eq!(ledger.charges().expect("charges")[0].queries, 4);
         // A malformed release is refused before anything is charged.
         assert!(matches!(
-            private_release(&mut ledger, 8, &sums[..11], 3, 2.0, 0.0),
+            private_release(&mut ledger, 8, &sums[..11], 3, 2.0, &Projection::PLAIN),
             Err(PrivacyError::InvalidShape { .. })
         ));
         assert!(matches!(
-            private_release(&mut ledger, 8, &[f64::INFINITY, 0.0], 2, 2.0, 0.0),
+            private_release(
+                &mut ledger,
+                8,
+                &[f64::INFINITY, 0.0],
+                2,
+                2.0,
+                &Projection::PLAIN
+            ),
             Err(PrivacyError::NonFiniteInput { .. })
         ));
         assert_eq!(ledger.charges().expect("charges").len(), 1);

@@ -47,7 +47,8 @@ use std::path::PathBuf;
 pub use accountant::{Budget, epsilon_for, rho_for};
 pub use ledger::{Charge, PrivacyLedger, Receipt};
 pub use mechanism::{
-    gaussian_release, private_release, release_rho, release_sensitivity, sigma_for_rho, to_simplex,
+    Projection, gaussian_release, private_release, release_rho, release_sensitivity, sigma_for_rho,
+    to_simplex,
 };
 
 /// The unit of privacy: one record of one node's private data (replace-one adjacency).
