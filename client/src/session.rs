@@ -348,6 +348,11 @@ pub async fn run_session(
                     left: None,
                 });
             }
+            Message::Refused { round, reason } => {
+                // One contribution was not counted (e.g. it arrived after the deadline); the
+                // node carries on with the next round.
+                warn!(round, "contribution refused by the coordinator: {reason}");
+            }
             Message::Error { message } => return Err(SessionError::Coordinator(message)),
             Message::Reject { reason } => return Err(SessionError::Rejected(reason)),
             other => {

@@ -5,13 +5,14 @@
 //! nodes (`fd-client`) send back, aggregates them into the global distillation target and sends
 //! that target out again. Messages are those of `fd-protocol`.
 //!
-//! [`config`] reads `federation.toml`; [`aggregate`] combines contributions; [`server`] runs the
-//! QUIC endpoint and the round loop.
+//! [`config`] reads `federation.toml`; [`aggregate`] combines contributions; [`rounds`] is the
+//! round logic as a state machine without I/O; [`server`] runs the QUIC endpoint around it.
 
 #![warn(missing_docs)]
 
 pub mod aggregate;
 pub mod config;
+pub mod rounds;
 pub mod server;
 
 pub use config::FederationConfig;

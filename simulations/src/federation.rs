@@ -223,6 +223,9 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         round_timeout_secs: 600,
         require_privacy: private,
         summary_json: None,
+        quorum: 1,
+        aggregation: fd_coordinator::aggregate::AggregationConfig::default(),
+        state_dir: None,
     };
     federation
         .validate()
