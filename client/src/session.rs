@@ -129,11 +129,41 @@ async fn finish_stream(send: &mut quinn::SendStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), send.stopped()).await;
 }
 
+/// What happens to a contribution on its way out, as a [`ContributionHook`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Send it now.
+    Send,
+    /// Send it after this long (a straggler).
+    Delay(std::time::Duration),
+    /// Do not send it: drop the connection without a word and end the session (a node that
+    /// vanishes mid-round).
+    Vanish,
+}
+
+/// Fault injection for simulations: sees (and may alter) each contribution before it leaves.
+/// A real node runs without one ([`run_session`]); the simulator's adversaries and failures are
+/// written against this trait and live in `fd-sim`, not here.
+pub trait ContributionHook: Send {
+    /// Called once per round with the labels about to be sent.
+    fn outgoing(&mut self, round: u32, labels: &mut SoftLabels) -> Outgoing;
+}
+
 /// Runs one node from connection to `Finished`.
 pub async fn run_session(
     plan: SessionPlan,
+    learner: Learner,
+    labeller: Labeller,
+) -> Result<SessionOutcome, SessionError> {
+    run_session_with_hook(plan, learner, labeller, None).await
+}
+
+/// [`run_session`] with a [`ContributionHook`] (simulations only).
+pub async fn run_session_with_hook(
+    plan: SessionPlan,
     mut learner: Learner,
     mut labeller: Labeller,
+    mut hook: Option<Box<dyn ContributionHook>>,
 ) -> Result<SessionOutcome, SessionError> {
     let started = Instant::now();
     let addr = plan.coordinator;
@@ -298,6 +328,27 @@ pub async fn run_session(
                         });
                     }
                 };
+                let mut labels = labels;
+                match hook.as_mut().map(|h| h.outgoing(round, &mut labels)) {
+                    None | Some(Outgoing::Send) => {}
+                    Some(Outgoing::Delay(d)) => tokio::time::sleep(d).await,
+                    Some(Outgoing::Vanish) => {
+                        warn!(round, "vanishing mid-round (simulated failure)");
+                        connection.close(1u32.into(), b"vanished");
+                        return Ok(SessionOutcome {
+                            node,
+                            rounds: rounds_done,
+                            final_accuracy: accuracy,
+                            round_accuracy,
+                            bytes_up,
+                            bytes_down,
+                            seconds: started.elapsed().as_secs_f64(),
+                            learner,
+                            labeller,
+                            left: Some(format!("vanished in round {round} (simulated)")),
+                        });
+                    }
+                }
                 let contribution = Message::Contribution(Contribution {
                     round,
                     labels,

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::FederationConfig;
 use crate::rounds::{self, After, Input, RoundRecord, Rounds};
+use crate::store::Store;
 
 /// Why the coordinator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,9 @@ pub enum CoordinatorError {
     /// The endpoint could not be opened.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The state database failed; the coordinator stops rather than run on without it.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Too few nodes (fewer than the quorum) joined in time.
     #[error("only {joined} of {expected} nodes joined within {secs} s (quorum not reached)")]
     JoinTimeout {
@@ -166,8 +170,31 @@ pub async fn run(
     let (events, mut inbox) = mpsc::channel::<Event>(1024);
     let accept_task = tokio::spawn(accept_loop(endpoint.clone(), events.clone()));
     let aggregator = config.aggregation.build();
-    let rounds = Rounds::new(config.clone(), aggregator, Instant::now());
+    let (rounds, store) = match &config.state_dir {
+        Some(dir) => {
+            let store = Store::open(dir, &config)?;
+            if let Ok(addr) = endpoint.local_addr() {
+                store.record_listen(addr)?;
+            }
+            let resume = store.load(config.classes)?;
+            if resume.rounds_done > 0 {
+                info!(
+                    rounds_done = resume.rounds_done,
+                    target = resume.target.len(),
+                    state = %dir.display(),
+                    "resuming after the last committed round"
+                );
+            }
+            let rounds = Rounds::resume(config.clone(), aggregator, Instant::now(), resume);
+            (rounds, Some(store))
+        }
+        None => (
+            Rounds::new(config.clone(), aggregator, Instant::now()),
+            None,
+        ),
+    };
     let mut driver = Driver {
+        store,
         config,
         events,
         peers: BTreeMap::new(),
@@ -283,6 +310,8 @@ async fn read_loop(
 }
 
 struct Driver {
+    /// Where closed rounds are committed (none: in memory only).
+    store: Option<Store>,
     config: FederationConfig,
     events: mpsc::Sender<Event>,
     peers: BTreeMap<String, Peer>,
@@ -305,7 +334,11 @@ impl Driver {
             let mut finished = false;
             while let Some(event) = self.rounds.poll_event() {
                 match event {
-                    rounds::Event::RoundClosed(_record) => {}
+                    rounds::Event::RoundClosed(record) => {
+                        if let Some(store) = &mut self.store {
+                            store.commit(&record)?;
+                        }
+                    }
                     rounds::Event::JoinTimedOut { joined, expected } => {
                         return Err(CoordinatorError::JoinTimeout {
                             joined,
