@@ -115,11 +115,22 @@ pub struct Summary {
     pub target: SoftLabels,
 }
 
-/// Opens the QUIC endpoint described by `config` (TLS files, listen address).
+/// Opens the QUIC endpoint described by `config` (TLS files, listen address). With a state
+/// directory, its stateless-reset key comes from the stored secret (see [`Store::reset_secret`]).
 pub fn bind(config: &FederationConfig) -> Result<quinn::Endpoint, CoordinatorError> {
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     let server = fd_certs::tls::server_config(&tls)?;
-    Ok(transport::server_endpoint(config.listen, server)?)
+    match &config.state_dir {
+        Some(dir) => {
+            let secret = Store::open(dir, config)?.reset_secret()?;
+            Ok(transport::server_endpoint_with_reset_secret(
+                config.listen,
+                server,
+                &secret,
+            )?)
+        }
+        None => Ok(transport::server_endpoint(config.listen, server)?),
+    }
 }
 
 /// Opens the endpoint described by `config` and runs the federation to its end.

@@ -97,7 +97,8 @@ impl Store {
                      round INTEGER NOT NULL, node TEXT NOT NULL, weight REAL, receipt TEXT,
                      PRIMARY KEY (round, node));
                  CREATE TABLE IF NOT EXISTS target (query INTEGER PRIMARY KEY, probs BLOB NOT NULL);
-                 CREATE TABLE IF NOT EXISTS reputations (node TEXT PRIMARY KEY, value REAL NOT NULL);",
+                 CREATE TABLE IF NOT EXISTS reputations (node TEXT PRIMARY KEY, value REAL NOT NULL);
+                 CREATE TABLE IF NOT EXISTS secrets (key TEXT PRIMARY KEY, value BLOB NOT NULL);",
             )
         })?;
         store.check_terms(config)?;
@@ -178,6 +179,32 @@ impl Store {
                 .map_err(|e| self.corrupt(format!("recorded listen address '{t}': {e}")))
         })
         .transpose()
+    }
+
+    /// The secret behind the endpoint's stateless-reset key, created on first use and kept, so
+    /// that after a crash the restarted coordinator's resets are recognised by the nodes.
+    pub fn reset_secret(&self) -> Result<Vec<u8>, StoreError> {
+        let stored: Option<Vec<u8>> = self.sql(|c| {
+            c.query_row(
+                "SELECT value FROM secrets WHERE key = 'stateless_reset'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        if let Some(secret) = stored {
+            return Ok(secret);
+        }
+        let secret = fd_certs::transport::new_reset_secret()
+            .map_err(|e| self.corrupt(e.to_string()))?
+            .to_vec();
+        self.sql(|c| {
+            c.execute(
+                "INSERT INTO secrets (key, value) VALUES ('stateless_reset', ?1)",
+                [&secret],
+            )
+        })?;
+        Ok(secret)
     }
 
     /// Records the address the coordinator is listening on.
@@ -407,6 +434,9 @@ mod tests {
             store.recorded_listen().unwrap(),
             Some("127.0.0.1:4567".parse().unwrap())
         );
+        let secret = store.reset_secret().unwrap();
+        assert_eq!(secret.len(), fd_certs::transport::RESET_SECRET_LEN);
+        assert_eq!(store.reset_secret().unwrap(), secret, "kept, not redrawn");
         let c = store.contributions(0).unwrap();
         assert_eq!(
             c,
