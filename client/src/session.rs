@@ -441,17 +441,27 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
 /// the nodes' own idle timeout is a minute).
 const RECONNECT_FOR: Duration = Duration::from_secs(180);
 
-/// Whether a transport error means the connection is gone (worth reconnecting), rather than
-/// the coordinator sending something unreadable (which reconnecting would not cure).
+/// Whether a transport error means the connection is gone (worth reconnecting: a crash, a
+/// reset, a network outage), rather than closed on purpose by the coordinator or the
+/// coordinator sending something unreadable (which reconnecting would not cure).
 fn connection_lost(e: &TransportError) -> bool {
-    matches!(
-        e,
+    use quinn::{ConnectionError, ReadError, WriteError};
+    let closed_on_purpose = |c: &ConnectionError| {
+        matches!(
+            c,
+            ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
+        )
+    };
+    match e {
+        TransportError::Read(ReadError::ConnectionLost(c))
+        | TransportError::Write(WriteError::ConnectionLost(c))
+        | TransportError::Connection(c) => !closed_on_purpose(c),
         TransportError::Read(_)
-            | TransportError::Write(_)
-            | TransportError::Connection(_)
-            | TransportError::Truncated { .. }
-            | TransportError::ClosedStream(_)
-    )
+        | TransportError::Write(_)
+        | TransportError::Truncated { .. }
+        | TransportError::ClosedStream(_) => true,
+        _ => false,
+    }
 }
 
 /// Connects, says Hello and waits for Welcome.

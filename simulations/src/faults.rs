@@ -64,7 +64,10 @@ impl Attack {
 pub enum ClientFault {
     /// Sends corrupted labels every round.
     Byzantine(Attack),
-    /// Holds every contribution this long (past the round deadline).
+    /// Holds every other contribution (those of even rounds) this long, past the round
+    /// deadline. Late every round, a straggler would fall further behind each round (its delay
+    /// exceeds the round's length) until the federation ended without it; late every other
+    /// round, it catches up in between, as a slow but live node does.
     Straggler(Duration),
     /// Vanishes in this round, after training, before sending.
     Drops {
@@ -96,7 +99,8 @@ impl ContributionHook for FaultHook {
                 attack.corrupt(labels, &mut self.rng);
                 Outgoing::Send
             }
-            ClientFault::Straggler(delay) => Outgoing::Delay(delay),
+            ClientFault::Straggler(delay) if round % 2 == 0 => Outgoing::Delay(delay),
+            ClientFault::Straggler(_) => Outgoing::Send,
             ClientFault::Drops { round: r } if r == round => Outgoing::Vanish,
             ClientFault::Drops { .. } => Outgoing::Send,
         }
@@ -119,7 +123,7 @@ pub struct FaultConfig {
     pub attack: Attack,
     /// Fraction of clients that vanish mid-round (each in a random round).
     pub drop_rate: f64,
-    /// Fraction of clients that answer after the deadline every round.
+    /// Fraction of clients that answer every other round after its deadline.
     pub stragglers: f64,
     /// How long stragglers hold their contributions.
     pub straggler_delay_secs: f64,

@@ -141,6 +141,8 @@ pub struct ClientResult {
     pub weight: Option<f64>,
     /// Its reputation at the coordinator after the last round (reputation-keeping strategies).
     pub reputation: Option<f64>,
+    /// Contributions the coordinator refused (late, duplicate, malformed).
+    pub refused: u32,
 }
 
 /// The whole simulation's results (written as JSON by `--json`).
@@ -404,6 +406,11 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
                     .iter()
                     .find(|n| n.node == o.node)
                     .and_then(|n| n.reputation),
+                refused: summary
+                    .nodes
+                    .iter()
+                    .find(|n| n.node == o.node)
+                    .map_or(0, |n| n.refused),
                 epsilon_spent: spent.map(|(e, _)| e),
                 sigma: private_part(&o.labeller).and_then(|p| p.sigma),
                 teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),

@@ -134,8 +134,8 @@ struct Args {
     /// before sending) and do not come back.
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f64,
-    /// Fraction of clients that answer every round after its deadline (their late
-    /// contributions are refused).
+    /// Fraction of clients that answer every other round (the even ones) after its deadline;
+    /// their late contributions are refused with the reason, and they carry on.
     #[arg(long, default_value_t = 0.0)]
     stragglers: f64,
     /// Seconds a straggler holds each contribution [default: 1.5 x the round deadline].
