@@ -461,6 +461,15 @@ impl Driver {
                 let _ = peer.send.finish();
                 if matches!(t.message, Some(Message::Finished { .. })) {
                     self.finishing.push(peer.connection);
+                } else {
+                    // Dropping the last handle would close the connection at once and could
+                    // discard the Error or Reject just written: hold it until the node has read
+                    // the stream or gone, for a few seconds at most.
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), peer.send.stopped()).await;
+                        drop(peer.connection);
+                    });
                 }
             }
         }
