@@ -99,7 +99,7 @@ impl ContributionHook for FaultHook {
                 attack.corrupt(labels, &mut self.rng);
                 Outgoing::Send
             }
-            ClientFault::Straggler(delay) if round % 2 == 0 => Outgoing::Delay(delay),
+            ClientFault::Straggler(delay) if round.is_multiple_of(2) => Outgoing::Delay(delay),
             ClientFault::Straggler(_) => Outgoing::Send,
             ClientFault::Drops { round: r } if r == round => Outgoing::Vanish,
             ClientFault::Drops { .. } => Outgoing::Send,
