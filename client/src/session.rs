@@ -5,11 +5,11 @@
 //! answers back.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fd_certs::tls::TlsIdentity;
 use fd_certs::transport::{self, TransportError};
-use fd_protocol::{Contribution, Hello, Message, SoftLabels};
+use fd_protocol::{Contribution, Hello, Message, SoftLabels, Welcome};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -129,79 +129,70 @@ async fn finish_stream(send: &mut quinn::SendStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), send.stopped()).await;
 }
 
+/// What happens to a contribution on its way out, as a [`ContributionHook`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Send it now.
+    Send,
+    /// Send it after this long (a straggler).
+    Delay(std::time::Duration),
+    /// Do not send it: drop the connection without a word and end the session (a node that
+    /// vanishes mid-round).
+    Vanish,
+}
+
+/// Fault injection for simulations: sees (and may alter) each contribution before it leaves.
+/// A real node runs without one ([`run_session`]); the simulator's adversaries and failures are
+/// written against this trait and live in `fd-sim`, not here.
+pub trait ContributionHook: Send {
+    /// Called once per round with the labels about to be sent.
+    fn outgoing(&mut self, round: u32, labels: &mut SoftLabels) -> Outgoing;
+}
+
 /// Runs one node from connection to `Finished`.
 pub async fn run_session(
     plan: SessionPlan,
+    learner: Learner,
+    labeller: Labeller,
+) -> Result<SessionOutcome, SessionError> {
+    run_session_with_hook(plan, learner, labeller, None).await
+}
+
+/// [`run_session`] with a [`ContributionHook`] (simulations only).
+pub async fn run_session_with_hook(
+    plan: SessionPlan,
     mut learner: Learner,
     mut labeller: Labeller,
+    mut hook: Option<Box<dyn ContributionHook>>,
 ) -> Result<SessionOutcome, SessionError> {
     let started = Instant::now();
-    let addr = plan.coordinator;
     let config = fd_certs::tls::client_config(&plan.tls)?;
     let endpoint = transport::client_endpoint(config)?;
-    let connecting =
-        endpoint
-            .connect(addr, &plan.server_name)
-            .map_err(|e| SessionError::Connect {
-                addr,
-                message: e.to_string(),
-            })?;
-    let connection = connecting.await.map_err(|e| SessionError::Connect {
-        addr,
-        message: e.to_string(),
-    })?;
-    // With TLS 1.3 the handshake completes on our side before the coordinator has checked our
-    // certificate: we count ourselves admitted only once Welcome arrives.
-    let not_admitted = |e: &dyn std::fmt::Display| SessionError::NotAdmitted {
-        addr,
-        message: e.to_string(),
-    };
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| not_admitted(&e))?;
     let max = plan.max_frame_len;
-    let mut bytes_up = transport::write_message(
-        &mut send,
-        &Message::Hello(Hello {
-            public_records: learner.public_records() as u32,
-            classes: learner.student().config().classes as u16,
-            private_records: plan.private_records,
-        }),
-        max,
-    )
-    .await
-    .map_err(|e| not_admitted(&e))? as u64;
-    let (node, planned_queries, mut bytes_down) = match transport::read_message(&mut recv, max)
-        .await
-    {
-        Ok(Some((Message::Welcome(w), n))) => {
-            info!(
-                node = %w.node,
-                federation = %w.federation,
-                rounds = w.rounds,
-                planned_queries = w.planned_queries,
-                privacy = %labeller.statement(),
-                "admitted"
-            );
-            if w.require_privacy && matches!(labeller, Labeller::Student) {
-                let why = "this federation requires differential privacy; set [privacy] mode = \
-                           \"shards\" in the node config";
-                let leave = Message::Leave { reason: why.into() };
-                let _ = transport::write_message(&mut send, &leave, max).await;
-                let _ = send.finish();
-                connection.close(0u32.into(), b"terms");
-                return Err(SessionError::Terms(why.into()));
-            }
-            (w.node, w.planned_queries, n as u64)
-        }
-        Ok(Some((Message::Reject { reason }, _))) => return Err(SessionError::Rejected(reason)),
-        Ok(Some((other, _))) => {
-            return Err(SessionError::Protocol(format!(
-                "expected Welcome, got {}",
-                other.kind()
-            )));
-        }
-        Ok(None) => return Err(not_admitted(&"connection closed")),
-        Err(e) => return Err(not_admitted(&e)),
+    let hello = Hello {
+        public_records: learner.public_records() as u32,
+        classes: learner.student().config().classes as u16,
+        private_records: plan.private_records,
     };
+    let needs_privacy_mode = matches!(labeller, Labeller::Student);
+    let target = Target {
+        addr: plan.coordinator,
+        server_name: plan.server_name.clone(),
+        max,
+    };
+    let mut link = join(&endpoint, &target, &hello, needs_privacy_mode).await?;
+    info!(
+        node = %link.welcome.node,
+        federation = %link.welcome.federation,
+        rounds = link.welcome.rounds,
+        planned_queries = link.welcome.planned_queries,
+        privacy = %labeller.statement(),
+        "admitted"
+    );
+    let node = link.welcome.node.clone();
+    let planned_queries = link.welcome.planned_queries;
+    let mut bytes_up = link.bytes_up;
+    let mut bytes_down = link.bytes_down;
 
     let classes = learner.student().config().classes;
     let public = learner.public_records();
@@ -223,10 +214,30 @@ pub async fn run_session(
     let mut round_accuracy = Vec::new();
     let mut rounds_done = 0;
     loop {
-        let Some((msg, n)) = transport::read_message(&mut recv, max).await? else {
-            return Err(SessionError::Protocol(
-                "the coordinator closed the stream before Finished".into(),
-            ));
+        let (msg, n) = match transport::read_message(&mut link.recv, max).await {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                let why = "the coordinator closed the stream before Finished";
+                link =
+                    reconnect(&endpoint, &target, &hello, needs_privacy_mode, why.into()).await?;
+                bytes_up += link.bytes_up;
+                bytes_down += link.bytes_down;
+                continue;
+            }
+            Err(e) if connection_lost(&e) => {
+                link = reconnect(
+                    &endpoint,
+                    &target,
+                    &hello,
+                    needs_privacy_mode,
+                    e.to_string(),
+                )
+                .await?;
+                bytes_up += link.bytes_up;
+                bytes_down += link.bytes_down;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         bytes_down += n as u64;
         match msg {
@@ -280,9 +291,10 @@ pub async fn run_session(
                         let leave = Message::Leave {
                             reason: format!("privacy budget spent: {reason}"),
                         };
-                        bytes_up += transport::write_message(&mut send, &leave, max).await? as u64;
-                        finish_stream(&mut send).await;
-                        connection.close(0u32.into(), b"budget spent");
+                        bytes_up +=
+                            transport::write_message(&mut link.send, &leave, max).await? as u64;
+                        finish_stream(&mut link.send).await;
+                        link.connection.close(0u32.into(), b"budget spent");
                         endpoint.wait_idle().await;
                         return Ok(SessionOutcome {
                             node,
@@ -298,12 +310,51 @@ pub async fn run_session(
                         });
                     }
                 };
+                let mut labels = labels;
+                match hook.as_mut().map(|h| h.outgoing(round, &mut labels)) {
+                    None | Some(Outgoing::Send) => {}
+                    Some(Outgoing::Delay(d)) => tokio::time::sleep(d).await,
+                    Some(Outgoing::Vanish) => {
+                        warn!(round, "vanishing mid-round (simulated failure)");
+                        link.connection.close(1u32.into(), b"vanished");
+                        return Ok(SessionOutcome {
+                            node,
+                            rounds: rounds_done,
+                            final_accuracy: accuracy,
+                            round_accuracy,
+                            bytes_up,
+                            bytes_down,
+                            seconds: started.elapsed().as_secs_f64(),
+                            learner,
+                            labeller,
+                            left: Some(format!("vanished in round {round} (simulated)")),
+                        });
+                    }
+                }
                 let contribution = Message::Contribution(Contribution {
                     round,
                     labels,
                     receipt,
                 });
-                bytes_up += transport::write_message(&mut send, &contribution, max).await? as u64;
+                match transport::write_message(&mut link.send, &contribution, max).await {
+                    Ok(n) => bytes_up += n as u64,
+                    // The contribution is lost with the connection; once back, the node is
+                    // asked again for whichever round is open.
+                    Err(e) if connection_lost(&e) => {
+                        link = reconnect(
+                            &endpoint,
+                            &target,
+                            &hello,
+                            needs_privacy_mode,
+                            e.to_string(),
+                        )
+                        .await?;
+                        bytes_up += link.bytes_up;
+                        bytes_down += link.bytes_down;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 rounds_done += 1;
             }
             Message::RoundClosed(closed) => {
@@ -333,8 +384,8 @@ pub async fn run_session(
                 let final_accuracy = result?;
                 info!(rounds, final_accuracy, "federation finished");
                 // Tell the coordinator we are done, then let the close reach it.
-                finish_stream(&mut send).await;
-                connection.close(0u32.into(), b"done");
+                finish_stream(&mut link.send).await;
+                link.connection.close(0u32.into(), b"done");
                 endpoint.wait_idle().await;
                 return Ok(SessionOutcome {
                     node,
@@ -349,6 +400,11 @@ pub async fn run_session(
                     left: None,
                 });
             }
+            Message::Refused { round, reason } => {
+                // One contribution was not counted (e.g. it arrived after the deadline); the
+                // node carries on with the next round.
+                warn!(round, "contribution refused by the coordinator: {reason}");
+            }
             Message::Error { message } => return Err(SessionError::Coordinator(message)),
             Message::Reject { reason } => return Err(SessionError::Rejected(reason)),
             other => {
@@ -357,6 +413,147 @@ pub async fn run_session(
                     other.kind()
                 )));
             }
+        }
+    }
+}
+
+/// Where the coordinator is.
+struct Target {
+    addr: SocketAddr,
+    server_name: String,
+    max: usize,
+}
+
+/// One admitted connection to the coordinator.
+struct Link {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    welcome: Welcome,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+/// First wait before reconnecting; doubled after each failed attempt.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(200);
+/// Longest wait between attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// A node gives up when the coordinator stays unreachable this long (a restart takes seconds;
+/// the nodes' own idle timeout is a minute).
+const RECONNECT_FOR: Duration = Duration::from_secs(180);
+
+/// Whether a transport error means the connection is gone (worth reconnecting: a crash, a
+/// reset, a network outage), rather than closed on purpose by the coordinator or the
+/// coordinator sending something unreadable (which reconnecting would not cure).
+fn connection_lost(e: &TransportError) -> bool {
+    use quinn::{ConnectionError, ReadError, WriteError};
+    let closed_on_purpose = |c: &ConnectionError| {
+        matches!(
+            c,
+            ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
+        )
+    };
+    match e {
+        TransportError::Read(ReadError::ConnectionLost(c))
+        | TransportError::Write(WriteError::ConnectionLost(c))
+        | TransportError::Connection(c) => !closed_on_purpose(c),
+        TransportError::Read(_)
+        | TransportError::Write(_)
+        | TransportError::Truncated { .. }
+        | TransportError::ClosedStream(_) => true,
+        _ => false,
+    }
+}
+
+/// Connects, says Hello and waits for Welcome.
+async fn join(
+    endpoint: &quinn::Endpoint,
+    target: &Target,
+    hello: &Hello,
+    non_private: bool,
+) -> Result<Link, SessionError> {
+    let addr = target.addr;
+    let max = target.max;
+    let connecting =
+        endpoint
+            .connect(addr, &target.server_name)
+            .map_err(|e| SessionError::Connect {
+                addr,
+                message: e.to_string(),
+            })?;
+    let connection = connecting.await.map_err(|e| SessionError::Connect {
+        addr,
+        message: e.to_string(),
+    })?;
+    // With TLS 1.3 the handshake completes on our side before the coordinator has checked our
+    // certificate: we count ourselves admitted only once Welcome arrives.
+    let not_admitted = |e: &dyn std::fmt::Display| SessionError::NotAdmitted {
+        addr,
+        message: e.to_string(),
+    };
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| not_admitted(&e))?;
+    let bytes_up = transport::write_message(&mut send, &Message::Hello(hello.clone()), max)
+        .await
+        .map_err(|e| not_admitted(&e))? as u64;
+    match transport::read_message(&mut recv, max).await {
+        Ok(Some((Message::Welcome(welcome), n))) => {
+            if welcome.require_privacy && non_private {
+                let why = "this federation requires differential privacy; set [privacy] mode = \
+                           \"shards\" in the node config";
+                let leave = Message::Leave { reason: why.into() };
+                let _ = transport::write_message(&mut send, &leave, max).await;
+                let _ = send.finish();
+                connection.close(0u32.into(), b"terms");
+                return Err(SessionError::Terms(why.into()));
+            }
+            Ok(Link {
+                connection,
+                send,
+                recv,
+                welcome,
+                bytes_up,
+                bytes_down: n as u64,
+            })
+        }
+        Ok(Some((Message::Reject { reason }, _))) => Err(SessionError::Rejected(reason)),
+        Ok(Some((other, _))) => Err(SessionError::Protocol(format!(
+            "expected Welcome, got {}",
+            other.kind()
+        ))),
+        Ok(None) => Err(not_admitted(&"connection closed")),
+        Err(e) => Err(not_admitted(&e)),
+    }
+}
+
+/// Joins again after the connection was lost, with exponential back-off, for up to
+/// [`RECONNECT_FOR`]. A refusal on the federation's terms ends the session at once.
+async fn reconnect(
+    endpoint: &quinn::Endpoint,
+    target: &Target,
+    hello: &Hello,
+    non_private: bool,
+    mut why: String,
+) -> Result<Link, SessionError> {
+    let give_up = Instant::now() + RECONNECT_FOR;
+    let mut delay = RECONNECT_FIRST_DELAY;
+    loop {
+        warn!(
+            coordinator = %target.addr,
+            "connection to the coordinator lost ({why}); reconnecting in {delay:?}"
+        );
+        tokio::time::sleep(delay).await;
+        match join(endpoint, target, hello, non_private).await {
+            Ok(link) => {
+                info!(node = %link.welcome.node, "reconnected; resuming");
+                return Ok(link);
+            }
+            Err(e @ (SessionError::Connect { .. } | SessionError::NotAdmitted { .. }))
+                if Instant::now() < give_up =>
+            {
+                why = e.to_string();
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::AggregationConfig;
+
 /// A config that could not be used; the message names the file and the field.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -55,6 +57,18 @@ pub struct FederationConfig {
     /// Where to write the run summary (JSON); none by default.
     #[serde(default)]
     pub summary_json: Option<PathBuf>,
+    /// Fewest accepted contributions for a round to be aggregated (a round below it closes
+    /// without changing the target); also the fewest nodes to start with once the join
+    /// deadline has passed.
+    #[serde(default = "default_quorum")]
+    pub quorum: usize,
+    /// How contributions are combined (`[aggregation]`).
+    #[serde(default)]
+    pub aggregation: AggregationConfig,
+    /// Directory of the coordinator's state database; none keeps state in memory only (the
+    /// simulator), so a restart begins again from round 0.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 fn default_name() -> String {
@@ -71,6 +85,9 @@ fn default_join_timeout() -> u64 {
 }
 fn default_round_timeout() -> u64 {
     600
+}
+fn default_quorum() -> usize {
+    1
 }
 
 impl FederationConfig {
@@ -92,6 +109,9 @@ impl FederationConfig {
             }
         }
         if let Some(p) = config.summary_json.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = config.state_dir.as_mut().filter(|p| p.is_relative()) {
             *p = base.join(&*p);
         }
         config
@@ -123,7 +143,13 @@ impl FederationConfig {
         if self.round_timeout_secs == 0 || self.join_timeout_secs == 0 {
             return Err("round_timeout_secs and join_timeout_secs must be >= 1".into());
         }
-        Ok(())
+        if self.quorum == 0 || self.quorum > self.nodes {
+            return Err(format!(
+                "quorum must be between 1 and nodes ({}), got {}",
+                self.nodes, self.quorum
+            ));
+        }
+        self.aggregation.validate()
     }
 
     /// Labels asked of each node over the whole run: the sum of every round's query count.
@@ -172,6 +198,9 @@ mod tests {
             round_timeout_secs: 1,
             require_privacy: false,
             summary_json: None,
+            quorum: 1,
+            aggregation: AggregationConfig::default(),
+            state_dir: None,
         }
     }
 
@@ -210,5 +239,35 @@ mod tests {
             msg.contains("federation.toml") && msg.contains("nodes"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn aggregation_and_quorum_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("federation.toml");
+        let base = "ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nnodes = 4\n\
+                    public_records = 9\nclasses = 3\n";
+        std::fs::write(
+            &path,
+            format!(
+                "{base}quorum = 3\nstate_dir = \"state\"\n[aggregation]\nstrategy = \"median\"\n"
+            ),
+        )
+        .unwrap();
+        let c = FederationConfig::load(&path).unwrap();
+        assert_eq!(c.quorum, 3);
+        assert_eq!(
+            c.aggregation.strategy,
+            crate::aggregate::AggregatorKind::Median
+        );
+        assert_eq!(c.state_dir, Some(dir.path().join("state")));
+
+        std::fs::write(&path, format!("{base}quorum = 5\n")).unwrap();
+        let msg = FederationConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("quorum"), "{msg}");
+
+        std::fs::write(&path, format!("{base}[aggregation]\nstrategy = \"avg\"\n")).unwrap();
+        let msg = FederationConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("strategy") && msg.contains("avg"), "{msg}");
     }
 }

@@ -34,6 +34,18 @@ struct Args {
     /// Override `summary_json` (where the run summary is written).
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Override `state_dir`: where the state database lives. Restarted on the same directory,
+    /// the coordinator continues after the last committed round (and, with a listen port of 0,
+    /// on the address it used before).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Override `quorum`: fewest accepted contributions for a round to be aggregated.
+    #[arg(long)]
+    quorum: Option<usize>,
+    /// Override `aggregation.strategy`: mean, median, trimmed-mean, confidence, reputation or
+    /// dynamic (confidence x reputation, the default).
+    #[arg(long)]
+    aggregator: Option<fd_coordinator::aggregate::AggregatorKind>,
 }
 
 #[tokio::main]
@@ -59,9 +71,26 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.summary_json {
         config.summary_json = Some(v);
     }
+    if let Some(v) = args.state_dir {
+        config.state_dir = Some(v);
+    }
+    if let Some(v) = args.quorum {
+        config.quorum = v;
+    }
+    if let Some(v) = args.aggregator {
+        config.aggregation.strategy = v;
+    }
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
+    // A restart on a state directory comes back on the address the nodes know, unless the
+    // config names a fixed port.
+    if let Some(dir) = &config.state_dir
+        && config.listen.port() == 0
+        && let Some(addr) = fd_coordinator::store::Store::open(dir, &config)?.recorded_listen()?
+    {
+        config.listen = addr;
+    }
     let summary_path = config.summary_json.clone();
     let endpoint = fd_coordinator::bind(&config)?;
     let addr = endpoint.local_addr().context("reading the bound address")?;
@@ -73,14 +102,20 @@ async fn main() -> anyhow::Result<()> {
         "federation '{}' finished: {} rounds in {:.1} s, target covers {} public records",
         summary.federation, summary.rounds, summary.wall_seconds, summary.target_records
     );
+    println!("aggregator: {}", summary.aggregator);
     println!(
-        "{:<24} {:>13} {:>12} {:>12} {:>9}",
-        "node", "contributions", "bytes up", "bytes down", "finished"
+        "{:<24} {:>13} {:>12} {:>12} {:>9} {:>8}",
+        "node", "contributions", "bytes up", "bytes down", "finished", "weight"
     );
     for n in &summary.nodes {
         println!(
-            "{:<24} {:>13} {:>12} {:>12} {:>9}",
-            n.node, n.contributions, n.bytes_up, n.bytes_down, n.finished
+            "{:<24} {:>13} {:>12} {:>12} {:>9} {:>8}",
+            n.node,
+            n.contributions,
+            n.bytes_up,
+            n.bytes_down,
+            n.finished,
+            n.weight.map_or("-".to_owned(), |w| format!("{w:.4}"))
         );
     }
     if let Some(path) = summary_path {

@@ -1,21 +1,23 @@
-//! The coordinator's QUIC server: admission, the round loop, and the end of the federation.
+//! The coordinator's QUIC server: the thin I/O shell around [`crate::rounds::Rounds`].
 //!
 //! Tasks: one accepts connections and admits peers (TLS has already checked the certificate
 //! against the federation CA; the node's name is taken from that certificate); one per admitted
-//! node reads its messages; and the driver, which owns all round state, receives everything as
-//! [`Event`]s on one channel, so no state is shared between tasks.
+//! node reads its messages; and the driver, which owns the round state machine, receives
+//! everything as [`Event`]s on one channel, feeds them to it with the current time, commits
+//! closed rounds to the store and sends what the state machine asks for.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fd_certs::transport::{self, TransportError};
-use fd_protocol::{Hello, Message, RoundClosed, RoundOpen, SoftLabels, Welcome};
+use fd_protocol::{Hello, Message, SoftLabels};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::aggregate::{self, Target};
 use crate::config::FederationConfig;
+use crate::rounds::{self, After, Input, RoundRecord, Rounds};
+use crate::store::Store;
 
 /// Why the coordinator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +28,11 @@ pub enum CoordinatorError {
     /// The endpoint could not be opened.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// Too few nodes joined in time.
-    #[error("only {joined} of {expected} nodes joined within {secs} s")]
+    /// The state database failed; the coordinator stops rather than run on without it.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Too few nodes (fewer than the quorum) joined in time.
+    #[error("only {joined} of {expected} nodes joined within {secs} s (quorum not reached)")]
     JoinTimeout {
         /// Nodes that joined.
         joined: usize,
@@ -55,6 +60,12 @@ pub struct NodeSummary {
     pub left: Option<String>,
     /// Its privacy spending, from the latest receipt it sent.
     pub privacy: Option<NodeSpending>,
+    /// Its share of the aggregate in the last round it was accepted in.
+    pub weight: Option<f64>,
+    /// Its reputation after the last round (strategies that keep one).
+    pub reputation: Option<f64>,
+    /// Contributions refused (late, duplicate, malformed).
+    pub refused: u32,
 }
 
 /// A node's cumulative privacy spending, as its latest receipt states it.
@@ -79,12 +90,16 @@ pub struct NodeSpending {
 pub struct Summary {
     /// Federation name.
     pub federation: String,
+    /// Aggregation strategy.
+    pub aggregator: String,
     /// Rounds completed.
     pub rounds: u32,
     /// Why the federation ended before its planned rounds, if it did.
     pub ended_early: Option<String>,
     /// Contributions accepted in each round.
     pub accepted_per_round: Vec<u32>,
+    /// Every round: who was asked and accepted, each node's weight, reputations, receipts.
+    pub round_log: Vec<RoundRecord>,
     /// Public records in the final target.
     pub target_records: usize,
     /// Per-node accounts, by name.
@@ -100,11 +115,22 @@ pub struct Summary {
     pub target: SoftLabels,
 }
 
-/// Opens the QUIC endpoint described by `config` (TLS files, listen address).
+/// Opens the QUIC endpoint described by `config` (TLS files, listen address). With a state
+/// directory, its stateless-reset key comes from the stored secret (see [`Store::reset_secret`]).
 pub fn bind(config: &FederationConfig) -> Result<quinn::Endpoint, CoordinatorError> {
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     let server = fd_certs::tls::server_config(&tls)?;
-    Ok(transport::server_endpoint(config.listen, server)?)
+    match &config.state_dir {
+        Some(dir) => {
+            let secret = Store::open(dir, config)?.reset_secret()?;
+            Ok(transport::server_endpoint_with_reset_secret(
+                config.listen,
+                server,
+                &secret,
+            )?)
+        }
+        None => Ok(transport::server_endpoint(config.listen, server)?),
+    }
 }
 
 /// Opens the endpoint described by `config` and runs the federation to its end.
@@ -123,23 +149,28 @@ struct Arrival {
     bytes: u64,
 }
 
+/// What the tasks tell the driver. `conn` tells a node's current connection from an old one it
+/// replaced by reconnecting.
 enum Event {
     Arrived(Box<Arrival>),
     Message {
         node: String,
+        conn: u64,
         message: Message,
         bytes: u64,
     },
     Gone {
         node: String,
+        conn: u64,
         reason: String,
+        misbehaved: bool,
     },
 }
 
 struct Peer {
+    conn: u64,
     connection: quinn::Connection,
     send: quinn::SendStream,
-    summary: NodeSummary,
 }
 
 /// Runs the federation on an already-open endpoint (the simulator binds port 0 and passes it).
@@ -149,12 +180,39 @@ pub async fn run(
 ) -> Result<Summary, CoordinatorError> {
     let (events, mut inbox) = mpsc::channel::<Event>(1024);
     let accept_task = tokio::spawn(accept_loop(endpoint.clone(), events.clone()));
+    let aggregator = config.aggregation.build();
+    let (rounds, store) = match &config.state_dir {
+        Some(dir) => {
+            let store = Store::open(dir, &config)?;
+            if let Ok(addr) = endpoint.local_addr() {
+                store.record_listen(addr)?;
+            }
+            let resume = store.load(config.classes)?;
+            if resume.rounds_done > 0 {
+                info!(
+                    rounds_done = resume.rounds_done,
+                    target = resume.target.len(),
+                    state = %dir.display(),
+                    "resuming after the last committed round"
+                );
+            }
+            let rounds = Rounds::resume(config.clone(), aggregator, Instant::now(), resume);
+            (rounds, Some(store))
+        }
+        None => (
+            Rounds::new(config.clone(), aggregator, Instant::now()),
+            None,
+        ),
+    };
     let mut driver = Driver {
+        store,
         config,
         events,
         peers: BTreeMap::new(),
-        started: Instant::now(),
+        next_conn: 0,
+        finishing: Vec::new(),
         max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+        rounds,
     };
     let result = driver.drive(&mut inbox).await;
     accept_task.abort();
@@ -219,37 +277,20 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<Event>) {
     }
 }
 
-/// What is wrong with a receipt, if anything: every number must be finite and in range.
-fn receipt_defect(r: &fd_protocol::PrivacyReceipt) -> Option<String> {
-    let numbers = [
-        r.sigma,
-        r.sensitivity,
-        r.rho,
-        r.rho_total,
-        r.epsilon_total,
-        r.delta,
-    ];
-    if numbers.iter().any(|v| !v.is_finite() || *v < 0.0) {
-        return Some("has a negative or non-finite number".into());
-    }
-    if r.rho_total < r.rho || !(r.delta > 0.0 && r.delta < 1.0) {
-        return Some("is inconsistent (rho_total < rho, or delta outside (0, 1))".into());
-    }
-    None
-}
-
 /// Forwards one node's messages to the driver until its stream ends.
 async fn read_loop(
     node: String,
+    conn: u64,
     mut recv: quinn::RecvStream,
     events: mpsc::Sender<Event>,
     max_frame_len: usize,
 ) {
-    let reason = loop {
+    let (reason, misbehaved) = loop {
         match transport::read_message(&mut recv, max_frame_len).await {
             Ok(Some((message, bytes))) => {
                 let event = Event::Message {
                     node: node.clone(),
+                    conn,
                     message,
                     bytes: bytes as u64,
                 };
@@ -257,19 +298,39 @@ async fn read_loop(
                     return;
                 }
             }
-            Ok(None) => break "closed its stream".to_owned(),
-            Err(e) => break e.to_string(),
+            Ok(None) => break ("closed its stream".to_owned(), false),
+            // A frame we refuse to read (too large, malformed, wrong version) is the node's
+            // fault and it is told so; a lost connection is not.
+            Err(TransportError::Codec(e)) => {
+                break (
+                    format!("message refused, closing the connection: {e}"),
+                    true,
+                );
+            }
+            Err(e) => break (e.to_string(), false),
         }
     };
-    let _ = events.send(Event::Gone { node, reason }).await;
+    let _ = events
+        .send(Event::Gone {
+            node,
+            conn,
+            reason,
+            misbehaved,
+        })
+        .await;
 }
 
 struct Driver {
+    /// Where closed rounds are committed (none: in memory only).
+    store: Option<Store>,
     config: FederationConfig,
     events: mpsc::Sender<Event>,
     peers: BTreeMap<String, Peer>,
-    started: Instant,
+    next_conn: u64,
+    /// Connections sent Finished, whose close we wait for at the end.
+    finishing: Vec<quinn::Connection>,
     max_frame_len: usize,
+    rounds: Rounds,
 }
 
 impl Driver {
@@ -277,378 +338,182 @@ impl Driver {
         &mut self,
         inbox: &mut mpsc::Receiver<Event>,
     ) -> Result<Summary, CoordinatorError> {
-        self.join(inbox).await?;
-        self.started = Instant::now();
-        let mut target = Target::new(self.config.classes);
-        let mut accepted_per_round = Vec::new();
-        let mut summary_nodes: BTreeMap<String, NodeSummary> = BTreeMap::new();
-        let mut ended_early = None;
-        for round in 0..self.config.rounds {
-            let accepted = self
-                .round(round, &mut target, inbox, &mut summary_nodes)
-                .await;
-            accepted_per_round.push(accepted);
-            if self.peers.is_empty() {
-                // Every node left (budgets spent, or gone): the federation ends here, with the
-                // rounds it completed. This is the design's "until budgets run out".
-                let why = format!("every node left by the end of round {round}");
-                warn!("{why}; ending the federation early");
-                ended_early = Some(why);
+        let started = Instant::now();
+        info!(expected = self.config.nodes, "waiting for nodes");
+        loop {
+            // Events first: a closed round is committed before anything announcing it leaves.
+            let mut finished = false;
+            while let Some(event) = self.rounds.poll_event() {
+                match event {
+                    rounds::Event::RoundClosed(record) => {
+                        if let Some(store) = &mut self.store {
+                            store.commit(&record)?;
+                        }
+                    }
+                    rounds::Event::JoinTimedOut { joined, expected } => {
+                        return Err(CoordinatorError::JoinTimeout {
+                            joined,
+                            expected,
+                            secs: self.config.join_timeout_secs,
+                        });
+                    }
+                    rounds::Event::Finished => finished = true,
+                }
+            }
+            self.flush().await;
+            if finished || self.rounds.is_done() {
                 break;
             }
-        }
-        let rounds_done = accepted_per_round.len() as u32;
-        let final_labels = target.to_labels();
-        let finished = Message::Finished {
-            rounds: rounds_done,
-            target: final_labels.clone(),
-        };
-        for name in self.peer_names() {
-            if self.send(&name, &finished).await
-                && let Some(peer) = self.peers.get_mut(&name)
-            {
-                peer.summary.finished = true;
-                let _ = peer.send.finish();
+            let timeout = self.rounds.poll_timeout();
+            let sleep = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = inbox.recv() => e,
+                () = sleep => None,
+            };
+            let now = Instant::now();
+            match event {
+                Some(Event::Arrived(a)) => self.arrive(now, *a),
+                Some(Event::Message {
+                    node,
+                    conn,
+                    message,
+                    bytes,
+                }) => {
+                    if self.is_current(&node, conn) {
+                        self.rounds.handle(
+                            now,
+                            Input::Received {
+                                node,
+                                message,
+                                bytes,
+                            },
+                        );
+                    }
+                }
+                Some(Event::Gone {
+                    node,
+                    conn,
+                    reason,
+                    misbehaved,
+                }) => {
+                    if self.is_current(&node, conn) {
+                        self.rounds.handle(
+                            now,
+                            Input::Gone {
+                                node,
+                                reason,
+                                misbehaved,
+                            },
+                        );
+                    }
+                }
+                None => self.rounds.handle_timeout(now),
             }
         }
-        let wall_seconds = self.started.elapsed().as_secs_f64();
+        let wall_seconds = started.elapsed().as_secs_f64();
         // Wait (up to 30 s in all) for each node to close after Finished, so the last frame is
         // delivered before the endpoint goes away.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        for peer in self.peers.values() {
-            let _ = tokio::time::timeout_at(deadline, peer.connection.closed()).await;
+        for connection in &self.finishing {
+            let _ = tokio::time::timeout_at(deadline, connection.closed()).await;
         }
-        for (name, peer) in std::mem::take(&mut self.peers) {
-            summary_nodes.insert(name, peer.summary);
-        }
-        let nodes: Vec<NodeSummary> = summary_nodes.into_values().collect();
-        Ok(Summary {
-            federation: self.config.name.clone(),
-            rounds: rounds_done,
-            ended_early,
-            accepted_per_round,
-            target_records: final_labels.len(),
-            bytes_up: nodes.iter().map(|n| n.bytes_up).sum(),
-            bytes_down: nodes.iter().map(|n| n.bytes_down).sum(),
-            nodes,
-            wall_seconds,
-            target: final_labels,
-        })
+        let mut summary = self.rounds.summary_now();
+        summary.wall_seconds = wall_seconds;
+        Ok(summary)
     }
 
-    fn peer_names(&self) -> Vec<String> {
-        self.peers.keys().cloned().collect()
+    fn is_current(&self, node: &str, conn: u64) -> bool {
+        self.peers.get(node).is_some_and(|p| p.conn == conn)
     }
 
-    /// Sends to one node; on failure the node is dropped and `false` returned.
-    async fn send(&mut self, node: &str, message: &Message) -> bool {
-        let Some(peer) = self.peers.get_mut(node) else {
-            return false;
-        };
-        match transport::write_message(&mut peer.send, message, self.max_frame_len).await {
-            Ok(n) => {
-                peer.summary.bytes_down += n as u64;
-                true
-            }
-            Err(e) => {
-                warn!(node, "dropping node: cannot send {}: {e}", message.kind());
-                self.peers.remove(node);
-                false
-            }
-        }
-    }
-
-    /// Tells a node why it is refused and closes its connection.
-    async fn refuse(&mut self, node: &str, why: String) {
-        warn!(node, "{why}");
-        self.send(node, &Message::Error { message: why }).await;
-        if let Some(mut peer) = self.peers.remove(node) {
-            let _ = peer.send.finish();
-        }
-    }
-
-    /// Admits or rejects a newcomer. Returns whether it was admitted.
-    async fn arrive(&mut self, arrival: Arrival, open: bool) -> bool {
-        let Arrival {
-            name,
-            hello,
-            connection,
-            mut send,
-            recv,
-            bytes,
-        } = arrival;
-        let reject = if !open {
-            Some("the federation has already started".to_owned())
-        } else if self.peers.contains_key(&name) {
-            Some(format!("a node named '{name}' is already connected"))
-        } else if hello.public_records != self.config.public_records {
-            Some(format!(
-                "public set mismatch: node has {} records, federation uses {}",
-                hello.public_records, self.config.public_records
-            ))
-        } else if hello.classes != self.config.classes {
-            Some(format!(
-                "class mismatch: node predicts {} classes, federation uses {}",
-                hello.classes, self.config.classes
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = reject {
-            warn!(node = %name, "rejected: {reason}");
-            let _ = transport::write_message(
-                &mut send,
-                &Message::Reject { reason },
-                self.max_frame_len,
-            )
-            .await;
-            let _ = send.finish();
-            return false;
-        }
-        let welcome = Message::Welcome(Welcome {
-            node: name.clone(),
-            federation: self.config.name.clone(),
-            rounds: self.config.rounds,
-            require_privacy: self.config.require_privacy,
-            planned_queries: self.config.planned_queries(),
-        });
-        let sent = match transport::write_message(&mut send, &welcome, self.max_frame_len).await {
-            Ok(n) => n as u64,
-            Err(e) => {
-                warn!(node = %name, "lost before Welcome: {e}");
-                return false;
-            }
-        };
-        info!(
-            node = %name,
-            remote = %connection.remote_address(),
-            private_records = hello.private_records,
-            "admitted"
-        );
-        tokio::spawn(read_loop(
-            name.clone(),
-            recv,
-            self.events.clone(),
-            self.max_frame_len,
-        ));
-        self.peers.insert(
-            name.clone(),
-            Peer {
-                connection,
-                send,
-                summary: NodeSummary {
-                    node: name,
-                    bytes_up: bytes,
-                    bytes_down: sent,
-                    ..NodeSummary::default()
-                },
-            },
-        );
-        true
-    }
-
-    async fn join(&mut self, inbox: &mut mpsc::Receiver<Event>) -> Result<(), CoordinatorError> {
-        let expected = self.config.nodes;
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(self.config.join_timeout_secs);
-        info!(expected, "waiting for nodes");
-        while self.peers.len() < expected {
-            let event = tokio::select! {
-                e = inbox.recv() => e,
-                _ = tokio::time::sleep_until(deadline) => None,
+    /// Sends everything the state machine queued; a node that cannot be written to is gone.
+    async fn flush(&mut self) {
+        while let Some(t) = self.rounds.poll_transmit() {
+            let Some(peer) = self.peers.get_mut(&t.node) else {
+                continue;
             };
-            match event {
-                Some(Event::Arrived(a)) => {
-                    self.arrive(*a, true).await;
-                }
-                Some(Event::Gone { node, reason }) => {
-                    warn!(node, "left before the start: {reason}");
-                    self.peers.remove(&node);
-                }
-                Some(Event::Message { node, message, .. }) => match message {
-                    Message::Leave { reason } => {
-                        info!(node, "left before the start: {reason}");
-                        self.peers.remove(&node);
+            if let Some(message) = &t.message {
+                match transport::write_message(&mut peer.send, message, self.max_frame_len).await {
+                    Ok(n) => self.rounds.record_sent(&t.node, n as u64),
+                    Err(e) => {
+                        let reason = format!("cannot send {}: {e}", message.kind());
+                        self.peers.remove(&t.node);
+                        self.rounds.handle(
+                            Instant::now(),
+                            Input::Gone {
+                                node: t.node,
+                                reason,
+                                misbehaved: false,
+                            },
+                        );
+                        continue;
                     }
-                    other => {
-                        let why = format!("unexpected {} before round 0", other.kind());
-                        self.refuse(&node, why).await;
-                    }
-                },
-                None => {
-                    return Err(CoordinatorError::JoinTimeout {
-                        joined: self.peers.len(),
-                        expected,
-                        secs: self.config.join_timeout_secs,
+                }
+            }
+            if t.after == After::Close
+                && let Some(mut peer) = self.peers.remove(&t.node)
+            {
+                let _ = peer.send.finish();
+                if matches!(t.message, Some(Message::Finished { .. })) {
+                    self.finishing.push(peer.connection);
+                } else {
+                    // Dropping the last handle would close the connection at once and could
+                    // discard the Error or Reject just written: hold it until the node has read
+                    // the stream or gone, for a few seconds at most.
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), peer.send.stopped()).await;
+                        drop(peer.connection);
                     });
                 }
             }
         }
-        info!(nodes = self.peers.len(), "all nodes joined; starting");
-        Ok(())
     }
 
-    async fn round(
-        &mut self,
-        round: u32,
-        target: &mut Target,
-        inbox: &mut mpsc::Receiver<Event>,
-        departed: &mut BTreeMap<String, NodeSummary>,
-    ) -> u32 {
-        let query_ids = self.config.queries(round);
-        let open = Message::RoundOpen(RoundOpen {
-            round,
-            rounds: self.config.rounds,
-            query_ids: query_ids.clone(),
-            target: target.to_labels(),
-        });
-        let mut asked = BTreeMap::new();
-        for name in self.peer_names() {
-            if self.send(&name, &open).await {
-                asked.insert(name, None::<SoftLabels>);
-            }
+    /// Registers a newcomer's connection (replacing an older one of the same node) and hands
+    /// its Hello to the state machine, which welcomes or rejects it.
+    fn arrive(&mut self, now: Instant, arrival: Arrival) {
+        let Arrival {
+            name,
+            hello,
+            connection,
+            send,
+            recv,
+            bytes,
+        } = arrival;
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        info!(node = %name, remote = %connection.remote_address(), "hello");
+        tokio::spawn(read_loop(
+            name.clone(),
+            conn,
+            recv,
+            self.events.clone(),
+            self.max_frame_len,
+        ));
+        if let Some(old) = self.peers.insert(
+            name.clone(),
+            Peer {
+                conn,
+                connection,
+                send,
+            },
+        ) {
+            old.connection
+                .close(4u32.into(), b"replaced by a newer connection");
         }
-        let asked_count = asked.len() as u32;
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(self.config.round_timeout_secs);
-        while asked.values().any(Option::is_none) {
-            let event = tokio::select! {
-                e = inbox.recv() => e,
-                _ = tokio::time::sleep_until(deadline) => None,
-            };
-            match event {
-                Some(Event::Arrived(a)) => {
-                    self.arrive(*a, false).await;
-                }
-                Some(Event::Gone { node, reason }) => {
-                    if let Some(peer) = self.peers.remove(&node) {
-                        warn!(node, round, "node left: {reason}");
-                        departed.insert(node.clone(), peer.summary);
-                    }
-                    asked.remove(&node);
-                }
-                Some(Event::Message {
-                    node,
-                    message,
-                    bytes,
-                }) => {
-                    if let Some(peer) = self.peers.get_mut(&node) {
-                        peer.summary.bytes_up += bytes;
-                    }
-                    if let Message::Leave { reason } = &message {
-                        info!(node, round, "node left the federation: {reason}");
-                        asked.remove(&node);
-                        if let Some(mut peer) = self.peers.remove(&node) {
-                            peer.summary.left = Some(reason.clone());
-                            let _ = peer.send.finish();
-                            departed.insert(node.clone(), peer.summary);
-                        }
-                        continue;
-                    }
-                    let verdict = match (&message, asked.get(&node)) {
-                        (Message::Contribution(c), Some(None)) => {
-                            if c.round != round {
-                                Err(format!(
-                                    "contribution for round {} during round {round}",
-                                    c.round
-                                ))
-                            } else if self.config.require_privacy && c.receipt.is_none() {
-                                Err(format!(
-                                    "round {round}: contribution refused: this federation requires \
-                                     differential privacy and the contribution has no privacy receipt"
-                                ))
-                            } else if let Some(bad) = c.receipt.as_ref().and_then(receipt_defect) {
-                                Err(format!(
-                                    "round {round}: contribution refused: receipt {bad}"
-                                ))
-                            } else {
-                                c.labels
-                                    .check_queries(&query_ids)
-                                    .and_then(|()| c.labels.validate(self.config.classes as usize))
-                                    .map_err(|e| {
-                                        format!("round {round}: contribution refused: {e}")
-                                    })
-                            }
-                        }
-                        (Message::Contribution(_), Some(Some(_))) => {
-                            Err(format!("round {round}: duplicate contribution"))
-                        }
-                        (other, _) => Err(format!("unexpected {} in round {round}", other.kind())),
-                    };
-                    match (verdict, message) {
-                        (Ok(()), Message::Contribution(c)) => {
-                            if let Some(peer) = self.peers.get_mut(&node) {
-                                peer.summary.contributions += 1;
-                                if let Some(r) = &c.receipt {
-                                    info!(
-                                        node,
-                                        round,
-                                        rho = r.rho,
-                                        sigma = r.sigma,
-                                        epsilon_total = r.epsilon_total,
-                                        delta = r.delta,
-                                        "privacy receipt"
-                                    );
-                                    let releases =
-                                        peer.summary.privacy.as_ref().map_or(0, |p| p.releases);
-                                    peer.summary.privacy = Some(NodeSpending {
-                                        mechanism: r.mechanism.clone(),
-                                        unit: r.unit.clone(),
-                                        releases: releases + 1,
-                                        rho_total: r.rho_total,
-                                        epsilon_total: r.epsilon_total,
-                                        delta: r.delta,
-                                    });
-                                }
-                            }
-                            asked.insert(node, Some(c.labels));
-                        }
-                        (Err(why), _) => {
-                            asked.remove(&node);
-                            if let Some(peer) = self.peers.get(&node) {
-                                departed.insert(node.clone(), peer.summary.clone());
-                            }
-                            self.refuse(&node, why).await;
-                        }
-                        (Ok(()), _) => {}
-                    }
-                }
-                None => {
-                    let late: Vec<&String> = asked
-                        .iter()
-                        .filter(|(_, v)| v.is_none())
-                        .map(|(k, _)| k)
-                        .collect();
-                    warn!(
-                        round,
-                        ?late,
-                        "round deadline passed; closing with what arrived"
-                    );
-                    break;
-                }
-            }
-        }
-        // BTreeMap order: contributions are combined sorted by node name (reproducible sums).
-        let labels: Vec<&SoftLabels> = asked.values().flatten().collect();
-        let accepted = labels.len() as u32;
-        if let Some(agg) = aggregate::mean(&labels) {
-            target.update(&agg);
-        }
-        info!(
-            round,
-            accepted,
-            asked = asked_count,
-            target = target.len(),
-            "round closed"
+        self.rounds.handle(
+            now,
+            Input::Arrived {
+                node: name,
+                hello,
+                bytes,
+            },
         );
-        let closed = Message::RoundClosed(RoundClosed {
-            round,
-            accepted,
-            asked: asked_count,
-        });
-        for name in self.peer_names() {
-            self.send(&name, &closed).await;
-        }
-        accepted
     }
 }

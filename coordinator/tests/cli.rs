@@ -23,6 +23,17 @@ fn help_explains_the_daemon() {
         text.contains("--config") && text.contains("mutual TLS"),
         "{text}"
     );
+    for flag in ["--state-dir", "--quorum", "--aggregator"] {
+        assert!(text.contains(flag), "--help explains {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn the_example_config_loads() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/federation.toml");
+    let config = fd_coordinator::FederationConfig::load(std::path::Path::new(example))
+        .expect("examples/federation.toml is valid");
+    assert_eq!(config.quorum, 2);
 }
 
 #[test]

@@ -207,6 +207,10 @@ mod tests {
             Message::Leave {
                 reason: "budget".into(),
             },
+            Message::Refused {
+                round: 4,
+                reason: "late".into(),
+            },
         ]
     }
 

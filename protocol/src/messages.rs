@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 /// A session is: node sends [`Message::Hello`]; coordinator answers [`Message::Welcome`] or
 /// [`Message::Reject`]; then, for each round, the coordinator sends [`Message::RoundOpen`], the
 /// node answers [`Message::Contribution`] and the coordinator sends [`Message::RoundClosed`];
-/// finally [`Message::Finished`]. Either side may send [`Message::Error`] and close.
+/// finally [`Message::Finished`]. Either side may send [`Message::Error`] and close. A
+/// contribution the coordinator cannot accept is answered with [`Message::Refused`], and the
+/// session goes on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     /// Node -> coordinator: what the node is ready to do.
@@ -43,6 +45,14 @@ pub enum Message {
         /// Why the node leaves.
         reason: String,
     },
+    /// Coordinator -> node: one contribution was not accepted (late, duplicate, malformed, ...);
+    /// the node stays in the federation and is asked again next round.
+    Refused {
+        /// The round the refused contribution named.
+        round: u32,
+        /// What was wrong, for a person to read.
+        reason: String,
+    },
 }
 
 impl Message {
@@ -58,6 +68,7 @@ impl Message {
             Message::Finished { .. } => "Finished",
             Message::Error { .. } => "Error",
             Message::Leave { .. } => "Leave",
+            Message::Refused { .. } => "Refused",
         }
     }
 }

@@ -10,13 +10,15 @@ use fd_certs::tls::TlsIdentity;
 use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::node::{build_labeller, prepare, private_part, student_training};
 use fd_client::privacy::{MECHANISM, PRIVACY_UNIT};
-use fd_client::session::{SessionPlan, run_session};
+use fd_client::session::{ContributionHook, SessionPlan, run_session_with_hook};
 use fd_client::train::{ImageShape, Learner, TrainConfig, train_local_only};
 use fd_coordinator::FederationConfig;
+use fd_coordinator::aggregate::{AggregationConfig, AggregatorKind};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
 use crate::datasets::{self, DatasetKind, SyntheticSpec};
+use crate::faults::{ClientFault, FaultConfig, FaultHook};
 use crate::partition;
 
 /// What to simulate.
@@ -47,6 +49,12 @@ pub struct SimConfig {
     /// record labelled once stays in the target for free, while every release costs budget
     /// and the noise grows with the square root of the records released.
     pub queries_per_round: Option<u32>,
+    /// How the coordinator aggregates.
+    pub aggregator: AggregatorKind,
+    /// Byzantine, dropping and straggling clients.
+    pub faults: FaultConfig,
+    /// The coordinator's round deadline in seconds; `None`: 600, or 10 with stragglers.
+    pub round_timeout_secs: Option<u64>,
 }
 
 /// Public records released over a private run by default. Fewer records mean less noise on
@@ -97,6 +105,9 @@ impl SimConfig {
             synthetic: SyntheticSpec::default(),
             privacy: PrivacyConfig::default(),
             queries_per_round: None,
+            aggregator: AggregatorKind::default(),
+            faults: FaultConfig::default(),
+            round_timeout_secs: None,
         }
     }
 }
@@ -124,6 +135,16 @@ pub struct ClientResult {
     pub teachers: Option<usize>,
     /// Why it stopped contributing early, if it did.
     pub left: Option<String>,
+    /// Whether it was a byzantine client (its accuracy is left out of the means).
+    pub byzantine: bool,
+    /// The fault injected into it, if any (e.g. `byzantine flip`, `straggler`, `drops in round 4`).
+    pub fault: Option<String>,
+    /// Its share of the aggregate in the last round the coordinator accepted it in.
+    pub weight: Option<f64>,
+    /// Its reputation at the coordinator after the last round (reputation-keeping strategies).
+    pub reputation: Option<f64>,
+    /// Contributions the coordinator refused (late, duplicate, malformed).
+    pub refused: u32,
 }
 
 /// The whole simulation's results (written as JSON by `--json`).
@@ -139,8 +160,18 @@ pub struct SimResult {
     pub centralized_acc: f64,
     /// Mean over clients of the local-only accuracy.
     pub local_only_mean_acc: f64,
-    /// Mean over clients of the federated accuracy.
+    /// Mean over honest (non-byzantine) clients of the federated accuracy.
     pub federated_mean_acc: f64,
+    /// The coordinator's aggregation strategy.
+    pub aggregator: String,
+    /// Rounds the coordinator completed.
+    pub rounds_completed: u32,
+    /// Contributions accepted in each round.
+    pub accepted_per_round: Vec<u32>,
+    /// Mean final weight of the honest clients the coordinator weighed.
+    pub honest_mean_weight: Option<f64>,
+    /// Mean final weight of the byzantine clients.
+    pub byzantine_mean_weight: Option<f64>,
     /// Mean federated test accuracy after each round.
     pub rounds: Vec<f64>,
     /// Accuracy of the final global target's arg-max on the public records' true labels
@@ -222,10 +253,32 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
                 }
             }),
         join_timeout_secs: 120,
-        round_timeout_secs: 600,
+        round_timeout_secs: config.round_timeout_secs.unwrap_or(
+            if config.faults.stragglers > 0.0 {
+                10
+            } else {
+                600
+            },
+        ),
         require_privacy: private,
         summary_json: None,
+        quorum: 1,
+        aggregation: AggregationConfig {
+            strategy: config.aggregator,
+            ..AggregationConfig::default()
+        },
+        state_dir: None,
     };
+    config
+        .faults
+        .validate()
+        .map_err(|m| anyhow::anyhow!("fault injection: {m}"))?;
+    let mut faults = config.faults;
+    if faults.straggler_delay_secs <= 0.0 {
+        // Late enough to miss every deadline, soon enough to be back for the next round.
+        faults.straggler_delay_secs = federation.round_timeout_secs as f64 * 1.5;
+    }
+    let fault_plan = faults.plan(config.clients, config.rounds, config.seed);
     federation
         .validate()
         .map_err(|m| anyhow::anyhow!("simulated federation: {m}"))?;
@@ -270,7 +323,14 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             holdout: prepared.holdout,
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
         };
-        sessions.push(tokio::spawn(run_session(plan, learner, labeller)));
+        let fault = fault_plan.faults.get(i).copied().flatten();
+        let hook = fault.map(|f| {
+            Box::new(FaultHook::new(f, config.seed.wrapping_add(i as u64)))
+                as Box<dyn ContributionHook>
+        });
+        sessions.push(tokio::spawn(run_session_with_hook(
+            plan, learner, labeller, hook,
+        )));
     }
     let mut outcomes = Vec::new();
     for (i, s) in sessions.into_iter().enumerate() {
@@ -328,22 +388,61 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         .zip(&split.clients)
         .zip(local)
         .zip(spent)
-        .map(|(((o, private), local_only_acc), spent)| ClientResult {
-            epsilon_spent: spent.map(|(e, _)| e),
-            sigma: private_part(&o.labeller).and_then(|p| p.sigma),
-            teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
-            left: o.left.clone(),
-            contributions: o.rounds,
-            node: o.node.clone(),
-            records: private.rows(),
-            local_only_acc,
-            federated_acc: o.final_accuracy,
-            round_acc: o.round_accuracy.clone(),
-        })
+        .zip(&fault_plan.faults)
+        .map(
+            |((((o, private), local_only_acc), spent), fault)| ClientResult {
+                byzantine: matches!(fault, Some(ClientFault::Byzantine(_))),
+                fault: fault.map(|f| match f {
+                    ClientFault::Byzantine(a) => format!("byzantine {a:?}").to_lowercase(),
+                    ClientFault::Straggler(_) => "straggler".into(),
+                    ClientFault::Drops { round } => format!("drops in round {round}"),
+                }),
+                weight: summary
+                    .nodes
+                    .iter()
+                    .find(|n| n.node == o.node)
+                    .and_then(|n| n.weight),
+                reputation: summary
+                    .nodes
+                    .iter()
+                    .find(|n| n.node == o.node)
+                    .and_then(|n| n.reputation),
+                refused: summary
+                    .nodes
+                    .iter()
+                    .find(|n| n.node == o.node)
+                    .map_or(0, |n| n.refused),
+                epsilon_spent: spent.map(|(e, _)| e),
+                sigma: private_part(&o.labeller).and_then(|p| p.sigma),
+                teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
+                left: o.left.clone(),
+                contributions: o.rounds,
+                node: o.node.clone(),
+                records: private.rows(),
+                local_only_acc,
+                federated_acc: o.final_accuracy,
+                round_acc: o.round_accuracy.clone(),
+            },
+        )
         .collect();
     let rounds = (0..config.rounds as usize)
-        .map(|r| mean(clients.iter().filter_map(|c| c.round_acc.get(r).copied())))
+        .map(|r| {
+            mean(
+                clients
+                    .iter()
+                    .filter(|c| !c.byzantine)
+                    .filter_map(|c| c.round_acc.get(r).copied()),
+            )
+        })
         .collect();
+    let mean_weight = |byzantine: bool| {
+        let w: Vec<f64> = clients
+            .iter()
+            .filter(|c| c.byzantine == byzantine)
+            .filter_map(|c| c.weight)
+            .collect();
+        (!w.is_empty()).then(|| mean(w.into_iter()))
+    };
     let target = &summary.target;
     let target_acc = mean((0..target.len()).map(|i| {
         let row = target.row(i);
@@ -358,8 +457,23 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         privacy: privacy_summary(config, outcomes.first().map(|o| o.labeller.statement())),
         config: config.clone(),
         centralized_acc,
-        local_only_mean_acc: mean(clients.iter().map(|c| c.local_only_acc)),
-        federated_mean_acc: mean(clients.iter().map(|c| c.federated_acc)),
+        local_only_mean_acc: mean(
+            clients
+                .iter()
+                .filter(|c| !c.byzantine)
+                .map(|c| c.local_only_acc),
+        ),
+        federated_mean_acc: mean(
+            clients
+                .iter()
+                .filter(|c| !c.byzantine)
+                .map(|c| c.federated_acc),
+        ),
+        aggregator: summary.aggregator.clone(),
+        rounds_completed: summary.rounds,
+        accepted_per_round: summary.accepted_per_round.clone(),
+        honest_mean_weight: mean_weight(false),
+        byzantine_mean_weight: mean_weight(true),
         rounds,
         test_records: split.test.rows(),
         public_records: split.public.rows(),

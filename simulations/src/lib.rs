@@ -4,11 +4,13 @@
 //! in one process; they talk over loopback QUIC with mutual TLS, with certificates from a
 //! throw-away federation CA (`fd-certs`). Data comes from built-in datasets ([`datasets`]),
 //! split into a shared test set, a public reference set and non-IID private shards
-//! ([`partition`]). [`federation`] runs it all and the baselines (local-only and centralised).
+//! ([`partition`]). [`federation`] runs it all and the baselines (local-only and centralised); [`faults`] injects
+//! byzantine, dropping and straggling clients.
 
 #![warn(missing_docs)]
 
 pub mod datasets;
+pub mod faults;
 pub mod federation;
 pub mod partition;
 pub mod report;

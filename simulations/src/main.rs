@@ -6,9 +6,11 @@ use anyhow::Context;
 use clap::Parser;
 use fd_client::config::{PrivacyMode, ReleaseRows};
 use fd_client::ensemble::{TeacherKind, Votes};
+use fd_coordinator::aggregate::AggregatorKind;
 use fd_sim::datasets::DatasetKind;
+use fd_sim::faults::Attack;
 use fd_sim::federation::{self, SimConfig};
-use fd_sim::report::SweepRow;
+use fd_sim::report::{AggregatorRow, SweepRow};
 
 /// Simulate a federated knowledge-distillation run on one machine.
 ///
@@ -140,6 +142,37 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// How the coordinator combines contributions: mean, median, trimmed-mean, confidence
+    /// (per-query, from each label's entropy), reputation (per-node, agreement with the
+    /// leave-one-out consensus over rounds) or dynamic (confidence x reputation).
+    #[arg(long, default_value_t = AggregatorKind::Dynamic)]
+    aggregator: AggregatorKind,
+    /// Run the same federation once per aggregator and print one row per aggregator (and write
+    /// them as `aggregators` to the JSON).
+    #[arg(long)]
+    compare_aggregators: bool,
+    /// Fraction of clients that are byzantine: they corrupt every contribution (see --attack).
+    /// Accuracy means are taken over the honest clients only.
+    #[arg(long, default_value_t = 0.0)]
+    byzantine: f64,
+    /// How byzantine clients corrupt their labels: random (uniform simplex vectors), flip (each
+    /// row's mass moved to the next class) or constant (all mass on class 0).
+    #[arg(long, value_enum, default_value_t = Attack::Flip)]
+    attack: Attack,
+    /// Fraction of clients that vanish mid-round (each in a random round, after training and
+    /// before sending) and do not come back.
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+    /// Fraction of clients that answer every other round (the even ones) after its deadline;
+    /// their late contributions are refused with the reason, and they carry on.
+    #[arg(long, default_value_t = 0.0)]
+    stragglers: f64,
+    /// Seconds a straggler holds each contribution [default: 1.5 x the round deadline].
+    #[arg(long)]
+    straggler_delay: Option<f64>,
+    /// The coordinator's round deadline in seconds [default: 600, or 10 with --stragglers].
+    #[arg(long)]
+    round_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -274,6 +307,30 @@ fn main() -> anyhow::Result<()> {
     t.validate()
         .map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
     config.queries_per_round = args.queries_per_round;
+    config.aggregator = args.aggregator;
+    config.faults.byzantine = args.byzantine;
+    config.faults.attack = args.attack;
+    config.faults.drop_rate = args.drop_rate;
+    config.faults.stragglers = args.stragglers;
+    if let Some(v) = args.straggler_delay {
+        anyhow::ensure!(
+            v > 0.0 && v.is_finite(),
+            "--straggler-delay must be > 0 seconds"
+        );
+        config.faults.straggler_delay_secs = v;
+    }
+    if let Some(v) = args.round_timeout {
+        anyhow::ensure!(v >= 1, "--round-timeout must be at least 1 second");
+        config.round_timeout_secs = Some(v);
+    }
+    config
+        .faults
+        .validate()
+        .map_err(|m| anyhow::anyhow!("invalid fault settings: {m}"))?;
+    anyhow::ensure!(
+        !(args.compare_aggregators && args.epsilon.len() > 1),
+        "--compare-aggregators and an epsilon sweep cannot be combined"
+    );
     config.privacy.mode = match args.privacy {
         PrivacyArg::None => PrivacyMode::None,
         PrivacyArg::Shards => PrivacyMode::Shards,
@@ -326,6 +383,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if args.compare_aggregators {
+        return compare_aggregators(&runtime, config, epsilons[0], args.json);
+    }
     let mut rows = Vec::new();
     let mut last = None;
     for &epsilon in &epsilons {
@@ -362,6 +422,40 @@ fn main() -> anyhow::Result<()> {
             json["sweep"] = serde_json::to_value(&rows)?;
         }
         let text = serde_json::to_string_pretty(&json)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs the federation once per aggregator and prints (and writes) one row per aggregator.
+fn compare_aggregators(
+    runtime: &tokio::runtime::Runtime,
+    mut config: federation::SimConfig,
+    epsilon: f64,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    config.privacy.epsilon = epsilon;
+    config
+        .privacy
+        .validate()
+        .map_err(|m| anyhow::anyhow!("invalid privacy settings: {m}"))?;
+    let mut rows = Vec::new();
+    let mut last = None;
+    for kind in AggregatorKind::ALL {
+        config.aggregator = kind;
+        let result = runtime.block_on(federation::run(&config))?;
+        print!("{}", fd_sim::report::table(&result));
+        println!();
+        rows.push(AggregatorRow::from_result(&result));
+        last = Some(result);
+    }
+    println!("aggregators compared (accuracy over honest clients):");
+    print!("{}", fd_sim::report::aggregator_table(&rows));
+    if let (Some(path), Some(result)) = (json, last) {
+        let mut value = serde_json::to_value(&result)?;
+        value["aggregators"] = serde_json::to_value(&rows)?;
+        let text = serde_json::to_string_pretty(&value)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("results written to {}", path.display());
     }

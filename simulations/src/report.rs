@@ -46,6 +46,12 @@ pub fn table(r: &SimResult) -> String {
                 c.epsilon_spent.unwrap_or(f64::NAN)
             );
         }
+        if let Some(w) = c.weight {
+            let _ = write!(s, "  weight {w:.4}");
+        }
+        if let Some(fault) = &c.fault {
+            let _ = write!(s, "  [{fault}]");
+        }
         if let Some(why) = &c.left {
             let _ = write!(s, "  (left early: {why})");
         }
@@ -68,6 +74,11 @@ pub fn table(r: &SimResult) -> String {
         s,
         "final target accuracy on the public records: {:.4}",
         r.target_acc
+    );
+    let _ = writeln!(
+        s,
+        "aggregator {} | rounds completed {} of {} | accepted per round {:?}",
+        r.aggregator, r.rounds_completed, r.config.rounds, r.accepted_per_round
     );
     let _ = writeln!(
         s,
@@ -110,6 +121,71 @@ pub fn sweep_table(rows: &[SweepRow]) -> String {
             s,
             "{:>8} {:>10} {:>12.4} {:>12.4} {:>14}",
             eps, sigma, r.federated_mean_acc, r.local_only_mean_acc, spent
+        );
+    }
+    s
+}
+
+/// One row of an aggregator comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AggregatorRow {
+    /// The strategy.
+    pub aggregator: String,
+    /// Mean federated test accuracy of the honest clients.
+    pub federated_mean_acc: f64,
+    /// Accuracy of the final target's arg-max on the public records.
+    pub target_acc: f64,
+    /// Mean final weight of the honest clients.
+    pub honest_mean_weight: Option<f64>,
+    /// Mean final weight of the byzantine clients.
+    pub byzantine_mean_weight: Option<f64>,
+    /// Rounds completed.
+    pub rounds_completed: u32,
+    /// Wall time of the federation.
+    pub wall_seconds: f64,
+}
+
+impl AggregatorRow {
+    /// The row of one run.
+    pub fn from_result(r: &SimResult) -> AggregatorRow {
+        AggregatorRow {
+            aggregator: r.aggregator.clone(),
+            federated_mean_acc: r.federated_mean_acc,
+            target_acc: r.target_acc,
+            honest_mean_weight: r.honest_mean_weight,
+            byzantine_mean_weight: r.byzantine_mean_weight,
+            rounds_completed: r.rounds_completed,
+            wall_seconds: r.wall_seconds,
+        }
+    }
+}
+
+/// Renders one row per aggregator.
+pub fn aggregator_table(rows: &[AggregatorRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<14} {:>10} {:>10} {:>13} {:>16} {:>7} {:>8}",
+        "aggregator",
+        "federated",
+        "target",
+        "honest weight",
+        "byzantine weight",
+        "rounds",
+        "wall s"
+    );
+    let weight = |w: Option<f64>| w.map_or("-".to_owned(), |w| format!("{w:.4}"));
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<14} {:>10.4} {:>10.4} {:>13} {:>16} {:>7} {:>8.1}",
+            r.aggregator,
+            r.federated_mean_acc,
+            r.target_acc,
+            weight(r.honest_mean_weight),
+            weight(r.byzantine_mean_weight),
+            r.rounds_completed,
+            r.wall_seconds
         );
     }
     s

@@ -106,6 +106,33 @@ impl Process {
         }
     }
 
+    /// Reads stderr lines until `count` of them contain `needle` (the caller bounds the wait
+    /// with the run's own timeouts: a process that exits ends the read with an error).
+    pub fn wait_for_stderr(&mut self, needle: &str, count: usize) -> anyhow::Result<()> {
+        let stderr = self.child.stderr.as_mut().context("stderr not piped")?;
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        let mut seen = 0;
+        while seen < count {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!(
+                    "{} ended its output after {seen} of {count} lines with '{needle}'",
+                    self.name
+                );
+            }
+            seen += usize::from(line.contains(needle));
+        }
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn sigkill(mut self) -> anyhow::Result<()> {
+        self.child.kill().context("SIGKILL")?;
+        self.child.wait().context("reaping the killed process")?;
+        Ok(())
+    }
+
     /// Waits up to `limit` for the process to exit; kills it and fails if it does not.
     /// Returns the exit status and everything it wrote to stderr.
     pub fn wait(mut self, limit: Duration) -> anyhow::Result<(ExitStatus, String)> {

@@ -64,23 +64,34 @@ impl Fixture {
 
     /// Like [`Fixture::coordinator`], with extra lines in `federation.toml`.
     fn coordinator_with(&self, nodes: usize, extra: &str) -> (Process, String) {
+        let config = self.coordinator_config(nodes, ROUNDS, extra);
+        self.start_coordinator(&config)
+    }
+
+    /// Writes `federation.toml`.
+    fn coordinator_config(&self, nodes: usize, rounds: u32, extra: &str) -> PathBuf {
         let config = self.path("federation.toml");
         std::fs::write(
             &config,
             format!(
                 "name = \"e2e\"\nlisten = \"127.0.0.1:0\"\nca = \"pki/ca.pem\"\n\
                  cert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\nnodes = {nodes}\n\
-                 rounds = {ROUNDS}\npublic_records = {PUBLIC_ROWS}\nclasses = 3\n\
+                 rounds = {rounds}\npublic_records = {PUBLIC_ROWS}\nclasses = 3\n\
                  join_timeout_secs = 120\nround_timeout_secs = 120\n\
                  summary_json = \"summary.json\"\n{extra}"
             ),
         )
         .expect("write federation.toml");
+        config
+    }
+
+    /// Starts the coordinator on `config`; returns it and the address it bound.
+    fn start_coordinator(&self, config: &Path) -> (Process, String) {
         let mut process = Process::start(
             "fd-coordinator",
             Command::new(bin("fd-coordinator"))
                 .arg("--config")
-                .arg(&config),
+                .arg(config),
         )
         .expect("start coordinator");
         let addr = process
@@ -339,4 +350,134 @@ fn a_non_private_node_is_turned_away_by_a_federation_that_requires_privacy() {
     assert!(!status.success());
     assert!(output.contains("requires differential privacy"), "{output}");
     drop(coordinator);
+}
+
+/// Rounds of the crash test: enough that the run is still going when the test kills the
+/// coordinator after its second committed round (a round of these tiny nodes takes about a
+/// tenth of a second), and two queries a round so that no round overwrites another's target
+/// rows (30 x 2 = all 60 public rows, each once).
+const CRASH_ROUNDS: u32 = 30;
+
+/// The committed state, read straight from the coordinator's database.
+struct Committed {
+    rounds: Vec<serde_json::Value>,
+    target: Vec<(u32, Vec<u8>)>,
+    contributions: Vec<(u32, String)>,
+}
+
+fn read_state(dir: &Path) -> Committed {
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("coordinator.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the state database");
+    let rounds = db
+        .prepare("SELECT record FROM rounds ORDER BY round")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("rounds")
+        .iter()
+        .map(|t| serde_json::from_str(t).expect("round record JSON"))
+        .collect();
+    let target = db
+        .prepare("SELECT query, probs FROM target ORDER BY query")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("target");
+    let contributions = db
+        .prepare("SELECT round, node FROM contributions ORDER BY round, node")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("contributions");
+    Committed {
+        rounds,
+        target,
+        contributions,
+    }
+}
+
+#[test]
+fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
+    let fixture = Fixture::new();
+    let config = fixture.coordinator_config(
+        2,
+        CRASH_ROUNDS,
+        "queries_per_round = 2\nstate_dir = \"state\"\n",
+    );
+    let (mut coordinator, addr) = fixture.start_coordinator(&config);
+    let nodes = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])];
+    let clients: Vec<Process> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, classes))| {
+            let node = fixture.node(name, "pki", classes, 50 + i as u64, &addr);
+            start_client(name, &node)
+        })
+        .collect();
+    // Two rounds committed (the log line follows the commit), then no chance to clean up.
+    coordinator
+        .wait_for_stderr("round closed", 2)
+        .expect("two rounds close");
+    coordinator.sigkill().expect("kill the coordinator");
+    let before = read_state(&fixture.path("state"));
+    let k = before.rounds.len();
+    assert!(
+        (2..CRASH_ROUNDS as usize).contains(&k),
+        "killed mid-run: {k} rounds committed"
+    );
+    // Round r aggregated queries 2r and 2r + 1.
+    assert_eq!(before.target.len(), 2 * k);
+
+    // Same config, same state: it comes back on the address the nodes know.
+    let (coordinator, again) = fixture.start_coordinator(&config);
+    assert_eq!(again, addr, "the restart reuses the recorded address");
+    for client in clients {
+        let name = client.name.clone();
+        let (status, output) = client.wait(LIMIT).expect("client finishes");
+        assert!(status.success(), "{name} failed:\n{output}");
+        assert!(
+            output.contains("reconnected"),
+            "{name} reconnected:\n{output}"
+        );
+    }
+    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
+    assert!(status.success(), "restarted coordinator failed:\n{output}");
+    assert!(
+        output.contains("resuming after the last committed round"),
+        "{output}"
+    );
+
+    let summary = read_json(&fixture.path("summary.json"));
+    assert_eq!(
+        summary["rounds"], CRASH_ROUNDS,
+        "the planned number of rounds"
+    );
+    // Both nodes in every round: nothing lost, nothing counted twice.
+    assert_eq!(
+        summary["accepted_per_round"],
+        serde_json::json!(vec![2; CRASH_ROUNDS as usize])
+    );
+    for node in summary["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["contributions"], CRASH_ROUNDS, "{node}");
+    }
+    let after = read_state(&fixture.path("state"));
+    assert_eq!(after.rounds.len(), CRASH_ROUNDS as usize);
+    assert_eq!(after.contributions.len(), 2 * CRASH_ROUNDS as usize);
+    // What was committed before the crash is intact, byte for byte.
+    assert_eq!(after.rounds[..k], before.rounds[..]);
+    assert_eq!(after.target[..2 * k], before.target[..]);
+    assert_eq!(
+        summary["round_log"].as_array().expect("round_log")[..k],
+        before.rounds[..]
+    );
+    for (name, _) in nodes {
+        let report = read_json(&fixture.path(&format!("out-{name}")).join("report.json"));
+        assert!(report["accuracy"].as_f64().is_some(), "{name} finished");
+    }
 }

@@ -1,0 +1,1110 @@
+//! The federation's round logic as a state machine without I/O and without a clock.
+//!
+//! In the manner of `quinn-proto`: the driver (in [`crate::server`]) feeds it what happened with
+//! [`Rounds::handle`] and [`Rounds::handle_timeout`], each with the current `now`, and drains what
+//! to do with [`Rounds::poll_transmit`] (messages to send), [`Rounds::poll_event`] (rounds to
+//! persist, the end) and [`Rounds::poll_timeout`] (when to wake it next). Tests drive it with
+//! virtual time.
+//!
+//! A round opens by sending [`RoundOpen`] to every present node and closes when every node asked
+//! has answered or left, or at its deadline, whichever comes first. It is aggregated only if at
+//! least `quorum` contributions were accepted; otherwise the target stays as it was. A silent
+//! node therefore costs at most one deadline and never stalls the federation. Nodes may join
+//! late (they are asked from the round under way) and leave at any time; a node that reconnects
+//! under the same certificate name replaces its old connection.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use fd_protocol::{
+    Contribution, Hello, Message, PrivacyReceipt, RoundClosed, RoundOpen, SoftLabels, Welcome,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::aggregate::{Aggregator, Input as AggregateInput, Target};
+use crate::config::FederationConfig;
+use crate::server::{NodeSpending, NodeSummary, Summary};
+
+/// Something that happened to the federation, as the driver saw it.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A peer passed the TLS handshake (its certificate names it `node`) and sent Hello.
+    Arrived {
+        /// Name from the node's certificate.
+        node: String,
+        /// Its Hello.
+        hello: Hello,
+        /// Bytes of the Hello frame.
+        bytes: u64,
+    },
+    /// An admitted node sent a message.
+    Received {
+        /// The node.
+        node: String,
+        /// The message.
+        message: Message,
+        /// Bytes of the frame.
+        bytes: u64,
+    },
+    /// A node's connection ended, or a message could not be read from or written to it.
+    Gone {
+        /// The node.
+        node: String,
+        /// Why, for the log.
+        reason: String,
+        /// Whether the node sent something unreadable (an oversized or malformed frame): it is
+        /// then told so before its connection closes.
+        misbehaved: bool,
+    },
+}
+
+/// What to do after sending a [`Transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Keep the node's connection.
+    Continue,
+    /// Finish the node's stream and forget the connection.
+    Close,
+}
+
+/// A message for one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transmit {
+    /// The recipient.
+    pub node: String,
+    /// The message; `None` only closes.
+    pub message: Option<Message>,
+    /// What to do with the connection afterwards.
+    pub after: After,
+}
+
+/// Why a round closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClosedBy {
+    /// Every node asked answered or left.
+    AllAnswered,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// Everything about a closed round worth keeping: what the store commits, and the summary logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// The round.
+    pub round: u32,
+    /// Public records asked.
+    pub query_ids: Vec<u32>,
+    /// Nodes asked.
+    pub asked: Vec<String>,
+    /// Nodes whose contribution was accepted (sorted).
+    pub accepted: Vec<String>,
+    /// Whether at least `quorum` contributions were accepted, so the round was aggregated.
+    pub aggregated: bool,
+    /// Why it closed.
+    pub closed_by: ClosedBy,
+    /// Each accepted node's share of the aggregate.
+    pub weights: BTreeMap<String, f64>,
+    /// Reputations after the round (strategies that keep them).
+    pub reputations: BTreeMap<String, f64>,
+    /// The privacy receipts of the accepted contributions.
+    pub receipts: BTreeMap<String, PrivacyReceipt>,
+    /// The round's aggregate (skipped in the summary file: the store keeps it).
+    #[serde(skip)]
+    pub aggregate: Option<SoftLabels>,
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A round closed; persist it before sending anything that follows.
+    RoundClosed(Box<RoundRecord>),
+    /// Fewer than `quorum` nodes joined before the join deadline.
+    JoinTimedOut {
+        /// Nodes present.
+        joined: usize,
+        /// Nodes expected.
+        expected: usize,
+    },
+    /// The federation is over (planned rounds done, or every node left).
+    Finished,
+}
+
+/// Where a federation left off, as the store restores it after a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Rounds already closed and committed.
+    pub rounds_done: u32,
+    /// The target aggregated so far.
+    pub target: SoftLabels,
+    /// Reputations after the last committed round.
+    pub reputations: BTreeMap<String, f64>,
+    /// The committed rounds, oldest first.
+    pub records: Vec<RoundRecord>,
+}
+
+enum Phase {
+    Joining { deadline: Instant },
+    Open(OpenRound),
+    Done,
+}
+
+struct OpenRound {
+    round: u32,
+    query_ids: Vec<u32>,
+    deadline: Instant,
+    asked: BTreeSet<String>,
+    accepted: BTreeMap<String, Contribution>,
+}
+
+/// The coordinator's round logic. See the module documentation.
+pub struct Rounds {
+    config: FederationConfig,
+    aggregator: Box<dyn Aggregator>,
+    phase: Phase,
+    next_round: u32,
+    target: Target,
+    present: BTreeSet<String>,
+    nodes: BTreeMap<String, NodeSummary>,
+    records: Vec<RoundRecord>,
+    ended_early: Option<String>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Rounds {
+    /// A new federation; it waits for nodes until `now + join_timeout_secs`.
+    pub fn new(config: FederationConfig, aggregator: Box<dyn Aggregator>, now: Instant) -> Rounds {
+        Rounds::resume(config, aggregator, now, Resume::default())
+    }
+
+    /// A federation that continues after `resume.rounds_done` committed rounds.
+    pub fn resume(
+        config: FederationConfig,
+        mut aggregator: Box<dyn Aggregator>,
+        now: Instant,
+        resume: Resume,
+    ) -> Rounds {
+        let mut target = Target::new(config.classes);
+        target.update(&resume.target);
+        aggregator.restore(resume.reputations);
+        let mut nodes: BTreeMap<String, NodeSummary> = BTreeMap::new();
+        for record in &resume.records {
+            for node in &record.accepted {
+                let s = nodes.entry(node.clone()).or_insert_with(|| NodeSummary {
+                    node: node.clone(),
+                    ..NodeSummary::default()
+                });
+                s.contributions += 1;
+                s.weight = record.weights.get(node).copied();
+                if let Some(r) = record.receipts.get(node) {
+                    note_receipt(s, r);
+                }
+            }
+        }
+        Rounds {
+            phase: Phase::Joining {
+                deadline: now + Duration::from_secs(config.join_timeout_secs),
+            },
+            next_round: resume.rounds_done,
+            target,
+            aggregator,
+            present: BTreeSet::new(),
+            nodes,
+            records: resume.records,
+            ended_early: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            config,
+        }
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Arrived { node, hello, bytes } => self.arrive(now, node, hello, bytes),
+            Input::Received {
+                node,
+                message,
+                bytes,
+            } => {
+                if !self.present.contains(&node) {
+                    return;
+                }
+                self.summary(&node).bytes_up += bytes;
+                self.receive(now, node, message);
+            }
+            Input::Gone {
+                node,
+                reason,
+                misbehaved,
+            } => {
+                if !self.present.contains(&node) {
+                    return;
+                }
+                warn!(node, "node gone: {reason}");
+                if misbehaved {
+                    self.send(&node, Message::Error { message: reason }, After::Close);
+                }
+                self.depart(now, &node);
+            }
+        }
+    }
+
+    /// Lets deadlines pass.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.phase {
+            Phase::Joining { deadline } if now >= *deadline => {
+                if self.present.len() >= self.config.quorum.max(1) {
+                    info!(
+                        joined = self.present.len(),
+                        expected = self.config.nodes,
+                        "join deadline passed with a quorum; starting"
+                    );
+                    self.open_round(now);
+                } else {
+                    self.events.push_back(Event::JoinTimedOut {
+                        joined: self.present.len(),
+                        expected: self.config.nodes,
+                    });
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Open(open) if now >= open.deadline => {
+                let late: Vec<&String> = open
+                    .asked
+                    .iter()
+                    .filter(|n| !open.accepted.contains_key(*n))
+                    .collect();
+                warn!(round = open.round, ?late, "round deadline passed");
+                self.close_round(now, ClosedBy::Deadline);
+            }
+            _ => {}
+        }
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the driver, if any. Drain these before transmits: a round's record
+    /// must be committed before the messages that announce it leave.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Rounds::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Joining { deadline } => Some(*deadline),
+            Phase::Open(open) => Some(open.deadline),
+            Phase::Done => None,
+        }
+    }
+
+    /// Whether the federation is over.
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Nodes currently connected.
+    pub fn present(&self) -> impl Iterator<Item = &String> {
+        self.present.iter()
+    }
+
+    /// Counts bytes the driver sent to `node`.
+    pub fn record_sent(&mut self, node: &str, bytes: u64) {
+        self.summary(node).bytes_down += bytes;
+    }
+
+    /// The run so far (the driver adds the wall time).
+    pub fn summary_now(&self) -> Summary {
+        let labels = self.target.to_labels();
+        let nodes: Vec<NodeSummary> = self.nodes.values().cloned().collect();
+        Summary {
+            federation: self.config.name.clone(),
+            aggregator: self.aggregator.kind().to_string(),
+            rounds: self.records.len() as u32,
+            ended_early: self.ended_early.clone(),
+            accepted_per_round: self
+                .records
+                .iter()
+                .map(|r| r.accepted.len() as u32)
+                .collect(),
+            round_log: self.records.clone(),
+            target_records: labels.len(),
+            bytes_up: nodes.iter().map(|n| n.bytes_up).sum(),
+            bytes_down: nodes.iter().map(|n| n.bytes_down).sum(),
+            nodes,
+            wall_seconds: 0.0,
+            target: labels,
+        }
+    }
+
+    fn summary(&mut self, node: &str) -> &mut NodeSummary {
+        self.nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeSummary {
+                node: node.to_owned(),
+                ..NodeSummary::default()
+            })
+    }
+
+    fn send(&mut self, node: &str, message: Message, after: After) {
+        self.transmits.push_back(Transmit {
+            node: node.to_owned(),
+            message: Some(message),
+            after,
+        });
+    }
+
+    fn arrive(&mut self, now: Instant, node: String, hello: Hello, bytes: u64) {
+        let reject = if matches!(self.phase, Phase::Done) {
+            Some("the federation is over".to_owned())
+        } else if hello.public_records != self.config.public_records {
+            Some(format!(
+                "public set mismatch: node has {} records, federation uses {}",
+                hello.public_records, self.config.public_records
+            ))
+        } else if hello.classes != self.config.classes {
+            Some(format!(
+                "class mismatch: node predicts {} classes, federation uses {}",
+                hello.classes, self.config.classes
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reject {
+            warn!(node, "rejected: {reason}");
+            self.send(&node, Message::Reject { reason }, After::Close);
+            return;
+        }
+        if self.present.contains(&node) {
+            // The certificate proves who it is: the new connection replaces the old one (the
+            // driver has already dropped it). Its progress in the open round is kept.
+            info!(node, "reconnected");
+        } else {
+            info!(node, private_records = hello.private_records, "admitted");
+        }
+        self.present.insert(node.clone());
+        let s = self.summary(&node);
+        s.bytes_up += bytes;
+        s.finished = false;
+        s.left = None;
+        self.send(
+            &node,
+            Message::Welcome(Welcome {
+                node: node.clone(),
+                federation: self.config.name.clone(),
+                rounds: self.config.rounds,
+                require_privacy: self.config.require_privacy,
+                planned_queries: self.config.planned_queries(),
+            }),
+            After::Continue,
+        );
+        match &mut self.phase {
+            Phase::Joining { .. } => {
+                if self.present.len() >= self.config.nodes {
+                    info!(nodes = self.present.len(), "all nodes joined; starting");
+                    self.open_round(now);
+                }
+            }
+            Phase::Open(open) => {
+                // Late joiners and reconnecting nodes are asked for the round under way,
+                // unless they already answered it.
+                if !open.accepted.contains_key(&node) {
+                    open.asked.insert(node.clone());
+                    let message = self.round_open_message();
+                    self.send(&node, message, After::Continue);
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    fn round_open_message(&self) -> Message {
+        let (round, query_ids) = match &self.phase {
+            Phase::Open(open) => (open.round, open.query_ids.clone()),
+            _ => (self.next_round, self.config.queries(self.next_round)),
+        };
+        Message::RoundOpen(RoundOpen {
+            round,
+            rounds: self.config.rounds,
+            query_ids,
+            target: self.target.to_labels(),
+        })
+    }
+
+    fn open_round(&mut self, now: Instant) {
+        if self.next_round >= self.config.rounds {
+            self.finish();
+            return;
+        }
+        let round = self.next_round;
+        self.phase = Phase::Open(OpenRound {
+            round,
+            query_ids: self.config.queries(round),
+            deadline: now + Duration::from_secs(self.config.round_timeout_secs),
+            asked: self.present.clone(),
+            accepted: BTreeMap::new(),
+        });
+        let message = self.round_open_message();
+        for node in self.present.clone() {
+            self.send(&node, message.clone(), After::Continue);
+        }
+        info!(round, asked = self.present.len(), "round opened");
+    }
+
+    fn receive(&mut self, now: Instant, node: String, message: Message) {
+        match message {
+            Message::Leave { reason } => {
+                info!(node, "node left the federation: {reason}");
+                self.summary(&node).left = Some(reason);
+                self.transmits.push_back(Transmit {
+                    node: node.clone(),
+                    message: None,
+                    after: After::Close,
+                });
+                self.depart(now, &node);
+            }
+            Message::Contribution(c) => match self.check(&node, &c) {
+                Ok(()) => {
+                    if let Phase::Open(open) = &mut self.phase {
+                        open.accepted.insert(node, c);
+                    }
+                    self.close_if_complete(now);
+                }
+                Err(reason) => {
+                    warn!(node, "contribution refused: {reason}");
+                    self.summary(&node).refused += 1;
+                    self.send(
+                        &node,
+                        Message::Refused {
+                            round: c.round,
+                            reason,
+                        },
+                        After::Continue,
+                    );
+                }
+            },
+            other => {
+                let why = format!(
+                    "unexpected {} from a node: nodes send only Contribution and Leave after \
+                     Hello",
+                    other.kind()
+                );
+                warn!(node, "{why}");
+                self.send(&node, Message::Error { message: why }, After::Close);
+                self.depart(now, &node);
+            }
+        }
+    }
+
+    /// Whether a contribution can be accepted; the error says why not, for the node to read.
+    fn check(&self, node: &str, c: &Contribution) -> Result<(), String> {
+        let Phase::Open(open) = &self.phase else {
+            return Err(format!(
+                "contribution for round {}: no round is open",
+                c.round
+            ));
+        };
+        let round = open.round;
+        if c.round < round {
+            return Err(format!(
+                "late: round {} has closed (round {round} is open)",
+                c.round
+            ));
+        }
+        if c.round > round {
+            return Err(format!(
+                "round {} is not open (round {round} is open)",
+                c.round
+            ));
+        }
+        if open.accepted.contains_key(node) {
+            return Err(format!(
+                "duplicate: a contribution of this node to round {round} was already accepted \
+                 (one per node per round)"
+            ));
+        }
+        if !open.asked.contains(node) {
+            return Err(format!("this node was not asked in round {round}"));
+        }
+        if self.config.require_privacy && c.receipt.is_none() {
+            return Err(format!(
+                "round {round}: this federation requires differential privacy and the \
+                 contribution has no privacy receipt"
+            ));
+        }
+        if let Some(bad) = c.receipt.as_ref().and_then(receipt_defect) {
+            return Err(format!("round {round}: the privacy receipt {bad}"));
+        }
+        c.labels
+            .check_queries(&open.query_ids)
+            .and_then(|()| c.labels.validate(self.config.classes as usize))
+            .map_err(|e| format!("round {round}: {e}"))
+    }
+
+    fn depart(&mut self, now: Instant, node: &str) {
+        self.present.remove(node);
+        if let Phase::Open(open) = &mut self.phase {
+            open.asked.remove(node);
+        }
+        self.close_if_complete(now);
+    }
+
+    fn close_if_complete(&mut self, now: Instant) {
+        if let Phase::Open(open) = &self.phase
+            && open.asked.iter().all(|n| open.accepted.contains_key(n))
+        {
+            self.close_round(now, ClosedBy::AllAnswered);
+        }
+    }
+
+    fn close_round(&mut self, now: Instant, closed_by: ClosedBy) {
+        let Phase::Open(open) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return;
+        };
+        let round = open.round;
+        let accepted: Vec<String> = open.accepted.keys().cloned().collect();
+        let aggregated = accepted.len() >= self.config.quorum.max(1);
+        let mut weights = BTreeMap::new();
+        let mut aggregate = None;
+        if aggregated {
+            // BTreeMap order: contributions are combined sorted by node (reproducible sums).
+            let inputs: Vec<AggregateInput<'_>> = open
+                .accepted
+                .iter()
+                .map(|(node, c)| AggregateInput {
+                    node,
+                    labels: &c.labels,
+                })
+                .collect();
+            if let Some(a) = self.aggregator.aggregate(&inputs) {
+                self.target.update(&a.labels);
+                weights = a.weights;
+                aggregate = Some(a.labels);
+            }
+        } else {
+            warn!(
+                round,
+                accepted = accepted.len(),
+                quorum = self.config.quorum,
+                "round below quorum: not aggregated, the target stays as it was"
+            );
+        }
+        let mut receipts = BTreeMap::new();
+        for (node, c) in &open.accepted {
+            let weight = weights.get(node).copied();
+            let s = self.summary(node);
+            s.contributions += 1;
+            s.weight = weight;
+            if let Some(r) = &c.receipt {
+                note_receipt(s, r);
+                receipts.insert(node.clone(), r.clone());
+            }
+        }
+        let reputations = self.aggregator.reputations();
+        for (node, r) in &reputations {
+            if let Some(s) = self.nodes.get_mut(node) {
+                s.reputation = Some(*r);
+            }
+        }
+        info!(
+            round,
+            accepted = accepted.len(),
+            asked = open.asked.len(),
+            ?closed_by,
+            target = self.target.len(),
+            weights = ?weights,
+            "round closed"
+        );
+        let record = RoundRecord {
+            round,
+            query_ids: open.query_ids,
+            asked: open.asked.iter().cloned().collect(),
+            accepted,
+            aggregated,
+            closed_by,
+            weights,
+            reputations,
+            receipts,
+            aggregate,
+        };
+        let closed = Message::RoundClosed(RoundClosed {
+            round,
+            accepted: record.accepted.len() as u32,
+            asked: record.asked.len() as u32,
+        });
+        self.records.push(record.clone());
+        self.events.push_back(Event::RoundClosed(Box::new(record)));
+        for node in self.present.clone() {
+            self.send(&node, closed.clone(), After::Continue);
+        }
+        self.next_round = round + 1;
+        if self.next_round >= self.config.rounds {
+            self.finish();
+        } else if self.present.is_empty() {
+            let why = format!("every node left by the end of round {round}");
+            warn!("{why}; ending the federation early");
+            self.ended_early = Some(why);
+            self.finish();
+        } else {
+            self.open_round(now);
+        }
+    }
+
+    fn finish(&mut self) {
+        let message = Message::Finished {
+            rounds: self.records.len() as u32,
+            target: self.target.to_labels(),
+        };
+        for node in self.present.clone() {
+            self.summary(&node).finished = true;
+            self.send(&node, message.clone(), After::Close);
+        }
+        self.phase = Phase::Done;
+        self.events.push_back(Event::Finished);
+    }
+}
+
+fn note_receipt(s: &mut NodeSummary, r: &PrivacyReceipt) {
+    let releases = s.privacy.as_ref().map_or(0, |p| p.releases);
+    s.privacy = Some(NodeSpending {
+        mechanism: r.mechanism.clone(),
+        unit: r.unit.clone(),
+        releases: releases + 1,
+        rho_total: r.rho_total,
+        epsilon_total: r.epsilon_total,
+        delta: r.delta,
+    });
+}
+
+/// What is wrong with a receipt, if anything: every number must be finite and in range.
+fn receipt_defect(r: &PrivacyReceipt) -> Option<String> {
+    let numbers = [
+        r.sigma,
+        r.sensitivity,
+        r.rho,
+        r.rho_total,
+        r.epsilon_total,
+        r.delta,
+    ];
+    if numbers.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        return Some("has a negative or non-finite number".into());
+    }
+    if r.rho_total < r.rho || !(r.delta > 0.0 && r.delta < 1.0) {
+        return Some("is inconsistent (rho_total < rho, or delta outside (0, 1))".into());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AggregationConfig, AggregatorKind};
+
+    fn config() -> FederationConfig {
+        FederationConfig {
+            name: "t".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+            nodes: 3,
+            rounds: 2,
+            public_records: 4,
+            classes: 2,
+            queries_per_round: 2,
+            join_timeout_secs: 30,
+            round_timeout_secs: 10,
+            require_privacy: false,
+            summary_json: None,
+            quorum: 2,
+            aggregation: AggregationConfig {
+                strategy: AggregatorKind::Mean,
+                ..AggregationConfig::default()
+            },
+            state_dir: None,
+        }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            public_records: 4,
+            classes: 2,
+            private_records: 10,
+        }
+    }
+
+    /// A machine, its virtual clock's origin, and helpers to drive it.
+    struct Sim {
+        rounds: Rounds,
+        t0: Instant,
+    }
+
+    impl Sim {
+        fn new(config: FederationConfig) -> Sim {
+            let t0 = Instant::now();
+            let aggregator = config.aggregation.build();
+            Sim {
+                rounds: Rounds::new(config, aggregator, t0),
+                t0,
+            }
+        }
+
+        fn at(&self, secs: u64) -> Instant {
+            self.t0 + Duration::from_secs(secs)
+        }
+
+        fn join(&mut self, secs: u64, node: &str) {
+            let now = self.at(secs);
+            self.rounds.handle(
+                now,
+                Input::Arrived {
+                    node: node.into(),
+                    hello: hello(),
+                    bytes: 10,
+                },
+            );
+        }
+
+        fn contribute(&mut self, secs: u64, node: &str, c: Contribution) {
+            let now = self.at(secs);
+            self.rounds.handle(
+                now,
+                Input::Received {
+                    node: node.into(),
+                    message: Message::Contribution(c),
+                    bytes: 100,
+                },
+            );
+        }
+
+        /// Drains the transmits as (node, message kind) pairs.
+        fn sent(&mut self) -> Vec<(String, &'static str)> {
+            std::iter::from_fn(|| self.rounds.poll_transmit())
+                .map(|t| (t.node, t.message.as_ref().map_or("close", Message::kind)))
+                .collect()
+        }
+
+        /// Drains the transmits, keeping only Refused reasons and Error messages per node.
+        fn complaints(&mut self) -> Vec<(String, String)> {
+            std::iter::from_fn(|| self.rounds.poll_transmit())
+                .filter_map(|t| match t.message {
+                    Some(Message::Refused { reason, .. }) => Some((t.node, reason)),
+                    Some(Message::Error { message }) => Some((t.node, message)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn closed_rounds(&mut self) -> Vec<RoundRecord> {
+            std::iter::from_fn(|| self.rounds.poll_event())
+                .filter_map(|e| match e {
+                    Event::RoundClosed(r) => Some(*r),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    /// Round `round` of [`config`] asks queries `[2r mod 4, 2r+1 mod 4]`.
+    fn contribution(round: u32, p0: f32) -> Contribution {
+        let q = round * 2 % 4;
+        Contribution {
+            round,
+            labels: SoftLabels {
+                classes: 2,
+                query_ids: vec![q, q + 1],
+                probs: vec![p0, 1.0 - p0, p0, 1.0 - p0],
+            },
+            receipt: None,
+        }
+    }
+
+    fn started() -> Sim {
+        let mut sim = Sim::new(config());
+        for n in ["a", "b", "c"] {
+            sim.join(0, n);
+        }
+        sim
+    }
+
+    #[test]
+    fn a_round_closes_when_everyone_answered_and_the_run_finishes() {
+        let mut sim = started();
+        let sent = sim.sent();
+        // Three Welcomes, then round 0 opens once all three have joined.
+        assert_eq!(sent.iter().filter(|(_, k)| *k == "Welcome").count(), 3);
+        assert_eq!(sent.iter().filter(|(_, k)| *k == "RoundOpen").count(), 3);
+        assert_eq!(sim.rounds.poll_timeout(), Some(sim.at(10)));
+        for (n, p) in [("a", 1.0), ("b", 0.5), ("c", 0.0)] {
+            sim.contribute(1, n, contribution(0, p));
+        }
+        let records = sim.closed_rounds();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].closed_by, ClosedBy::AllAnswered);
+        assert_eq!(records[0].accepted, ["a", "b", "c"]);
+        // The mean of 1, 0.5 and 0 on class 0.
+        assert_eq!(records[0].aggregate.as_ref().unwrap().probs[0], 0.5);
+        // Round 1 opened at t = 1 with its own deadline.
+        assert_eq!(sim.rounds.poll_timeout(), Some(sim.at(11)));
+        for n in ["a", "b", "c"] {
+            sim.contribute(2, n, contribution(1, 1.0));
+        }
+        let sent = sim.sent();
+        assert_eq!(sent.iter().filter(|(_, k)| *k == "Finished").count(), 3);
+        assert!(sim.rounds.is_done());
+        let summary = sim.rounds.summary_now();
+        assert_eq!(summary.rounds, 2);
+        assert_eq!(summary.accepted_per_round, [3, 3]);
+        // Round 0 labelled queries 0 and 1, round 1 queries 2 and 3.
+        assert_eq!(summary.target_records, 4);
+        assert!(summary.nodes.iter().all(|n| n.contributions == 2));
+    }
+
+    #[test]
+    fn a_silent_node_costs_one_deadline_and_its_late_answer_is_refused() {
+        let mut sim = started();
+        sim.sent();
+        sim.contribute(1, "a", contribution(0, 1.0));
+        sim.contribute(2, "b", contribution(0, 1.0));
+        // c says nothing; nothing happens before the deadline.
+        sim.rounds.handle_timeout(sim.at(9));
+        assert!(sim.closed_rounds().is_empty());
+        sim.rounds.handle_timeout(sim.at(10));
+        let records = sim.closed_rounds();
+        assert_eq!(records[0].closed_by, ClosedBy::Deadline);
+        assert_eq!(records[0].asked, ["a", "b", "c"]);
+        assert_eq!(records[0].accepted, ["a", "b"]);
+        assert!(records[0].aggregated, "2 accepted meets the quorum of 2");
+        sim.sent();
+        // c's answer to round 0 arrives during round 1: refused with the reason, c stays.
+        sim.contribute(11, "c", contribution(0, 1.0));
+        let complaints = sim.complaints();
+        assert_eq!(complaints.len(), 1);
+        assert_eq!(complaints[0].0, "c");
+        assert!(complaints[0].1.contains("late"), "{complaints:?}");
+        assert!(sim.rounds.present().any(|n| n == "c"));
+        // c answers round 1 on time and counts.
+        for n in ["a", "b", "c"] {
+            sim.contribute(12, n, contribution(1, 1.0));
+        }
+        assert_eq!(sim.closed_rounds()[0].accepted.len(), 3);
+    }
+
+    #[test]
+    fn below_quorum_the_round_closes_without_touching_the_target() {
+        let mut sim = started();
+        sim.contribute(1, "a", contribution(0, 1.0));
+        sim.rounds.handle_timeout(sim.at(10));
+        let records = sim.closed_rounds();
+        assert!(
+            !records[0].aggregated,
+            "1 accepted is below the quorum of 2"
+        );
+        assert!(records[0].aggregate.is_none());
+        assert_eq!(sim.rounds.summary_now().target_records, 0);
+        // The federation carries on with round 1.
+        assert!(
+            sim.sent()
+                .iter()
+                .any(|(n, k)| n == "a" && *k == "RoundOpen")
+        );
+    }
+
+    #[test]
+    fn each_bad_contribution_is_refused_with_its_reason_and_others_are_unaffected() {
+        let mut sim = started();
+        sim.sent();
+        let mut cases: Vec<(&str, Contribution, &str)> = Vec::new();
+        cases.push(("a", contribution(1, 1.0), "not open"));
+        let mut unknown = contribution(0, 1.0);
+        unknown.labels.query_ids = vec![0, 3];
+        cases.push(("a", unknown, "query ids differ"));
+        let mut shape = contribution(0, 1.0);
+        shape.labels.probs.pop();
+        cases.push(("a", shape, "shape"));
+        let mut nan = contribution(0, 1.0);
+        nan.labels.probs[1] = f32::NAN;
+        cases.push(("a", nan, "not finite"));
+        let mut off = contribution(0, 1.0);
+        off.labels.probs[0] = 0.7;
+        cases.push(("a", off, "not a probability vector"));
+        for (node, c, _) in &cases {
+            sim.contribute(1, node, c.clone());
+        }
+        let complaints = sim.complaints();
+        assert_eq!(complaints.len(), cases.len());
+        for ((node, reason), (_, _, expected)) in complaints.iter().zip(&cases) {
+            assert_eq!(node, "a");
+            assert!(reason.contains(expected), "{reason} lacks {expected}");
+        }
+        // a may still answer properly; then a duplicate is refused.
+        sim.contribute(2, "a", contribution(0, 1.0));
+        sim.contribute(2, "a", contribution(0, 1.0));
+        let complaints = sim.complaints();
+        assert!(complaints[0].1.contains("duplicate"), "{complaints:?}");
+        sim.contribute(3, "b", contribution(0, 0.0));
+        sim.contribute(3, "c", contribution(0, 0.0));
+        let records = sim.closed_rounds();
+        assert_eq!(records[0].accepted, ["a", "b", "c"]);
+        assert_eq!(sim.rounds.summary_now().nodes[0].refused, 6);
+    }
+
+    #[test]
+    fn unreadable_input_and_unexpected_messages_close_only_that_node() {
+        let mut sim = started();
+        sim.sent();
+        let now = sim.at(1);
+        sim.rounds.handle(
+            now,
+            Input::Gone {
+                node: "a".into(),
+                reason: "frame of 99999999 bytes exceeds the maximum".into(),
+                misbehaved: true,
+            },
+        );
+        sim.rounds.handle(
+            now,
+            Input::Received {
+                node: "b".into(),
+                message: Message::Hello(hello()),
+                bytes: 5,
+            },
+        );
+        let complaints = sim.complaints();
+        assert_eq!(complaints.len(), 2);
+        assert!(complaints[0].0 == "a" && complaints[0].1.contains("exceeds"));
+        assert!(complaints[1].0 == "b" && complaints[1].1.contains("unexpected Hello"));
+        // c alone is left; its answer completes the round (quorum 2 not met, so no aggregate).
+        sim.contribute(2, "c", contribution(0, 1.0));
+        let records = sim.closed_rounds();
+        assert_eq!(records[0].asked, ["c"]);
+        assert_eq!(records[0].closed_by, ClosedBy::AllAnswered);
+    }
+
+    #[test]
+    fn late_joiners_are_asked_and_a_reconnect_is_not_counted_twice() {
+        let mut config = config();
+        config.nodes = 2;
+        let mut sim = Sim::new(config);
+        sim.join(0, "a");
+        sim.join(0, "b");
+        sim.sent();
+        sim.contribute(1, "a", contribution(0, 1.0));
+        // c joins during round 0 and is asked for it at once.
+        sim.join(2, "c");
+        let sent = sim.sent();
+        assert_eq!(sent, [("c".into(), "Welcome"), ("c".into(), "RoundOpen")]);
+        // a reconnects: welcomed again, but not asked again for the round it answered.
+        sim.join(3, "a");
+        assert_eq!(sim.sent(), [("a".into(), "Welcome")]);
+        sim.contribute(4, "a", contribution(0, 1.0));
+        assert!(sim.complaints()[0].1.contains("duplicate"));
+        sim.contribute(4, "b", contribution(0, 1.0));
+        sim.contribute(5, "c", contribution(0, 1.0));
+        let records = sim.closed_rounds();
+        assert_eq!(records[0].accepted, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn leaving_nodes_do_not_stall_and_the_last_one_out_ends_the_run() {
+        let mut config = config();
+        config.rounds = 3;
+        let mut sim = Sim::new(config);
+        for n in ["a", "b", "c"] {
+            sim.join(0, n);
+        }
+        sim.sent();
+        let leave = |sim: &mut Sim, node: &str| {
+            let now = sim.at(1);
+            sim.rounds.handle(
+                now,
+                Input::Received {
+                    node: node.into(),
+                    message: Message::Leave {
+                        reason: "budget spent".into(),
+                    },
+                    bytes: 5,
+                },
+            );
+        };
+        sim.contribute(1, "a", contribution(0, 1.0));
+        sim.contribute(1, "b", contribution(0, 1.0));
+        leave(&mut sim, "c");
+        assert_eq!(sim.closed_rounds()[0].accepted, ["a", "b"]);
+        leave(&mut sim, "a");
+        leave(&mut sim, "b");
+        let summary = sim.rounds.summary_now();
+        assert!(sim.rounds.is_done());
+        // Round 1 closed empty when b left, and round 2 of 3 was never opened.
+        assert_eq!(summary.rounds, 2);
+        assert!(summary.ended_early.unwrap().contains("every node left"));
+        assert_eq!(summary.nodes[2].left.as_deref(), Some("budget spent"));
+    }
+
+    #[test]
+    fn join_deadline_starts_with_a_quorum_or_gives_up() {
+        let mut sim = Sim::new(config());
+        sim.join(0, "a");
+        sim.rounds.handle_timeout(sim.at(30));
+        assert!(matches!(
+            sim.rounds.poll_event(),
+            Some(Event::JoinTimedOut {
+                joined: 1,
+                expected: 3
+            })
+        ));
+        let mut sim = Sim::new(config());
+        sim.join(0, "a");
+        sim.join(0, "b");
+        sim.sent();
+        sim.rounds.handle_timeout(sim.at(30));
+        assert_eq!(sim.sent().len(), 2, "round 0 opens for the two present");
+    }
+
+    #[test]
+    fn resume_continues_from_the_committed_round_with_its_target() {
+        let target = SoftLabels {
+            classes: 2,
+            query_ids: vec![0, 1],
+            probs: vec![0.25, 0.75, 1.0, 0.0],
+        };
+        let config = config();
+        let aggregator = config.aggregation.build();
+        let t0 = Instant::now();
+        let mut rounds = Rounds::resume(
+            config,
+            aggregator,
+            t0,
+            Resume {
+                rounds_done: 1,
+                target: target.clone(),
+                ..Resume::default()
+            },
+        );
+        for n in ["a", "b", "c"] {
+            rounds.handle(
+                t0,
+                Input::Arrived {
+                    node: n.into(),
+                    hello: hello(),
+                    bytes: 1,
+                },
+            );
+        }
+        let opens: Vec<RoundOpen> = std::iter::from_fn(|| rounds.poll_transmit())
+            .filter_map(|t| match t.message {
+                Some(Message::RoundOpen(o)) => Some(o),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opens.len(), 3);
+        assert_eq!(opens[0].round, 1);
+        assert_eq!(opens[0].target, target);
+    }
+}

@@ -1,0 +1,462 @@
+//! The coordinator's durable state: one SQLite database (WAL, synchronous writes) in the state
+//! directory.
+//!
+//! It holds the federation's terms (so a restart with a different config is refused instead of
+//! mixing two federations), the address the coordinator listened on (so a restart with
+//! `listen = "…:0"` comes back where the nodes look for it), and for every closed round, in one
+//! transaction: the round's record, the accepted contributions' metadata (node, weight, privacy
+//! receipt), the target rows it aggregated and the reputations after it. A round is therefore
+//! either wholly committed or absent: killed at any moment, the coordinator restarts from the
+//! last committed round, and no accepted contribution is lost or counted twice (an uncommitted
+//! round is simply asked again).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fd_protocol::SoftLabels;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::config::FederationConfig;
+use crate::rounds::{Resume, RoundRecord};
+
+/// Why the state database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("{path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// The state directory could not be created.
+    #[error("{path}: cannot create the state directory: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database belongs to a federation with other terms.
+    #[error(
+        "{path}: this state belongs to a federation with {field} = {stored}, but the config says \
+         {configured}; use another state_dir or restore the config"
+    )]
+    Mismatch {
+        /// The database file.
+        path: PathBuf,
+        /// The differing config field.
+        field: &'static str,
+        /// Its value in the database.
+        stored: String,
+        /// Its value in the config.
+        configured: String,
+    },
+    /// A stored row is unreadable.
+    #[error("{path}: corrupt state: {message}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The state database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// File name of the database inside the state directory.
+pub const DATABASE: &str = "coordinator.sqlite";
+
+impl Store {
+    /// Opens (or creates) the database in `dir` and checks that it belongs to the federation
+    /// `config` describes.
+    pub fn open(dir: &Path, config: &FederationConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DATABASE);
+        let conn = Connection::open(&path).map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store { conn, path };
+        store.sql(|c| {
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            c.pragma_update(None, "synchronous", "FULL")?;
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS federation (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, record TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS contributions (
+                     round INTEGER NOT NULL, node TEXT NOT NULL, weight REAL, receipt TEXT,
+                     PRIMARY KEY (round, node));
+                 CREATE TABLE IF NOT EXISTS target (query INTEGER PRIMARY KEY, probs BLOB NOT NULL);
+                 CREATE TABLE IF NOT EXISTS reputations (node TEXT PRIMARY KEY, value REAL NOT NULL);
+                 CREATE TABLE IF NOT EXISTS secrets (key TEXT PRIMARY KEY, value BLOB NOT NULL);",
+            )
+        })?;
+        store.check_terms(config)?;
+        Ok(store)
+    }
+
+    fn sql<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        f(&self.conn).map_err(|source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn corrupt(&self, message: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Records the terms on first use; afterwards refuses a config whose terms differ.
+    fn check_terms(&self, config: &FederationConfig) -> Result<(), StoreError> {
+        let terms: [(&'static str, String); 6] = [
+            ("name", config.name.clone()),
+            ("rounds", config.rounds.to_string()),
+            ("public_records", config.public_records.to_string()),
+            ("classes", config.classes.to_string()),
+            ("queries_per_round", config.queries_per_round.to_string()),
+            (
+                "aggregation.strategy",
+                config.aggregation.strategy.to_string(),
+            ),
+        ];
+        for (field, configured) in terms {
+            let stored: Option<String> = self.sql(|c| {
+                c.query_row(
+                    "SELECT value FROM federation WHERE key = ?1",
+                    [field],
+                    |r| r.get(0),
+                )
+                .optional()
+            })?;
+            match stored {
+                None => {
+                    self.sql(|c| {
+                        c.execute(
+                            "INSERT INTO federation (key, value) VALUES (?1, ?2)",
+                            params![field, configured],
+                        )
+                    })?;
+                }
+                Some(stored) if stored != configured => {
+                    return Err(StoreError::Mismatch {
+                        path: self.path.clone(),
+                        field,
+                        stored,
+                        configured,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The address recorded by [`Store::record_listen`], if any.
+    pub fn recorded_listen(&self) -> Result<Option<SocketAddr>, StoreError> {
+        let text: Option<String> = self.sql(|c| {
+            c.query_row(
+                "SELECT value FROM federation WHERE key = 'listen'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        text.map(|t| {
+            t.parse()
+                .map_err(|e| self.corrupt(format!("recorded listen address '{t}': {e}")))
+        })
+        .transpose()
+    }
+
+    /// The secret behind the endpoint's stateless-reset key, created on first use and kept, so
+    /// that after a crash the restarted coordinator's resets are recognised by the nodes.
+    pub fn reset_secret(&self) -> Result<Vec<u8>, StoreError> {
+        let stored: Option<Vec<u8>> = self.sql(|c| {
+            c.query_row(
+                "SELECT value FROM secrets WHERE key = 'stateless_reset'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        if let Some(secret) = stored {
+            return Ok(secret);
+        }
+        let secret = fd_certs::transport::new_reset_secret()
+            .map_err(|e| self.corrupt(e.to_string()))?
+            .to_vec();
+        self.sql(|c| {
+            c.execute(
+                "INSERT INTO secrets (key, value) VALUES ('stateless_reset', ?1)",
+                [&secret],
+            )
+        })?;
+        Ok(secret)
+    }
+
+    /// Records the address the coordinator is listening on.
+    pub fn record_listen(&self, addr: SocketAddr) -> Result<(), StoreError> {
+        self.sql(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO federation (key, value) VALUES ('listen', ?1)",
+                [addr.to_string()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Commits a closed round, atomically.
+    pub fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| self.corrupt(format!("cannot encode round {}: {e}", record.round)))?;
+        let mut receipts = BTreeMap::new();
+        for (node, r) in &record.receipts {
+            let text = serde_json::to_string(r)
+                .map_err(|e| self.corrupt(format!("cannot encode a receipt: {e}")))?;
+            receipts.insert(node.clone(), text);
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        let result = (|| {
+            tx.execute(
+                "INSERT INTO rounds (round, record) VALUES (?1, ?2)",
+                params![record.round, json],
+            )?;
+            for node in &record.accepted {
+                tx.execute(
+                    "INSERT INTO contributions (round, node, weight, receipt) VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        record.round,
+                        node,
+                        record.weights.get(node),
+                        receipts.get(node)
+                    ],
+                )?;
+            }
+            if let Some(agg) = &record.aggregate {
+                let c = agg.classes as usize;
+                for (i, q) in agg.query_ids.iter().enumerate() {
+                    let bytes: Vec<u8> = agg.probs[i * c..(i + 1) * c]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    tx.execute(
+                        "INSERT OR REPLACE INTO target (query, probs) VALUES (?1, ?2)",
+                        params![q, bytes],
+                    )?;
+                }
+            }
+            tx.execute("DELETE FROM reputations", [])?;
+            for (node, r) in &record.reputations {
+                tx.execute(
+                    "INSERT INTO reputations (node, value) VALUES (?1, ?2)",
+                    params![node, r],
+                )?;
+            }
+            Ok(())
+        })();
+        result
+            .and_then(|()| tx.commit())
+            .map_err(|source| StoreError::Sqlite { path, source })
+    }
+
+    /// Everything needed to continue after the last committed round.
+    pub fn load(&self, classes: u16) -> Result<Resume, StoreError> {
+        let texts: Vec<String> = self.sql(|c| {
+            let mut s = c.prepare("SELECT record FROM rounds ORDER BY round")?;
+            s.query_map([], |r| r.get(0))?.collect()
+        })?;
+        let mut records = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let record: RoundRecord = serde_json::from_str(t)
+                .map_err(|e| self.corrupt(format!("round record {i}: {e}")))?;
+            if record.round != i as u32 {
+                return Err(
+                    self.corrupt(format!("round records skip from {} to {}", i, record.round))
+                );
+            }
+            records.push(record);
+        }
+        let rows: Vec<(u32, Vec<u8>)> = self.sql(|c| {
+            let mut s = c.prepare("SELECT query, probs FROM target ORDER BY query")?;
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })?;
+        let mut target = SoftLabels {
+            classes,
+            ..SoftLabels::default()
+        };
+        for (q, bytes) in rows {
+            if bytes.len() != classes as usize * 4 {
+                return Err(self.corrupt(format!(
+                    "target row {q} holds {} bytes, expected {}",
+                    bytes.len(),
+                    classes as usize * 4
+                )));
+            }
+            target.query_ids.push(q);
+            target.probs.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        let reputations: BTreeMap<String, f64> = self.sql(|c| {
+            let mut s = c.prepare("SELECT node, value FROM reputations")?;
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })?;
+        Ok(Resume {
+            rounds_done: records.len() as u32,
+            target,
+            reputations,
+            records,
+        })
+    }
+
+    /// Accepted contributions recorded for `round`: (node, weight, has a receipt).
+    pub fn contributions(
+        &self,
+        round: u32,
+    ) -> Result<Vec<(String, Option<f64>, bool)>, StoreError> {
+        self.sql(|c| {
+            let mut s = c.prepare(
+                "SELECT node, weight, receipt IS NOT NULL FROM contributions WHERE round = ?1 \
+                 ORDER BY node",
+            )?;
+            s.query_map([round], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::AggregationConfig;
+    use crate::rounds::ClosedBy;
+    use fd_protocol::PrivacyReceipt;
+
+    fn config() -> FederationConfig {
+        FederationConfig {
+            name: "t".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+            nodes: 2,
+            rounds: 3,
+            public_records: 4,
+            classes: 2,
+            queries_per_round: 2,
+            join_timeout_secs: 30,
+            round_timeout_secs: 10,
+            require_privacy: false,
+            summary_json: None,
+            quorum: 1,
+            aggregation: AggregationConfig::default(),
+            state_dir: None,
+        }
+    }
+
+    fn record(round: u32) -> RoundRecord {
+        let receipt = PrivacyReceipt {
+            mechanism: "m".into(),
+            unit: "record".into(),
+            sigma: 1.0,
+            sensitivity: 2.0,
+            rho: 0.5,
+            rho_total: 0.5,
+            epsilon_total: 3.0,
+            delta: 1e-5,
+        };
+        RoundRecord {
+            round,
+            query_ids: vec![round * 2, round * 2 + 1],
+            asked: vec!["a".into(), "b".into()],
+            accepted: vec!["a".into(), "b".into()],
+            aggregated: true,
+            closed_by: ClosedBy::AllAnswered,
+            weights: [("a".into(), 0.75), ("b".into(), 0.25)].into(),
+            reputations: [("a".into(), 0.9), ("b".into(), 0.3)].into(),
+            receipts: [("a".into(), receipt)].into(),
+            aggregate: Some(SoftLabels {
+                classes: 2,
+                query_ids: vec![round * 2, round * 2 + 1],
+                probs: vec![0.125, 0.875, 1.0, 0.0],
+            }),
+        }
+    }
+
+    #[test]
+    fn committed_rounds_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = Store::open(dir.path(), &config()).unwrap();
+            store.commit(&record(0)).unwrap();
+            store.commit(&record(1)).unwrap();
+            store
+                .record_listen("127.0.0.1:4567".parse().unwrap())
+                .unwrap();
+            // The same round twice would count its contributions twice: refused.
+            assert!(store.commit(&record(1)).is_err());
+        }
+        let store = Store::open(dir.path(), &config()).unwrap();
+        let resume = store.load(2).unwrap();
+        assert_eq!(resume.rounds_done, 2);
+        assert_eq!(resume.records[1], {
+            let mut r = record(1);
+            r.aggregate = None; // not part of the record; the target table holds it
+            r
+        });
+        // Rounds 0 and 1 aggregated queries 0..4 with the rows above.
+        assert_eq!(resume.target.query_ids, [0, 1, 2, 3]);
+        assert_eq!(resume.target.probs[..4], [0.125, 0.875, 1.0, 0.0]);
+        assert_eq!(resume.reputations["b"], 0.3);
+        assert_eq!(
+            store.recorded_listen().unwrap(),
+            Some("127.0.0.1:4567".parse().unwrap())
+        );
+        let secret = store.reset_secret().unwrap();
+        assert_eq!(secret.len(), fd_certs::transport::RESET_SECRET_LEN);
+        assert_eq!(store.reset_secret().unwrap(), secret, "kept, not redrawn");
+        let c = store.contributions(0).unwrap();
+        assert_eq!(
+            c,
+            [
+                ("a".into(), Some(0.75), true),
+                ("b".into(), Some(0.25), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_different_federation_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path(), &config()).unwrap();
+        let mut other = config();
+        other.classes = 3;
+        let err = Store::open(dir.path(), &other).err().unwrap().to_string();
+        assert!(
+            err.contains("classes = 2") && err.contains("says 3"),
+            "{err}"
+        );
+    }
+}

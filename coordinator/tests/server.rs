@@ -1,0 +1,158 @@
+//! The real QUIC server with hand-driven nodes: a node that sends an oversized frame or a bad
+//! contribution is told what was wrong, and the other nodes finish the round unaffected.
+
+use std::net::SocketAddr;
+
+use fd_certs::pki::Ca;
+use fd_certs::tls::{TlsIdentity, client_config, server_config};
+use fd_certs::transport::{client_endpoint, read_message, server_endpoint, write_message};
+use fd_coordinator::FederationConfig;
+use fd_coordinator::aggregate::AggregationConfig;
+use fd_protocol::{Contribution, DEFAULT_MAX_FRAME_LEN, Hello, Message, SoftLabels};
+
+struct Node {
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Node {
+    async fn join(ca: &Ca, name: &str, addr: SocketAddr) -> Node {
+        let id = ca.issue_node(name).unwrap();
+        let tls = TlsIdentity {
+            ca_pem: ca.cert_pem(),
+            cert_pem: id.cert_pem,
+            key_pem: id.key_pem,
+        };
+        let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
+        let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        let (mut send, recv) = connection.open_bi().await.unwrap();
+        let hello = Message::Hello(Hello {
+            public_records: 2,
+            classes: 2,
+            private_records: 5,
+        });
+        write_message(&mut send, &hello, DEFAULT_MAX_FRAME_LEN)
+            .await
+            .unwrap();
+        let mut node = Node {
+            _endpoint: endpoint,
+            connection,
+            send,
+            recv,
+        };
+        assert!(matches!(node.read().await, Message::Welcome(_)));
+        node
+    }
+
+    async fn read(&mut self) -> Message {
+        read_message(&mut self.recv, DEFAULT_MAX_FRAME_LEN)
+            .await
+            .unwrap()
+            .expect("a message")
+            .0
+    }
+
+    async fn contribute(&mut self, probs: Vec<f32>) {
+        let c = Message::Contribution(Contribution {
+            round: 0,
+            labels: SoftLabels {
+                classes: 2,
+                query_ids: vec![0, 1],
+                probs,
+            },
+            receipt: None,
+        });
+        write_message(&mut self.send, &c, DEFAULT_MAX_FRAME_LEN)
+            .await
+            .unwrap();
+    }
+
+    async fn finish(mut self) {
+        let _ = self.send.finish();
+        self.connection.close(0u32.into(), b"done");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_node_is_told_why_and_the_others_finish() {
+    let ca = Ca::generate("server-test").unwrap();
+    let server = ca
+        .issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])
+        .unwrap();
+    let tls = TlsIdentity {
+        ca_pem: ca.cert_pem(),
+        cert_pem: server.cert_pem,
+        key_pem: server.key_pem,
+    };
+    let endpoint = server_endpoint(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        server_config(&tls).unwrap(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let config = FederationConfig {
+        name: "t".into(),
+        listen: addr,
+        ca: "<memory>".into(),
+        cert: "<memory>".into(),
+        key: "<memory>".into(),
+        nodes: 3,
+        rounds: 1,
+        public_records: 2,
+        classes: 2,
+        queries_per_round: 0,
+        join_timeout_secs: 60,
+        round_timeout_secs: 60,
+        require_privacy: false,
+        summary_json: None,
+        quorum: 1,
+        aggregation: AggregationConfig::default(),
+        state_dir: None,
+    };
+    let coordinator = tokio::spawn(fd_coordinator::run(config, endpoint));
+    let mut a = Node::join(&ca, "node-a", addr).await;
+    let mut b = Node::join(&ca, "node-b", addr).await;
+    let mut c = Node::join(&ca, "node-c", addr).await;
+    for n in [&mut a, &mut b, &mut c] {
+        assert!(matches!(n.read().await, Message::RoundOpen(_)));
+    }
+
+    // a announces a frame one byte over the limit.
+    let too_long = (DEFAULT_MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+    a.send.write_all(&too_long).await.unwrap();
+    match a.read().await {
+        Message::Error { message } => assert!(message.contains("exceeds"), "{message}"),
+        other => panic!("expected Error, got {other:?}"),
+    }
+
+    // b sends a NaN, is told, and answers properly.
+    b.contribute(vec![f32::NAN, 1.0, 0.5, 0.5]).await;
+    match b.read().await {
+        Message::Refused { round, reason } => {
+            assert_eq!(round, 0);
+            assert!(reason.contains("not finite"), "{reason}");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    b.contribute(vec![1.0, 0.0, 0.5, 0.5]).await;
+    c.contribute(vec![0.0, 1.0, 0.5, 0.5]).await;
+    for n in [&mut b, &mut c] {
+        match n.read().await {
+            Message::RoundClosed(closed) => {
+                // a was gone by then: two asked, two accepted.
+                assert_eq!((closed.accepted, closed.asked), (2, 2));
+            }
+            other => panic!("expected RoundClosed, got {other:?}"),
+        }
+        assert!(matches!(n.read().await, Message::Finished { .. }));
+    }
+    b.finish().await;
+    c.finish().await;
+    a.finish().await;
+    let summary = coordinator.await.unwrap().unwrap();
+    assert_eq!(summary.accepted_per_round, [2]);
+    let b_summary = summary.nodes.iter().find(|n| n.node == "node-b").unwrap();
+    assert_eq!((b_summary.contributions, b_summary.refused), (1, 1));
+}
