@@ -85,11 +85,14 @@ fn projection(
 ///
 /// A private target is an average of noisy vote sums (vote-mass rows are close to uniform
 /// by construction), so its soft values mostly carry noise; its arg-max carries the signal.
-/// `w` says how far the top class stands out: `(p1 - p2) / s`, clamped to `[0, 1]`,
+/// `w` says how far the top class stands out: `(p1 - p2) / s - 1`, clamped to `[0, 1]`,
 /// where `p1, p2` are the two largest values and `s` is the noise scale read off the row
 /// itself (1.4826 times the median absolute deviation of its values, a robust standard
-/// deviation: most classes of a row get no votes). A row that is noise alone has a small
-/// margin and becomes nearly uniform, so with confidence weighting it teaches almost nothing.
+/// deviation: most classes of a row get no votes). A margin within one noise deviation
+/// (the top two of ten pure-noise values are typically about 0.3 to 0.5 apart) gives `w = 0`:
+/// the row becomes uniform and, with confidence weighting, teaches nothing. On digits, where
+/// nodes have about 100 records and the target at epsilon 2 is mostly noise, this lifted
+/// federated accuracy from 0.50 (`w = margin / s`) to 0.59.
 /// With fewer than 5 classes there is too little of a row to read the noise from and `w = 1`.
 /// Post-processing of the target: costs no privacy.
 pub fn sharpen_private_target(target: &SoftLabels) -> SoftLabels {
@@ -115,7 +118,7 @@ pub fn sharpen_private_target(target: &SoftLabels) -> SoftLabels {
             dev.sort_by(f32::total_cmp);
             let s = 1.4826 * dev[c / 2];
             if s > 0.0 {
-                (margin / s).clamp(0.0, 1.0)
+                (margin / s - 1.0).clamp(0.0, 1.0)
             } else if margin > 0.0 {
                 1.0
             } else {
@@ -326,15 +329,16 @@ mod tests {
 
     #[test]
     fn sharpening_weighs_by_margin_over_row_noise() {
-        // Five values 0.11, four 0.09 and the top 0.13: the median (6th largest) is 0.11, the
-        // absolute deviations are five 0s and five 0.02s, so their median (6th smallest) is
-        // 0.02 and s = 1.4826 * 0.02. Margin 0.13 - 0.11 = 0.02: w = 0.02 / s = 0.6745.
+        // Five values 0.11, four 0.09 and the top 0.16: the median (6th largest) is 0.11, the
+        // absolute deviations are five 0s, four 0.02s and 0.05, so their median (6th
+        // smallest) is 0.02 and s = 1.4826 * 0.02. Margin 0.16 - 0.11 = 0.05:
+        // w = 0.05 / s - 1 = 0.6862.
         let mut row: Vec<f32> = (0..10)
             .map(|j| if j % 2 == 0 { 0.09 } else { 0.11 })
             .collect();
-        row[4] = 0.13;
+        row[4] = 0.16;
         let out = sharpen_private_target(&labels(10, row));
-        let w = 0.02f32 / (1.4826 * 0.02);
+        let w = 0.05f32 / (1.4826 * 0.02) - 1.0;
         assert!(
             (out.probs[4] - (w + (1.0 - w) * 0.1)).abs() < 1e-4,
             "{:?}",
