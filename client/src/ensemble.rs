@@ -175,6 +175,19 @@ impl TeacherEnsemble {
         Ok(candle_nn::ops::softmax_last_dim(&self.forward(&xs)?)?)
     }
 
+    /// Every teacher's hidden activations for rows `x` `[m, inputs]`, side by side:
+    /// `[m, teachers * hidden]` (the ensemble's representation, for CKA).
+    pub fn hidden_features(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let (m, i) = x.dims2()?;
+        let (k, h) = (self.config.teachers, self.config.hidden);
+        let xs = x.unsqueeze(0)?.broadcast_as((k, m, i))?.contiguous()?;
+        let hidden = xs
+            .matmul(self.w1.as_tensor())?
+            .broadcast_add(self.b1.as_tensor())?
+            .relu()?;
+        Ok(hidden.transpose(0, 1)?.contiguous()?.reshape((m, k * h))?)
+    }
+
     /// Sum over teachers of their probability vectors for rows `x`: `[m * classes]`, row-major.
     pub fn vote_sums(&self, x: &Tensor) -> Result<Vec<f64>, ModelError> {
         let sums = self

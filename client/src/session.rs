@@ -242,6 +242,7 @@ pub async fn run_session(
                 let holdout_ref = holdout.clone();
                 let (back, back_labeller, result) = tokio::task::spawn_blocking(move || {
                     let result = (|| {
+                        learner.set_round(open.round, open.rounds)?;
                         learner.set_target(&open.target)?;
                         let steps = if open.target.is_empty() {
                             learner.config().local_steps
@@ -320,6 +321,7 @@ pub async fn run_session(
                 let holdout_ref = holdout.clone();
                 let (back, result) = tokio::task::spawn_blocking(move || {
                     let result = (|| {
+                        learner.set_round(rounds, rounds)?;
                         learner.set_target(&target)?;
                         learner.train(learner.config().steps_per_round, alpha)?;
                         learner.accuracy(&holdout_ref)
