@@ -300,6 +300,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, include_str!("../../examples/node.toml")).unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.training.teacher.hidden, vec![512, 256]);
+        assert_eq!(
+            c.training.alpha_schedule,
+            crate::train::ScheduleShape::Linear
+        );
+    }
+
+    #[test]
     fn privacy_table_is_parsed_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");

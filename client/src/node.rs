@@ -169,6 +169,11 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
     training.seed = config.seed;
     // Private targets are noisy: let rows the target is unsure of teach little.
     training.confidence_weighting |= config.privacy.mode == PrivacyMode::Shards;
+    // In private mode the shard ensemble is the reference teacher; a local teacher is only
+    // worth its training time when the student distils from it.
+    if config.privacy.mode == PrivacyMode::Shards && !training.teacher.distils() {
+        training.teacher.enabled = false;
+    }
     let ledger_path = config
         .privacy
         .ledger

@@ -85,12 +85,12 @@ pub enum Architecture {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CnnConfig {
-    /// Output channels of each same-padded convolution (ReLU after each; one 2x2 max-pool
-    /// after the last).
+    /// Output channels of each same-padded convolution (ReLU after each, and a 2x2 max-pool
+    /// after each but the last).
     pub channels: Vec<usize>,
     /// Square kernel size (odd).
     pub kernel: usize,
-    /// Dense hidden widths between the pooled maps and the classifier.
+    /// Dense hidden widths between the last maps and the classifier.
     pub hidden: Vec<usize>,
 }
 
@@ -158,6 +158,13 @@ pub struct LocalTeacherConfig {
     /// shifts for images, Gaussian jitter of `input_noise` for tabular data), the teacher
     /// labelling the same perturbed record the student sees.
     pub augment: bool,
+}
+
+impl LocalTeacherConfig {
+    /// Whether the student learns from the teacher (a feature or logit term is on).
+    pub fn distils(&self) -> bool {
+        self.enabled && (self.feature_weight > 0.0 || self.logit_weight > 0.0)
+    }
 }
 
 impl Default for LocalTeacherConfig {
