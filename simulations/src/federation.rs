@@ -7,11 +7,12 @@ use std::time::Instant;
 use anyhow::Context;
 use fd_certs::pki::Ca;
 use fd_certs::tls::TlsIdentity;
+use fd_client::compression::{measure, reference};
 use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::node::{build_labeller, prepare, private_part};
 use fd_client::privacy::{MECHANISM, PRIVACY_UNIT};
 use fd_client::session::{SessionPlan, run_session};
-use fd_client::train::{ImageShape, Learner, TrainConfig, train_local_only};
+use fd_client::train::{Architecture, ImageShape, Learner, TrainConfig, train_local_only};
 use fd_coordinator::FederationConfig;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -47,6 +48,34 @@ pub struct SimConfig {
     /// record labelled once stays in the target for free, while every release costs budget
     /// and the noise grows with the square root of the records released.
     pub queries_per_round: Option<u32>,
+    /// Which student each client trains.
+    pub students: StudentMix,
+}
+
+/// The students of a federation: all of one kind, or half and half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StudentMix {
+    /// Every client an MLP (`training.hidden`).
+    #[default]
+    Mlp,
+    /// Every client a small CNN (`training.cnn`; image data only).
+    Cnn,
+    /// Even-numbered clients an MLP, odd-numbered ones a CNN: architectures differ, only soft
+    /// labels are exchanged.
+    Mixed,
+}
+
+impl StudentMix {
+    /// The architecture of client `i`.
+    pub fn architecture(self, i: usize) -> Architecture {
+        match self {
+            StudentMix::Mlp => Architecture::Mlp,
+            StudentMix::Cnn => Architecture::Cnn,
+            StudentMix::Mixed if i % 2 == 1 => Architecture::Cnn,
+            StudentMix::Mixed => Architecture::Mlp,
+        }
+    }
 }
 
 /// Public records released over a private run by default. Measured on the synthetic data
@@ -95,6 +124,7 @@ impl SimConfig {
             synthetic: SyntheticSpec::default(),
             privacy: PrivacyConfig::default(),
             queries_per_round: None,
+            students: StudentMix::Mlp,
         }
     }
 }
@@ -122,6 +152,24 @@ pub struct ClientResult {
     pub teachers: Option<usize>,
     /// Why it stopped contributing early, if it did.
     pub left: Option<String>,
+    /// Its student's architecture, e.g. `mlp[256]` or `cnn[16,32]`.
+    pub student: String,
+    /// Its student's parameters.
+    pub student_parameters: usize,
+    /// Macro-F1 of its federated student on the test set.
+    pub macro_f1: f64,
+    /// The teacher its student is compared with (shard ensemble in private mode, the local
+    /// teacher otherwise); `None` when it has none.
+    pub teacher: Option<String>,
+    /// Teacher parameters / student parameters.
+    pub compression_ratio: Option<f64>,
+    /// Measured teacher / student inference time over the public set (median of several
+    /// passes, measured one client at a time after the federation).
+    pub speedup: Option<f64>,
+    /// Linear CKA between student and teacher representations of the public set.
+    pub cka: Option<f64>,
+    /// Test accuracy of that teacher.
+    pub teacher_acc: Option<f64>,
 }
 
 /// The whole simulation's results (written as JSON by `--json`).
@@ -232,6 +280,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let started = Instant::now();
     let coordinator = tokio::spawn(fd_coordinator::run(federation, endpoint));
     let mut sessions = Vec::new();
+    let mut tests = Vec::new();
     for (i, private) in split.clients.iter().enumerate() {
         let name = format!("client-{i:02}");
         let id = ca.issue_node(&name)?;
@@ -243,12 +292,18 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             "label",
             &config.training,
         )?;
-        let training = TrainConfig {
+        let test = prepared.holdout.clone();
+        let mut training = TrainConfig {
             seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
             confidence_weighting: config.training.confidence_weighting
                 || config.privacy.mode == PrivacyMode::Shards,
+            architecture: config.students.architecture(i),
             ..config.training.clone()
         };
+        // In private mode the shard ensemble is the reference teacher; a local teacher is only
+        // worth its training time when the student distils from it.
+        training.teacher.enabled &=
+            config.privacy.mode == PrivacyMode::None || training.teacher.distils();
         let labeller = build_labeller(
             &config.privacy,
             &prepared.train,
@@ -270,6 +325,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
         };
         sessions.push(tokio::spawn(run_session(plan, learner, labeller)));
+        tests.push(test);
     }
     let mut outcomes = Vec::new();
     for (i, s) in sessions.into_iter().enumerate() {
@@ -281,6 +337,19 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     }
     let summary = coordinator.await.context("coordinator task panicked")??;
     let wall_seconds = started.elapsed().as_secs_f64();
+
+    // Students against their teachers, one client at a time and before the baselines start,
+    // so the measured inference times do not compete with other work of this process.
+    let mut metrics = Vec::new();
+    for (o, test) in outcomes.iter().zip(&tests) {
+        let learner = &o.learner;
+        metrics.push(measure(
+            learner.student(),
+            reference(&o.labeller, learner),
+            test,
+            learner.public(),
+        )?);
+    }
 
     // Baselines, each on its own blocking thread: local-only per client, and centralised.
     let steps =
@@ -294,6 +363,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             classes,
             steps,
             config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+            config.students.architecture(i),
         )?);
     }
     let all_private = fd_client::data::Table {
@@ -309,7 +379,16 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             .flat_map(|t| t.labels.iter().copied())
             .collect(),
     };
-    let centralised = baseline(config, &all_private, &split, classes, steps, config.seed)?;
+    // The centralised bound uses the configured architecture of client 0.
+    let centralised = baseline(
+        config,
+        &all_private,
+        &split,
+        classes,
+        steps,
+        config.seed,
+        config.students.architecture(0),
+    )?;
     let mut local = Vec::new();
     for b in baselines {
         local.push(b.await??);
@@ -327,18 +406,29 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         .zip(&split.clients)
         .zip(local)
         .zip(spent)
-        .map(|(((o, private), local_only_acc), spent)| ClientResult {
-            epsilon_spent: spent.map(|(e, _)| e),
-            sigma: private_part(&o.labeller).and_then(|p| p.sigma),
-            teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
-            left: o.left.clone(),
-            contributions: o.rounds,
-            node: o.node.clone(),
-            records: private.rows(),
-            local_only_acc,
-            federated_acc: o.final_accuracy,
-            round_acc: o.round_accuracy.clone(),
-        })
+        .zip(metrics)
+        .map(
+            |((((o, private), local_only_acc), spent), m)| ClientResult {
+                student: m.student,
+                student_parameters: m.student_parameters,
+                macro_f1: m.macro_f1,
+                teacher: m.teacher,
+                compression_ratio: m.compression_ratio,
+                speedup: m.speedup,
+                cka: m.cka,
+                teacher_acc: m.teacher_accuracy,
+                epsilon_spent: spent.map(|(e, _)| e),
+                sigma: private_part(&o.labeller).and_then(|p| p.sigma),
+                teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
+                left: o.left.clone(),
+                contributions: o.rounds,
+                node: o.node.clone(),
+                records: private.rows(),
+                local_only_acc,
+                federated_acc: o.final_accuracy,
+                round_acc: o.round_accuracy.clone(),
+            },
+        )
         .collect();
     let rounds = (0..config.rounds as usize)
         .map(|r| mean(clients.iter().filter_map(|c| c.round_acc.get(r).copied())))
@@ -405,6 +495,7 @@ fn baseline(
     classes: usize,
     steps: usize,
     seed: u64,
+    architecture: Architecture,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<f64>>> {
     let prepared = prepare(
         private,
@@ -416,6 +507,7 @@ fn baseline(
     )?;
     let training = TrainConfig {
         seed,
+        architecture,
         ..config.training.clone()
     };
     Ok(tokio::task::spawn_blocking(move || {

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use fd_client::config::PrivacyMode;
+use fd_client::train::ScheduleShape;
 use fd_sim::datasets::DatasetKind;
-use fd_sim::federation::{self, SimConfig};
+use fd_sim::federation::{self, SimConfig, StudentMix};
 use fd_sim::report::SweepRow;
 
 /// Simulate a federated knowledge-distillation run on one machine.
@@ -111,6 +112,72 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Students: mlp (dense layers --hidden), cnn (small CNN --cnn-channels, image data only) or
+    /// mixed (even clients MLP, odd clients CNN; they interoperate through soft labels only).
+    #[arg(long, value_enum, default_value_t = StudentMix::Mlp)]
+    student: StudentMix,
+    /// CNN students: output channels of each 3x3 convolution, comma-separated [default: 16,32].
+    #[arg(long, value_delimiter = ',')]
+    cnn_channels: Option<Vec<usize>>,
+    /// CNN students: dense hidden widths after the pooled maps, comma-separated (none by
+    /// default; pass an empty string for none).
+    #[arg(long, value_delimiter = ',')]
+    cnn_hidden: Option<Vec<usize>>,
+    /// Dropout after each dense hidden layer of the students while training [default: 0].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Shape of the alpha schedule from --alpha-start to --alpha-end over the rounds.
+    #[arg(long, value_enum)]
+    alpha_schedule: Option<ScheduleArg>,
+    /// Temperature in the last round [default: the same as --temperature].
+    #[arg(long)]
+    temperature_end: Option<f64>,
+    /// Shape of the temperature schedule from --temperature to --temperature-end.
+    #[arg(long, value_enum)]
+    temperature_schedule: Option<ScheduleArg>,
+    /// Hidden widths of each client's larger local teacher (the reference for compression
+    /// ratio, speed-up and CKA without privacy; with privacy the shard ensemble is) [default:
+    /// 512,256].
+    #[arg(long, value_delimiter = ',')]
+    teacher_hidden: Option<Vec<usize>>,
+    /// Train no local teacher (no compression, speed-up or CKA without privacy).
+    #[arg(long)]
+    no_teacher: bool,
+    /// Feature distillation: weight of the MSE between a learned projection of the student's
+    /// representation and the local teacher's, on public records [default: 0, off].
+    #[arg(long)]
+    feature_weight: Option<f64>,
+    /// Weight of a T^2 KL term from the local teacher's logits on public records [default: 0].
+    #[arg(long)]
+    teacher_logit_weight: Option<f64>,
+    /// Augmentation distillation: the local-teacher terms use perturbed public records
+    /// (one-pixel shifts for images, Gaussian jitter for tabular data).
+    #[arg(long)]
+    augment: bool,
+    /// Self-distillation across rounds: weight of a T^2 KL term towards the student's own
+    /// snapshot from the previous round [default: 0, off].
+    #[arg(long)]
+    self_distillation: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScheduleArg {
+    /// The start value throughout.
+    Constant,
+    /// A straight line from start to end.
+    Linear,
+    /// Half a cosine from start to end.
+    Cosine,
+}
+
+impl From<ScheduleArg> for ScheduleShape {
+    fn from(a: ScheduleArg) -> ScheduleShape {
+        match a {
+            ScheduleArg::Constant => ScheduleShape::Constant,
+            ScheduleArg::Linear => ScheduleShape::Linear,
+            ScheduleArg::Cosine => ScheduleShape::Cosine,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -218,6 +285,44 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.temperature {
         t.temperature = v;
     }
+    if let Some(v) = args.cnn_channels {
+        t.cnn.channels = v;
+    }
+    if let Some(v) = args.cnn_hidden {
+        t.cnn.hidden = v;
+    }
+    if let Some(v) = args.dropout {
+        t.dropout = v;
+    }
+    if let Some(v) = args.alpha_schedule {
+        t.alpha_schedule = v.into();
+    }
+    if let Some(v) = args.temperature_end {
+        t.temperature_end = Some(v);
+    }
+    if let Some(v) = args.temperature_schedule {
+        t.temperature_schedule = v.into();
+    }
+    if let Some(v) = args.teacher_hidden {
+        t.teacher.hidden = v;
+    }
+    t.teacher.enabled = !args.no_teacher;
+    if let Some(v) = args.feature_weight {
+        t.teacher.feature_weight = v;
+    }
+    if let Some(v) = args.teacher_logit_weight {
+        t.teacher.logit_weight = v;
+    }
+    t.teacher.augment = args.augment;
+    if let Some(v) = args.self_distillation {
+        t.self_distillation = v;
+    }
+    anyhow::ensure!(
+        args.student == StudentMix::Mlp || t.image.is_some(),
+        "--student {:?} needs image data: use --dataset digits",
+        args.student
+    );
+    config.students = args.student;
     t.validate()
         .map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
     config.queries_per_round = args.queries_per_round;
