@@ -267,7 +267,8 @@ pub async fn run_session(
                 learner = back;
                 labeller = back_labeller;
                 let (round, accuracy, labels) = result?;
-                info!(round, alpha, accuracy, "trained and labelled");
+                let temperature = learner.temperature();
+                info!(round, alpha, temperature, accuracy, "trained and labelled");
                 round_accuracy.push(accuracy);
                 let (labels, receipt) = match labels {
                     Labels::Release(labels, receipt) => (labels, receipt),
