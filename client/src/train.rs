@@ -667,7 +667,7 @@ impl Learner {
             {
                 let previous = previous.shared();
                 let x = self.public_batch()?;
-                let p = candle_nn::ops::softmax_last_dim(&previous.forward(&(x.clone()))?)?;
+                let p = candle_nn::ops::softmax_last_dim(&previous.forward(&x)?)?;
                 let kd = distillation_term(&student.forward(&x)?, &p.detach(), self.temperature)?;
                 loss = (loss + (kd * self.config.self_distillation)?)?;
             }
