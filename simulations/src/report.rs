@@ -76,7 +76,18 @@ pub fn table(r: &SimResult) -> String {
         r.local_only_mean_acc,
         r.federated_mean_acc
     );
-    if let Some(teacher) = r.clients.iter().find_map(|c| c.teacher.as_ref()) {
+    let mut teachers: Vec<&str> = r
+        .clients
+        .iter()
+        .filter_map(|c| c.teacher.as_deref())
+        .collect();
+    teachers.dedup();
+    if let Some(&first) = teachers.first() {
+        let teacher = if teachers.len() == 1 {
+            first
+        } else {
+            "per client (clients[i].teacher in the JSON)"
+        };
         let accs: Vec<f64> = r.clients.iter().filter_map(|c| c.teacher_acc).collect();
         let _ = writeln!(
             s,
