@@ -213,3 +213,62 @@ pub fn measure(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{StudentConfig, matrix};
+
+    fn mlp(hidden: Vec<usize>, seed: u64) -> Student {
+        let config = StudentConfig {
+            inputs: 3,
+            classes: 2,
+            hidden,
+            dropout: 0.0,
+            conv: None,
+        };
+        Student::new(config, seed).unwrap()
+    }
+
+    #[test]
+    fn a_student_measured_against_itself_and_a_bigger_teacher() {
+        let public = matrix((0..60).map(|v| (v % 11) as f32 - 5.0).collect(), 3).unwrap();
+        let holdout = Labelled::new(vec![1.0, 0.0, -1.0, 0.5, 2.0, -2.0], 3, vec![0, 1]).unwrap();
+        let student = mlp(vec![4], 1);
+        let same = measure(
+            &student,
+            Some(Reference::LocalTeacher(&student)),
+            &holdout,
+            &public,
+        )
+        .unwrap();
+        // The same representation: CKA 1, compression 1.
+        assert!((same.cka.unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(same.compression_ratio, Some(1.0));
+        assert_eq!(same.teacher_accuracy, Some(same.accuracy));
+
+        let teacher = mlp(vec![32, 16], 2);
+        let m = measure(
+            &student,
+            Some(Reference::LocalTeacher(&teacher)),
+            &holdout,
+            &public,
+        )
+        .unwrap();
+        // mlp[4]: 3*4+4 + 4*2+2 = 26; mlp[32,16]: 3*32+32 + 32*16+16 + 16*2+2 = 690.
+        assert_eq!(m.student_parameters, 26);
+        assert_eq!(m.teacher_parameters, Some(690));
+        assert_eq!(m.compression_ratio, Some(690.0 / 26.0));
+        assert_eq!(m.teacher.as_deref(), Some("local teacher mlp[32,16]"));
+        let cka = m.cka.unwrap();
+        assert!((0.0..=1.0 + 1e-9).contains(&cka), "{cka}");
+        // Measured, so only that it was measured.
+        assert!(m.speedup.is_some_and(|s| s > 0.0) && m.student_seconds > 0.0);
+
+        let alone = measure(&student, None, &holdout, &public).unwrap();
+        assert_eq!(
+            (alone.compression_ratio, alone.speedup, alone.cka),
+            (None, None, None)
+        );
+    }
+}
