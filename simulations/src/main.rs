@@ -319,8 +319,8 @@ fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         args.student == StudentMix::Mlp || t.image.is_some(),
-        "--student {:?} needs image data: use --dataset digits",
-        args.student
+        "--student {} needs image data: use --dataset digits",
+        format!("{:?}", args.student).to_lowercase()
     );
     config.students = args.student;
     t.validate()
