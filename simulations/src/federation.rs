@@ -12,13 +12,14 @@ use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::node::{build_labeller, prepare, private_part};
 use fd_client::privacy::{MECHANISM, PRIVACY_UNIT};
 use fd_client::session::{SessionPlan, run_session};
-use fd_client::train::{Architecture, ImageShape, Learner, TrainConfig, train_local_only};
+use fd_client::train::{ImageShape, Learner, TrainConfig, train_local_only};
 use fd_coordinator::FederationConfig;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
 use crate::datasets::{self, DatasetKind, SyntheticSpec};
 use crate::partition;
+pub use crate::students::StudentMix;
 
 /// What to simulate.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +40,8 @@ pub struct SimConfig {
     pub public_fraction: f64,
     /// How every client trains (its seed is offset per client).
     pub training: TrainConfig,
+    /// Which student each client trains (overrides `training.architecture` per client).
+    pub students: StudentMix,
     /// Shape of the synthetic dataset (used with `--dataset synthetic`).
     pub synthetic: SyntheticSpec,
     /// Every client's privacy settings (mode, budget, shards).
@@ -48,34 +51,6 @@ pub struct SimConfig {
     /// record labelled once stays in the target for free, while every release costs budget
     /// and the noise grows with the square root of the records released.
     pub queries_per_round: Option<u32>,
-    /// Which student each client trains.
-    pub students: StudentMix,
-}
-
-/// The students of a federation: all of one kind, or half and half.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum StudentMix {
-    /// Every client an MLP (`training.hidden`).
-    #[default]
-    Mlp,
-    /// Every client a small CNN (`training.cnn`; image data only).
-    Cnn,
-    /// Even-numbered clients an MLP, odd-numbered ones a CNN: architectures differ, only soft
-    /// labels are exchanged.
-    Mixed,
-}
-
-impl StudentMix {
-    /// The architecture of client `i`.
-    pub fn architecture(self, i: usize) -> Architecture {
-        match self {
-            StudentMix::Mlp => Architecture::Mlp,
-            StudentMix::Cnn => Architecture::Cnn,
-            StudentMix::Mixed if i % 2 == 1 => Architecture::Cnn,
-            StudentMix::Mixed => Architecture::Mlp,
-        }
-    }
 }
 
 /// Public records released over a private run by default. Measured on the synthetic data
@@ -121,10 +96,10 @@ impl SimConfig {
                 }),
                 ..TrainConfig::default()
             },
+            students: StudentMix::Mlp,
             synthetic: SyntheticSpec::default(),
             privacy: PrivacyConfig::default(),
             queries_per_round: None,
-            students: StudentMix::Mlp,
         }
     }
 }
@@ -142,16 +117,6 @@ pub struct ClientResult {
     pub federated_acc: f64,
     /// Test accuracy after each round.
     pub round_acc: Vec<f64>,
-    /// Rounds it contributed labels to.
-    pub contributions: u32,
-    /// Epsilon this client spent (private mode with a finite budget).
-    pub epsilon_spent: Option<f64>,
-    /// Noise standard deviation per release (private mode).
-    pub sigma: Option<f64>,
-    /// Teachers in its ensemble (private mode).
-    pub teachers: Option<usize>,
-    /// Why it stopped contributing early, if it did.
-    pub left: Option<String>,
     /// Its student's architecture, e.g. `mlp[256]` or `cnn[16,32]`.
     pub student: String,
     /// Its student's parameters.
@@ -170,6 +135,16 @@ pub struct ClientResult {
     pub cka: Option<f64>,
     /// Test accuracy of that teacher.
     pub teacher_acc: Option<f64>,
+    /// Rounds it contributed labels to.
+    pub contributions: u32,
+    /// Epsilon this client spent (private mode with a finite budget).
+    pub epsilon_spent: Option<f64>,
+    /// Noise standard deviation per release (private mode).
+    pub sigma: Option<f64>,
+    /// Teachers in its ensemble (private mode).
+    pub teachers: Option<usize>,
+    /// Why it stopped contributing early, if it did.
+    pub left: Option<String>,
 }
 
 /// The whole simulation's results (written as JSON by `--json`).
@@ -292,7 +267,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             "label",
             &config.training,
         )?;
-        let test = prepared.holdout.clone();
+        tests.push(prepared.holdout.clone());
         let mut training = TrainConfig {
             seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
             confidence_weighting: config.training.confidence_weighting
@@ -325,7 +300,6 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
         };
         sessions.push(tokio::spawn(run_session(plan, learner, labeller)));
-        tests.push(test);
     }
     let mut outcomes = Vec::new();
     for (i, s) in sessions.into_iter().enumerate() {
@@ -495,7 +469,7 @@ fn baseline(
     classes: usize,
     steps: usize,
     seed: u64,
-    architecture: Architecture,
+    architecture: fd_client::train::Architecture,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<f64>>> {
     let prepared = prepare(
         private,

@@ -12,3 +12,4 @@ pub mod datasets;
 pub mod federation;
 pub mod partition;
 pub mod report;
+pub mod students;

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use fd_client::config::PrivacyMode;
-use fd_client::train::ScheduleShape;
 use fd_sim::datasets::DatasetKind;
-use fd_sim::federation::{self, SimConfig, StudentMix};
+use fd_sim::federation::{self, SimConfig};
 use fd_sim::report::SweepRow;
 
 /// Simulate a federated knowledge-distillation run on one machine.
@@ -69,6 +68,52 @@ struct Args {
     /// Distillation temperature [default: 2 for digits, 4 for tabular data].
     #[arg(long)]
     temperature: Option<f64>,
+    /// Students: mlp (dense layers --hidden), cnn (small CNN --cnn-channels, image data only) or
+    /// mixed (even clients MLP, odd clients CNN; they interoperate through soft labels only).
+    #[arg(long, value_enum, default_value_t = fd_sim::students::StudentMix::Mlp)]
+    student: fd_sim::students::StudentMix,
+    /// CNN students: output channels of each 3x3 convolution, comma-separated [default: 16,32].
+    #[arg(long, value_delimiter = ',')]
+    cnn_channels: Option<Vec<usize>>,
+    /// CNN students: dense hidden widths after the pooled maps, comma-separated (none by
+    /// default; pass an empty string for none).
+    #[arg(long, value_delimiter = ',')]
+    cnn_hidden: Option<Vec<usize>>,
+    /// Dropout after each dense hidden layer of the students while training [default: 0].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Shape of the alpha schedule from --alpha-start to --alpha-end over the rounds.
+    #[arg(long, value_enum)]
+    alpha_schedule: Option<ScheduleArg>,
+    /// Temperature in the last round [default: the same as --temperature].
+    #[arg(long)]
+    temperature_end: Option<f64>,
+    /// Shape of the temperature schedule from --temperature to --temperature-end.
+    #[arg(long, value_enum)]
+    temperature_schedule: Option<ScheduleArg>,
+    /// Hidden widths of each client's larger local teacher (the reference for compression
+    /// ratio, speed-up and CKA without privacy; with privacy the shard ensemble is) [default:
+    /// 512,256].
+    #[arg(long, value_delimiter = ',')]
+    teacher_hidden: Option<Vec<usize>>,
+    /// Train no local teacher (no compression, speed-up or CKA without privacy).
+    #[arg(long)]
+    no_teacher: bool,
+    /// Feature distillation: weight of the MSE between a learned projection of the student's
+    /// representation and the local teacher's, on public records [default: 0, off].
+    #[arg(long)]
+    feature_weight: Option<f64>,
+    /// Weight of a T^2 KL term from the local teacher's logits on public records [default: 0].
+    #[arg(long)]
+    teacher_logit_weight: Option<f64>,
+    /// Augmentation distillation: the local-teacher terms use perturbed public records
+    /// (one-pixel shifts for images, Gaussian jitter for tabular data).
+    #[arg(long)]
+    augment: bool,
+    /// Self-distillation across rounds: weight of a T^2 KL term towards the student's own
+    /// snapshot from the previous round [default: 0, off].
+    #[arg(long)]
+    self_distillation: Option<f64>,
     /// Synthetic data: private records per client.
     #[arg(long, default_value_t = 1000)]
     records_per_client: usize,
@@ -112,52 +157,6 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Students: mlp (dense layers --hidden), cnn (small CNN --cnn-channels, image data only) or
-    /// mixed (even clients MLP, odd clients CNN; they interoperate through soft labels only).
-    #[arg(long, value_enum, default_value_t = StudentMix::Mlp)]
-    student: StudentMix,
-    /// CNN students: output channels of each 3x3 convolution, comma-separated [default: 16,32].
-    #[arg(long, value_delimiter = ',')]
-    cnn_channels: Option<Vec<usize>>,
-    /// CNN students: dense hidden widths after the pooled maps, comma-separated (none by
-    /// default; pass an empty string for none).
-    #[arg(long, value_delimiter = ',')]
-    cnn_hidden: Option<Vec<usize>>,
-    /// Dropout after each dense hidden layer of the students while training [default: 0].
-    #[arg(long)]
-    dropout: Option<f64>,
-    /// Shape of the alpha schedule from --alpha-start to --alpha-end over the rounds.
-    #[arg(long, value_enum)]
-    alpha_schedule: Option<ScheduleArg>,
-    /// Temperature in the last round [default: the same as --temperature].
-    #[arg(long)]
-    temperature_end: Option<f64>,
-    /// Shape of the temperature schedule from --temperature to --temperature-end.
-    #[arg(long, value_enum)]
-    temperature_schedule: Option<ScheduleArg>,
-    /// Hidden widths of each client's larger local teacher (the reference for compression
-    /// ratio, speed-up and CKA without privacy; with privacy the shard ensemble is) [default:
-    /// 512,256].
-    #[arg(long, value_delimiter = ',')]
-    teacher_hidden: Option<Vec<usize>>,
-    /// Train no local teacher (no compression, speed-up or CKA without privacy).
-    #[arg(long)]
-    no_teacher: bool,
-    /// Feature distillation: weight of the MSE between a learned projection of the student's
-    /// representation and the local teacher's, on public records [default: 0, off].
-    #[arg(long)]
-    feature_weight: Option<f64>,
-    /// Weight of a T^2 KL term from the local teacher's logits on public records [default: 0].
-    #[arg(long)]
-    teacher_logit_weight: Option<f64>,
-    /// Augmentation distillation: the local-teacher terms use perturbed public records
-    /// (one-pixel shifts for images, Gaussian jitter for tabular data).
-    #[arg(long)]
-    augment: bool,
-    /// Self-distillation across rounds: weight of a T^2 KL term towards the student's own
-    /// snapshot from the previous round [default: 0, off].
-    #[arg(long)]
-    self_distillation: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,8 +169,9 @@ enum ScheduleArg {
     Cosine,
 }
 
-impl From<ScheduleArg> for ScheduleShape {
-    fn from(a: ScheduleArg) -> ScheduleShape {
+impl From<ScheduleArg> for fd_client::train::ScheduleShape {
+    fn from(a: ScheduleArg) -> fd_client::train::ScheduleShape {
+        use fd_client::train::ScheduleShape;
         match a {
             ScheduleArg::Constant => ScheduleShape::Constant,
             ScheduleArg::Linear => ScheduleShape::Linear,
@@ -318,7 +318,7 @@ fn main() -> anyhow::Result<()> {
         t.self_distillation = v;
     }
     anyhow::ensure!(
-        args.student == StudentMix::Mlp || t.image.is_some(),
+        args.student == fd_sim::students::StudentMix::Mlp || t.image.is_some(),
         "--student {} needs image data: use --dataset digits",
         format!("{:?}", args.student).to_lowercase()
     );
