@@ -91,7 +91,7 @@ pub fn reference<'a>(labeller: &'a Labeller, learner: &'a Learner) -> Option<Ref
 }
 
 /// A student's quality, size, speed and knowledge retention.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StudentMetrics {
     /// Accuracy on the held-out set.
     pub accuracy: f64,

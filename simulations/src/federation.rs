@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use fd_certs::pki::Ca;
 use fd_certs::tls::TlsIdentity;
-use fd_client::compression::{measure, reference};
+use fd_client::compression::{StudentMetrics, measure, reference};
 use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::node::{build_labeller, prepare, private_part};
 use fd_client::privacy::{MECHANISM, PRIVACY_UNIT};
@@ -117,24 +117,12 @@ pub struct ClientResult {
     pub federated_acc: f64,
     /// Test accuracy after each round.
     pub round_acc: Vec<f64>,
-    /// Its student's architecture, e.g. `mlp[256]` or `cnn[16,32]`.
-    pub student: String,
-    /// Its student's parameters.
-    pub student_parameters: usize,
-    /// Macro-F1 of its federated student on the test set.
-    pub macro_f1: f64,
-    /// The teacher its student is compared with (shard ensemble in private mode, the local
-    /// teacher otherwise); `None` when it has none.
-    pub teacher: Option<String>,
-    /// Teacher parameters / student parameters.
-    pub compression_ratio: Option<f64>,
-    /// Measured teacher / student inference time over the public set (median of several
-    /// passes, measured one client at a time after the federation).
-    pub speedup: Option<f64>,
-    /// Linear CKA between student and teacher representations of the public set.
-    pub cka: Option<f64>,
-    /// Test accuracy of that teacher.
-    pub teacher_acc: Option<f64>,
+    /// Its student against its teacher (shard ensemble in private mode, the local teacher
+    /// otherwise): macro-F1 on the test set, architecture, parameters, compression ratio,
+    /// measured speed-up (median of several passes over the public set, one client at a time
+    /// after the federation) and CKA. Flattened: `clients[i].compression_ratio` and so on.
+    #[serde(flatten)]
+    pub metrics: StudentMetrics,
     /// Rounds it contributed labels to.
     pub contributions: u32,
     /// Epsilon this client spent (private mode with a finite budget).
@@ -380,30 +368,24 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         .zip(&split.clients)
         .zip(local)
         .zip(spent)
-        .zip(metrics)
-        .map(
-            |((((o, private), local_only_acc), spent), m)| ClientResult {
-                student: m.student,
-                student_parameters: m.student_parameters,
-                macro_f1: m.macro_f1,
-                teacher: m.teacher,
-                compression_ratio: m.compression_ratio,
-                speedup: m.speedup,
-                cka: m.cka,
-                teacher_acc: m.teacher_accuracy,
-                epsilon_spent: spent.map(|(e, _)| e),
-                sigma: private_part(&o.labeller).and_then(|p| p.sigma),
-                teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
-                left: o.left.clone(),
-                contributions: o.rounds,
-                node: o.node.clone(),
-                records: private.rows(),
-                local_only_acc,
-                federated_acc: o.final_accuracy,
-                round_acc: o.round_accuracy.clone(),
-            },
-        )
+        .map(|(((o, private), local_only_acc), spent)| ClientResult {
+            epsilon_spent: spent.map(|(e, _)| e),
+            sigma: private_part(&o.labeller).and_then(|p| p.sigma),
+            teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
+            left: o.left.clone(),
+            contributions: o.rounds,
+            node: o.node.clone(),
+            records: private.rows(),
+            local_only_acc,
+            federated_acc: o.final_accuracy,
+            round_acc: o.round_accuracy.clone(),
+            metrics: StudentMetrics::default(),
+        })
         .collect();
+    let mut clients = clients;
+    for (client, measured) in clients.iter_mut().zip(metrics) {
+        client.metrics = measured;
+    }
     let rounds = (0..config.rounds as usize)
         .map(|r| mean(clients.iter().filter_map(|c| c.round_acc.get(r).copied())))
         .collect();

@@ -47,12 +47,12 @@ pub fn table(r: &SimResult) -> String {
         let _ = write!(
             s,
             " {:>8.4} {:<16} {:>8} {:>8} {:>8} {:>6}",
-            c.macro_f1,
-            c.student,
-            c.student_parameters,
-            opt(c.compression_ratio, 2),
-            opt(c.speedup, 2),
-            opt(c.cka, 3)
+            c.metrics.macro_f1,
+            c.metrics.student,
+            c.metrics.student_parameters,
+            opt(c.metrics.compression_ratio, 2),
+            opt(c.metrics.speedup, 2),
+            opt(c.metrics.cka, 3)
         );
         if private {
             let _ = write!(
@@ -79,7 +79,7 @@ pub fn table(r: &SimResult) -> String {
     let mut teachers: Vec<&str> = r
         .clients
         .iter()
-        .filter_map(|c| c.teacher.as_deref())
+        .filter_map(|c| c.metrics.teacher.as_deref())
         .collect();
     teachers.dedup();
     if let Some(&first) = teachers.first() {
@@ -88,7 +88,11 @@ pub fn table(r: &SimResult) -> String {
         } else {
             "per client (clients[i].teacher in the JSON)"
         };
-        let accs: Vec<f64> = r.clients.iter().filter_map(|c| c.teacher_acc).collect();
+        let accs: Vec<f64> = r
+            .clients
+            .iter()
+            .filter_map(|c| c.metrics.teacher_accuracy)
+            .collect();
         let _ = writeln!(
             s,
             "teacher: {teacher}, mean test accuracy {:.4} (compr. = teacher / student parameters; \
