@@ -47,6 +47,7 @@ async fn mixed_mlp_and_cnn_students_federate_and_report_compression_metrics() {
         };
         assert_eq!(c.metrics.student_parameters, student_parameters);
         let ratio = c
+            .metrics
             .compression_ratio
             .expect("a local teacher to compare with");
         assert!(
