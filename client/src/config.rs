@@ -194,6 +194,17 @@ impl PrivacyConfig {
     }
 }
 
+/// The default distillation temperature for image data (tabular data: 4, `TrainConfig`'s).
+pub const IMAGE_TEMPERATURE: f64 = 2.0;
+
+/// Whether the TOML text sets `[training] key` explicitly.
+fn sets_training_key(text: &str, key: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("training")?.as_table().map(|t| t.contains_key(key)))
+        .unwrap_or(false)
+}
+
 fn default_server_name() -> String {
     "localhost".into()
 }
@@ -222,6 +233,11 @@ impl NodeConfig {
             file: file.clone(),
             message: e.to_string(),
         })?;
+        // The default temperature depends on the data kind (DESIGN.md): 2 for images, 4 (the
+        // struct default) for tabular data. Only a file that leaves it unset gets the image one.
+        if config.training.image.is_some() && !sets_training_key(&text, "temperature") {
+            config.training.temperature = IMAGE_TEMPERATURE;
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.ca,
@@ -291,6 +307,46 @@ mod tests {
         assert_eq!(c.training.temperature, 2.0);
         assert_eq!(c.training.alpha_start, 0.7);
         assert_eq!(c.privacy.mode, PrivacyMode::None);
+    }
+
+    #[test]
+    fn image_data_defaults_to_temperature_two_unless_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let base = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
+                    private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 10\n[training]\n";
+        std::fs::write(
+            &path,
+            format!("{base}image = {{ height = 8, width = 8 }}\n"),
+        )
+        .unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 2.0);
+        std::fs::write(
+            &path,
+            format!("{base}image = {{ height = 8, width = 8 }}\ntemperature = 3.0\n"),
+        )
+        .unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 3.0);
+        // Tabular data keeps 4.
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 4.0);
+        // A CNN student without image data is refused, naming the field.
+        std::fs::write(&path, format!("{base}architecture = \"cnn\"\n")).unwrap();
+        let msg = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("architecture"), "{msg}");
+    }
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, include_str!("../../examples/node.toml")).unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.training.teacher.hidden, vec![512, 256]);
+        assert_eq!(
+            c.training.alpha_schedule,
+            crate::train::ScheduleShape::Linear
+        );
     }
 
     #[test]

@@ -219,12 +219,25 @@ impl TeacherEnsemble {
         &self.config
     }
 
-    /// Total parameters of all teachers.
+    /// Total parameters of all teachers. A nearest-neighbour teacher's model is its shard, so
+    /// the ensemble holds every record's features and label.
     pub fn parameters(&self) -> usize {
-        [&self.w1, &self.b1, &self.w2, &self.b2]
-            .iter()
-            .map(|v| v.elem_count())
-            .sum()
+        match self.config.kind {
+            TeacherKind::Nearest => self.x.elem_count() + self.y.elem_count(),
+            TeacherKind::Mlp => [&self.w1, &self.b1, &self.w2, &self.b2]
+                .iter()
+                .map(|v| v.elem_count())
+                .sum(),
+        }
+    }
+
+    /// One teacher's architecture in words, e.g. `mlp[64]` or `nearest(radius 4.50)`.
+    pub fn describe_teacher(&self) -> String {
+        match (self.config.kind, self.config.radius) {
+            (TeacherKind::Mlp, _) => format!("mlp[{}]", self.config.hidden),
+            (TeacherKind::Nearest, Some(r)) => format!("nearest(radius {r:.2})"),
+            (TeacherKind::Nearest, None) => "nearest".into(),
+        }
     }
 
     /// Logits `[k, b, classes]` for inputs `[k, b, inputs]`.
@@ -299,6 +312,25 @@ impl TeacherEnsemble {
             .broadcast_as((self.config.teachers, m, i))?
             .contiguous()?;
         Ok(candle_nn::ops::softmax_last_dim(&self.forward(&xs)?)?)
+    }
+
+    /// Every teacher's hidden activations for rows `x` `[m, inputs]`, side by side:
+    /// `[m, teachers * hidden]` (the ensemble's representation, for CKA).
+    /// Nearest-neighbour teachers have no hidden layer: their votes (one-hot or zero) stand in.
+    pub fn hidden_features(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let (m, i) = x.dims2()?;
+        if self.config.kind == TeacherKind::Nearest {
+            let (k, c) = (self.config.teachers, self.config.classes);
+            let votes = self.teacher_probabilities(x)?;
+            return Ok(votes.transpose(0, 1)?.contiguous()?.reshape((m, k * c))?);
+        }
+        let (k, h) = (self.config.teachers, self.config.hidden);
+        let xs = x.unsqueeze(0)?.broadcast_as((k, m, i))?.contiguous()?;
+        let hidden = xs
+            .matmul(self.w1.as_tensor())?
+            .broadcast_add(self.b1.as_tensor())?
+            .relu()?;
+        Ok(hidden.transpose(0, 1)?.contiguous()?.reshape((m, k * h))?)
     }
 
     /// Sum over teachers of their votes for rows `x`: `[m * classes]`, row-major.

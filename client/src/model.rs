@@ -1,9 +1,13 @@
-//! The student: a candle MLP built from a serde config, its loss, and how it is saved.
+//! The student: a candle network (an MLP, or a small CNN for images) built from a serde config,
+//! its loss, and how it is saved.
+//!
+//! The same [`Student`] type also serves as a node's larger *local teacher* (see
+//! [`crate::train::LocalTeacherConfig`]): a teacher is just a bigger network of the same kinds.
 
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
-use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarBuilder, VarMap};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +32,9 @@ pub enum ModelError {
     Config(String),
 }
 
-/// Architecture of a student MLP.
+/// Architecture of a student: an MLP, or (with `conv`) a small CNN for images.
+///
+/// `model.json` carries this, so `fd-client predict` can rebuild any student a run wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StudentConfig {
@@ -36,14 +42,118 @@ pub struct StudentConfig {
     pub inputs: usize,
     /// Number of classes.
     pub classes: usize,
-    /// Widths of the hidden layers (ReLU after each).
+    /// Widths of the dense hidden layers (ReLU after each). With `conv` they follow the
+    /// convolutions.
     pub hidden: Vec<usize>,
+    /// Dropout probability after each dense hidden layer while training (0: none).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Convolutional layers in front of the dense ones (image inputs only); `None`: an MLP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConvLayers>,
 }
 
-/// A student MLP: `inputs -> hidden[0] -> ... -> classes`, ReLU between layers.
+/// The convolutional part of a CNN student: same-padded convolutions, each followed by ReLU and,
+/// except the last, by a `2x2` max-pool; the last maps, flattened, feed the dense layers.
+/// (Pooling between convolutions keeps the wider layers on small maps: on 8x8 digits a second
+/// convolution at full resolution made training several times slower on the CPU.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvLayers {
+    /// Image rows (`height * width` must equal `inputs`; one channel).
+    pub height: usize,
+    /// Image columns.
+    pub width: usize,
+    /// Output channels of each convolution.
+    pub channels: Vec<usize>,
+    /// Square kernel size (odd, so same padding keeps the image size).
+    pub kernel: usize,
+}
+
+impl StudentConfig {
+    /// Checks the architecture; the message names the offending part.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.inputs == 0 || self.classes < 2 || self.hidden.contains(&0) {
+            return bad(format!(
+                "need inputs >= 1, classes >= 2 and non-zero hidden widths, got {self:?}"
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if let Some(c) = &self.conv {
+            if c.height * c.width != self.inputs {
+                return bad(format!(
+                    "a CNN needs image inputs: {}x{} pixels, but there are {} features",
+                    c.height, c.width, self.inputs
+                ));
+            }
+            let halvings = 1usize << c.channels.len().saturating_sub(1);
+            if c.height % halvings != 0 || c.width % halvings != 0 {
+                return bad(format!(
+                    "a CNN with {} convolutions pools {} times, so the image sides must be \
+                     multiples of {halvings}, got {}x{}",
+                    c.channels.len(),
+                    c.channels.len().saturating_sub(1),
+                    c.height,
+                    c.width
+                ));
+            }
+            if c.channels.is_empty() || c.channels.contains(&0) {
+                return bad(format!(
+                    "cnn channels must be a non-empty list of non-zero counts, got {:?}",
+                    c.channels
+                ));
+            }
+            if c.kernel % 2 == 0 {
+                return bad(format!("cnn kernel must be odd, got {}", c.kernel));
+            }
+        }
+        Ok(())
+    }
+
+    /// Width of the flattened convolution maps (or the inputs, for an MLP).
+    fn feature_width_before_dense(&self) -> usize {
+        match &self.conv {
+            Some(c) => {
+                let halvings = 1usize << c.channels.len().saturating_sub(1);
+                (c.height / halvings) * (c.width / halvings) * c.channels.last().unwrap_or(&1)
+            }
+            None => self.inputs,
+        }
+    }
+
+    /// Width of the representation fed to the final (classifier) layer.
+    pub fn feature_width(&self) -> usize {
+        match (self.hidden.last(), &self.conv) {
+            (Some(&h), _) => h,
+            (None, _) => self.feature_width_before_dense(),
+        }
+    }
+
+    /// A short human-readable name, e.g. `mlp[256]` or `cnn[16,32]+[64]`.
+    pub fn describe(&self) -> String {
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match &self.conv {
+            None => format!("mlp[{}]", list(&self.hidden)),
+            Some(c) if self.hidden.is_empty() => format!("cnn[{}]", list(&c.channels)),
+            Some(c) => format!("cnn[{}]+[{}]", list(&c.channels), list(&self.hidden)),
+        }
+    }
+}
+
+/// A student: optional convolutions and pooling, then `-> hidden[0] -> ... -> classes`, ReLU
+/// between layers.
 pub struct Student {
     config: StudentConfig,
     varmap: VarMap,
+    convs: Vec<Conv2d>,
     layers: Vec<Linear>,
 }
 
@@ -64,15 +174,29 @@ impl Student {
     /// Builds a student with weights drawn from `seed` (uniform in ±1/sqrt(fan_in), as
     /// PyTorch's `nn.Linear` default), so runs are reproducible.
     pub fn new(config: StudentConfig, seed: u64) -> Result<Student, ModelError> {
-        if config.inputs == 0 || config.classes < 2 || config.hidden.contains(&0) {
-            return Err(ModelError::Config(format!(
-                "need inputs >= 1, classes >= 2 and non-zero hidden widths, got {config:?}"
-            )));
-        }
+        config.validate()?;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device());
+        let mut convs = Vec::new();
+        let mut width = config.feature_width_before_dense();
+        if let Some(c) = &config.conv {
+            let conv = Conv2dConfig {
+                padding: c.kernel / 2,
+                ..Conv2dConfig::default()
+            };
+            let mut channels = 1;
+            for (i, &out) in c.channels.iter().enumerate() {
+                convs.push(candle_nn::conv2d(
+                    channels,
+                    out,
+                    c.kernel,
+                    conv,
+                    vb.pp(format!("conv{i}")),
+                )?);
+                channels = out;
+            }
+        }
         let mut layers = Vec::new();
-        let mut width = config.inputs;
         for (i, &h) in config.hidden.iter().chain([&config.classes]).enumerate() {
             layers.push(candle_nn::linear(width, h, vb.pp(format!("layer{i}")))?);
             width = h;
@@ -80,6 +204,7 @@ impl Student {
         let student = Student {
             config,
             varmap,
+            convs,
             layers,
         };
         student.reinitialise(seed)?;
@@ -98,12 +223,13 @@ impl Student {
         for name in names {
             let var = &data[name];
             let dims = var.dims().to_vec();
-            // Weights are [out, in], biases [out]; both use fan_in = in of their layer.
-            let fan_in = if dims.len() == 2 {
-                dims[1]
+            // Weights are [out, in] (dense) or [out, in, k, k] (conv), biases [out]; both use
+            // fan_in = in (times k * k) of their layer, as PyTorch does.
+            let fan_in: usize = if dims.len() >= 2 {
+                dims[1..].iter().product()
             } else {
                 let w = &data[&name.replace(".bias", ".weight")];
-                w.dims()[1]
+                w.dims()[1..].iter().product()
             };
             let bound = 1.0 / (fan_in as f32).sqrt();
             let values: Vec<f32> = (0..var.elem_count())
@@ -112,6 +238,32 @@ impl Student {
             var.set(&Tensor::from_vec(values, dims, &device())?)?;
         }
         Ok(())
+    }
+
+    /// Another handle on the same variables (training one trains both): lets a learner read
+    /// the student while it mutably borrows itself for batches.
+    pub fn shared(&self) -> Student {
+        Student {
+            config: self.config.clone(),
+            varmap: self.varmap.clone(),
+            convs: self.convs.clone(),
+            layers: self.layers.clone(),
+        }
+    }
+
+    /// An independent copy of the current weights (later training does not change it).
+    pub fn snapshot(&self) -> Result<Student, ModelError> {
+        let copy = Student::new(self.config.clone(), 0)?;
+        let poisoned = || ModelError::Config("variable map poisoned".into());
+        let from = self.varmap.data().lock().map_err(|_| poisoned())?;
+        let to = copy.varmap.data().lock().map_err(|_| poisoned())?;
+        for (name, var) in from.iter() {
+            if let Some(target) = to.get(name) {
+                target.set(&var.as_tensor().copy()?)?;
+            }
+        }
+        drop(to);
+        Ok(copy)
     }
 
     /// The architecture.
@@ -129,13 +281,68 @@ impl Student {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }
 
-    /// Logits for a batch `[n, inputs]`.
+    /// Logits for a batch `[n, inputs]` (inference: no dropout).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.forward_t(x, None)
+    }
+
+    /// Logits for a batch; with `dropout_rng` (training) dropout is applied as configured.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        dropout_rng: Option<&mut StdRng>,
+    ) -> Result<Tensor, ModelError> {
+        let h = self.features_t(x, dropout_rng)?;
+        Ok(self.classifier().forward(&h)?)
+    }
+
+    /// The representation the classifier layer reads (the last hidden layer's activations, or
+    /// the pooled convolution maps, or the inputs of a linear model), `[n, feature_width]`.
+    /// Used for feature distillation and for CKA.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.features_t(x, None)
+    }
+
+    /// [`Student::features`] and logits in one pass, with optional training-time dropout.
+    pub fn features_and_logits(
+        &self,
+        x: &Tensor,
+        dropout_rng: Option<&mut StdRng>,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let h = self.features_t(x, dropout_rng)?;
+        let logits = self.classifier().forward(&h)?;
+        Ok((h, logits))
+    }
+
+    fn classifier(&self) -> &Linear {
+        // `new` always pushes the classifier layer last.
+        &self.layers[self.layers.len() - 1]
+    }
+
+    fn features_t(
+        &self,
+        x: &Tensor,
+        mut dropout_rng: Option<&mut StdRng>,
+    ) -> Result<Tensor, ModelError> {
         let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i + 1 < self.layers.len() {
-                h = h.relu()?;
+        if let Some(c) = &self.config.conv {
+            let n = h.dims2()?.0;
+            h = h.reshape((n, 1, c.height, c.width))?;
+            for (i, conv) in self.convs.iter().enumerate() {
+                h = conv.forward(&h)?.relu()?;
+                if i + 1 < self.convs.len() {
+                    h = h.max_pool2d(2)?;
+                }
+            }
+            h = h.flatten_from(1)?;
+        }
+        let hidden = &self.layers[..self.layers.len() - 1];
+        for layer in hidden {
+            h = layer.forward(&h)?.relu()?;
+            if let Some(rng) = dropout_rng.as_deref_mut()
+                && self.config.dropout > 0.0
+            {
+                h = dropout(&h, self.config.dropout, rng)?;
             }
         }
         Ok(h)
@@ -194,6 +401,22 @@ impl Student {
         // so nothing else needs rebuilding.
         Ok((student, card))
     }
+}
+
+/// Inverted dropout with a mask drawn from `rng` (so runs stay reproducible): each value is
+/// zeroed with probability `p` and the survivors are scaled by `1 / (1 - p)`.
+fn dropout(h: &Tensor, p: f64, rng: &mut StdRng) -> Result<Tensor, ModelError> {
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..h.elem_count())
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok((h * Tensor::from_vec(mask, h.dims(), h.device())?)?)
 }
 
 /// What a saved model needs besides its weights to be used on new CSV rows.
@@ -303,6 +526,38 @@ mod tests {
     }
 
     #[test]
+    fn full_loss_matches_an_independent_implementation() {
+        // Two rows, three classes, T = 3, alpha = 0.4. The teacher's probabilities are
+        // softmax(teacher logits); the tempered teacher is then softmax(t / T).
+        // Reference, plain Python 3 (math only, log-sum-exp by hand):
+        //   ce   = mean(-log_softmax(private_logits)[label])      = 1.3310694761052082
+        //   kl   = mean(sum(pt * (log pt - log_softmax(s / T))))    = 0.04577473239445417
+        //          with pt = softmax(t / T)
+        //   loss = 0.4 * ce + 0.6 * 9 * kl                          = 0.7796113453721358
+        let d = device();
+        let private_logits = Tensor::new(&[[2f32, -1.0, 0.5], [0.1, 0.2, -0.3]], &d).unwrap();
+        let labels = Tensor::new(&[2u32, 1], &d).unwrap();
+        let public_logits = Tensor::new(&[[1.5f32, 0.0, -1.0], [-0.5, 2.0, 0.3]], &d).unwrap();
+        let teacher_logits = Tensor::new(&[[3f32, 1.0, -2.0], [0.0, 1.0, 1.5]], &d).unwrap();
+        let teacher = candle_nn::ops::softmax_last_dim(&teacher_logits).unwrap();
+        let kd = scalar(&distillation_term(&public_logits, &teacher, 3.0).unwrap());
+        assert!((kd - 9.0 * 0.04577473239445417).abs() < 1e-5, "{kd}");
+        let l = scalar(
+            &distillation_loss(
+                &private_logits,
+                &labels,
+                &public_logits,
+                &teacher,
+                0.4,
+                3.0,
+                None,
+            )
+            .unwrap(),
+        );
+        assert!((l - 0.7796113453721358).abs() < 1e-5, "{l}");
+    }
+
+    #[test]
     fn distillation_term_is_zero_when_student_matches_teacher() {
         let s = Tensor::new(&[[2f32, -1.0, 0.5]], &device()).unwrap();
         let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
@@ -343,6 +598,8 @@ mod tests {
             inputs: 3,
             classes: 2,
             hidden: vec![4],
+            dropout: 0.0,
+            conv: None,
         };
         let a = Student::new(cfg.clone(), 9).unwrap();
         let b = Student::new(cfg.clone(), 9).unwrap();
@@ -369,6 +626,146 @@ mod tests {
         assert_ne!(
             other.probabilities(&x).unwrap(),
             a.probabilities(&x).unwrap()
+        );
+    }
+
+    fn cnn_config() -> StudentConfig {
+        StudentConfig {
+            inputs: 64,
+            classes: 10,
+            hidden: vec![],
+            dropout: 0.0,
+            conv: Some(ConvLayers {
+                height: 8,
+                width: 8,
+                channels: vec![16, 32],
+                kernel: 3,
+            }),
+        }
+    }
+
+    #[test]
+    fn cnn_has_the_expected_shape_and_round_trips_through_its_card() {
+        let cfg = cnn_config();
+        let cnn = Student::new(cfg.clone(), 3).unwrap();
+        // conv0 16*1*3*3 + 16, (pool to 4x4) conv1 32*16*3*3 + 32, maps 4*4*32 = 512 -> 10:
+        // 512*10 + 10.
+        assert_eq!(cnn.parameters(), 160 + 4640 + 5130);
+        assert_eq!(cfg.feature_width(), 512);
+        assert_eq!(cfg.describe(), "cnn[16,32]");
+        let x = Tensor::from_vec(
+            (0..128).map(|v| (v % 7) as f32 - 3.0).collect::<Vec<_>>(),
+            (2, 64),
+            &device(),
+        )
+        .unwrap();
+        assert_eq!(cnn.forward(&x).unwrap().dims(), &[2, 10]);
+        assert_eq!(cnn.features(&x).unwrap().dims(), &[2, 512]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let card = ModelCard {
+            student: cfg,
+            columns: (0..64).map(|i| format!("p{i}")).collect(),
+            label_column: "label".into(),
+            standardiser: Standardiser {
+                mean: vec![0.0; 64],
+                std: vec![1.0; 64],
+            },
+        };
+        cnn.save(dir.path(), &card).unwrap();
+        let json = std::fs::read_to_string(dir.path().join("model.json")).unwrap();
+        assert!(
+            json.contains("\"conv\"") && json.contains("\"channels\""),
+            "{json}"
+        );
+        let (back, _) = Student::load(dir.path()).unwrap();
+        assert_eq!(
+            back.probabilities(&x).unwrap(),
+            cnn.probabilities(&x).unwrap()
+        );
+    }
+
+    #[test]
+    fn model_cards_without_the_new_fields_still_load_as_mlps() {
+        // model.json as written before CNN students existed.
+        let old = r#"{"inputs": 3, "classes": 2, "hidden": [4]}"#;
+        let cfg: StudentConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(cfg.conv, None);
+        assert_eq!(cfg.dropout, 0.0);
+    }
+
+    #[test]
+    fn bad_architectures_are_refused_with_the_reason() {
+        let mut cfg = cnn_config();
+        cfg.inputs = 30;
+        let msg = Student::new(cfg, 1).unwrap_err().to_string();
+        assert!(msg.contains("image") && msg.contains("30"), "{msg}");
+        let mut cfg = cnn_config();
+        cfg.conv.as_mut().unwrap().kernel = 2;
+        assert!(
+            Student::new(cfg, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("kernel")
+        );
+        let mut cfg = cnn_config();
+        cfg.dropout = 1.0;
+        assert!(
+            Student::new(cfg, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("dropout")
+        );
+    }
+
+    #[test]
+    fn dropout_acts_only_in_training_and_snapshots_are_independent() {
+        let cfg = StudentConfig {
+            inputs: 4,
+            classes: 3,
+            hidden: vec![32],
+            dropout: 0.5,
+            conv: None,
+        };
+        let s = Student::new(cfg, 2).unwrap();
+        let x = Tensor::new(&[[1f32, -1.0, 0.5, 2.0]], &device()).unwrap();
+        let plain = s
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let dropped = s
+            .forward_t(&x, Some(&mut rng))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_ne!(plain, dropped);
+        assert_eq!(
+            plain,
+            s.forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        let snapshot = s.snapshot().unwrap();
+        assert_eq!(
+            s.probabilities(&x).unwrap(),
+            snapshot.probabilities(&x).unwrap()
+        );
+        // Changing the original leaves the snapshot as it was.
+        for v in s.vars() {
+            v.set(&v.as_tensor().zeros_like().unwrap()).unwrap();
+        }
+        assert_ne!(
+            s.probabilities(&x).unwrap(),
+            snapshot.probabilities(&x).unwrap()
         );
     }
 }

@@ -253,6 +253,7 @@ pub async fn run_session_with_hook(
                 let holdout_ref = holdout.clone();
                 let (back, back_labeller, result) = tokio::task::spawn_blocking(move || {
                     let result = (|| {
+                        learner.set_round(open.round, open.rounds)?;
                         learner.set_target(&labeller.student_target(&open.target))?;
                         let steps = if open.target.is_empty() {
                             learner.config().local_steps
@@ -277,7 +278,8 @@ pub async fn run_session_with_hook(
                 learner = back;
                 labeller = back_labeller;
                 let (round, accuracy, labels) = result?;
-                info!(round, alpha, accuracy, "trained and labelled");
+                let temperature = learner.temperature();
+                info!(round, alpha, temperature, accuracy, "trained and labelled");
                 round_accuracy.push(accuracy);
                 let (labels, receipt) = match labels {
                     Labels::Release(labels, receipt) => (labels, receipt),
@@ -372,6 +374,7 @@ pub async fn run_session_with_hook(
                 let target = labeller.student_target(&target);
                 let (back, result) = tokio::task::spawn_blocking(move || {
                     let result = (|| {
+                        learner.set_round(rounds, rounds)?;
                         learner.set_target(&target)?;
                         learner.train(learner.config().steps_per_round, alpha)?;
                         learner.accuracy(&holdout_ref)

@@ -2,13 +2,15 @@
 //!
 //! Everything here is synchronous and CPU-bound; the session runs it on a blocking thread.
 
-use candle_core::Tensor;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{DType, Tensor};
+use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use fd_protocol::SoftLabels;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelError, Student, StudentConfig, distillation_loss, matrix};
+use crate::model::{
+    ConvLayers, ModelError, Student, StudentConfig, distillation_loss, distillation_term, matrix,
+};
 
 /// How a node trains its student.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +49,136 @@ pub struct TrainConfig {
     pub confidence_weighting: bool,
     /// Seed of weight initialisation and batch sampling.
     pub seed: u64,
+    /// The student's kind: `"mlp"` (dense layers `hidden`) or `"cnn"` (layers `cnn`, image
+    /// data only). Nodes of one federation may differ: only soft labels are exchanged.
+    pub architecture: Architecture,
+    /// The CNN student's layers (with `architecture = "cnn"`).
+    pub cnn: CnnConfig,
+    /// Dropout probability after each dense hidden layer of the student while training.
+    pub dropout: f64,
+    /// How alpha moves from `alpha_start` to `alpha_end` over the rounds.
+    pub alpha_schedule: ScheduleShape,
+    /// Temperature in the last round; unset: `temperature` throughout.
+    pub temperature_end: Option<f64>,
+    /// How the temperature moves from `temperature` to `temperature_end` over the rounds.
+    pub temperature_schedule: ScheduleShape,
+    /// The node's larger local teacher: the reference for compression, speed-up and CKA in
+    /// non-private mode, and the source of feature distillation.
+    pub teacher: LocalTeacherConfig,
+    /// Self-distillation across rounds: weight of a `T^2 * KL` term pulling the student towards
+    /// its own snapshot from the end of the previous round, on public records (0: off).
+    pub self_distillation: f64,
+}
+
+/// The kind of student network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Dense layers (`hidden`), any data.
+    #[default]
+    Mlp,
+    /// Convolutions, pooling and dense layers (`cnn`); needs `image`.
+    Cnn,
+}
+
+/// The layers of a CNN student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CnnConfig {
+    /// Output channels of each same-padded convolution (ReLU after each, and a 2x2 max-pool
+    /// after each but the last).
+    pub channels: Vec<usize>,
+    /// Square kernel size (odd).
+    pub kernel: usize,
+    /// Dense hidden widths between the last maps and the classifier.
+    pub hidden: Vec<usize>,
+}
+
+impl Default for CnnConfig {
+    fn default() -> Self {
+        CnnConfig {
+            channels: vec![16, 32],
+            kernel: 3,
+            hidden: Vec::new(),
+        }
+    }
+}
+
+/// How a scheduled value moves from its start to its end over the rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleShape {
+    /// The start value throughout.
+    Constant,
+    /// Straight line from start (first round) to end (last round).
+    #[default]
+    Linear,
+    /// Half a cosine: `end + (start - end) * (1 + cos(pi * t)) / 2`, slow at both ends.
+    Cosine,
+}
+
+impl ScheduleShape {
+    /// The value in `round` (0-based) of `rounds`.
+    pub fn value(self, start: f64, end: f64, round: u32, rounds: u32) -> f64 {
+        let t = if rounds <= 1 {
+            1.0
+        } else {
+            (round as f64 / (rounds - 1) as f64).min(1.0)
+        };
+        match self {
+            ScheduleShape::Constant => start,
+            ScheduleShape::Linear => start + (end - start) * t,
+            ScheduleShape::Cosine => {
+                end + (start - end) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
+    }
+}
+
+/// A node's larger local teacher: an MLP trained on the node's private records (and the global
+/// target, like the student). It never leaves the node and never labels for the federation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalTeacherConfig {
+    /// Train a local teacher at all. Without one (and without private teachers) compression
+    /// ratio, speed-up and CKA are not reported.
+    pub enabled: bool,
+    /// Hidden widths of the teacher MLP.
+    pub hidden: Vec<usize>,
+    /// Teacher steps on private data before the first round.
+    pub local_steps: usize,
+    /// Teacher steps per round once a target exists.
+    pub steps_per_round: usize,
+    /// Weight of the feature-distillation term: MSE between a learned linear projection of the
+    /// student's representation and the teacher's (0: off).
+    pub feature_weight: f64,
+    /// Weight of a `T^2 * KL(teacher_T || student_T)` term on public records (0: off).
+    pub logit_weight: f64,
+    /// Augmentation distillation: the teacher terms use perturbed public records (one-pixel
+    /// shifts for images, Gaussian jitter of `input_noise` for tabular data), the teacher
+    /// labelling the same perturbed record the student sees.
+    pub augment: bool,
+}
+
+impl LocalTeacherConfig {
+    /// Whether the student learns from the teacher (a feature or logit term is on).
+    pub fn distils(&self) -> bool {
+        self.enabled && (self.feature_weight > 0.0 || self.logit_weight > 0.0)
+    }
+}
+
+impl Default for LocalTeacherConfig {
+    fn default() -> Self {
+        LocalTeacherConfig {
+            enabled: true,
+            hidden: vec![512, 256],
+            local_steps: 200,
+            steps_per_round: 20,
+            feature_weight: 0.0,
+            logit_weight: 0.0,
+            augment: false,
+        }
+    }
 }
 
 /// Height and width of image inputs.
@@ -76,6 +208,14 @@ impl Default for TrainConfig {
             max_shift: 0,
             confidence_weighting: false,
             seed: 1,
+            architecture: Architecture::Mlp,
+            cnn: CnnConfig::default(),
+            dropout: 0.0,
+            alpha_schedule: ScheduleShape::Linear,
+            temperature_end: None,
+            temperature_schedule: ScheduleShape::Constant,
+            teacher: LocalTeacherConfig::default(),
+            self_distillation: 0.0,
         }
     }
 }
@@ -107,6 +247,49 @@ impl TrainConfig {
                 self.input_noise >= 0.0 && self.input_noise.is_finite(),
                 "input_noise must be >= 0",
             ),
+            (
+                (0.0..1.0).contains(&self.dropout),
+                "dropout must be in [0, 1)",
+            ),
+            (
+                self.temperature_end
+                    .is_none_or(|t| t > 0.0 && t.is_finite()),
+                "temperature_end must be > 0",
+            ),
+            (
+                self.architecture != Architecture::Cnn || self.image.is_some(),
+                "architecture = \"cnn\" needs image data (set training.image)",
+            ),
+            (
+                !self.cnn.channels.is_empty() && !self.cnn.channels.contains(&0),
+                "cnn.channels must be a non-empty list of counts > 0",
+            ),
+            (self.cnn.kernel % 2 == 1, "cnn.kernel must be odd"),
+            (
+                !self.cnn.hidden.contains(&0),
+                "cnn.hidden widths must be > 0",
+            ),
+            (
+                !self.teacher.hidden.contains(&0),
+                "teacher.hidden widths must be > 0",
+            ),
+            (
+                self.teacher.feature_weight >= 0.0 && self.teacher.feature_weight.is_finite(),
+                "teacher.feature_weight must be >= 0",
+            ),
+            (
+                self.teacher.logit_weight >= 0.0 && self.teacher.logit_weight.is_finite(),
+                "teacher.logit_weight must be >= 0",
+            ),
+            (
+                self.teacher.enabled
+                    || (self.teacher.feature_weight == 0.0 && self.teacher.logit_weight == 0.0),
+                "teacher.feature_weight and teacher.logit_weight need teacher.enabled = true",
+            ),
+            (
+                self.self_distillation >= 0.0 && self.self_distillation.is_finite(),
+                "self_distillation must be >= 0",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(format!("training.{msg}")),
@@ -114,14 +297,55 @@ impl TrainConfig {
         }
     }
 
-    /// The cross-entropy weight in `round` of `rounds`: linear from `alpha_start` to `alpha_end`.
+    /// The cross-entropy weight in `round` of `rounds`: from `alpha_start` to `alpha_end`
+    /// along `alpha_schedule` (linear by default).
     pub fn alpha(&self, round: u32, rounds: u32) -> f64 {
-        let t = if rounds <= 1 {
-            1.0
-        } else {
-            (round as f64 / (rounds - 1) as f64).min(1.0)
-        };
-        self.alpha_start + (self.alpha_end - self.alpha_start) * t
+        self.alpha_schedule
+            .value(self.alpha_start, self.alpha_end, round, rounds)
+    }
+
+    /// The temperature in `round` of `rounds`: from `temperature` to `temperature_end` along
+    /// `temperature_schedule` (constant by default).
+    pub fn temperature_at(&self, round: u32, rounds: u32) -> f64 {
+        let end = self.temperature_end.unwrap_or(self.temperature);
+        self.temperature_schedule
+            .value(self.temperature, end, round, rounds)
+    }
+
+    /// The student's architecture for data of `inputs` features and `classes` classes.
+    pub fn student_config(&self, inputs: usize, classes: usize) -> StudentConfig {
+        match (self.architecture, self.image) {
+            (Architecture::Cnn, Some(shape)) => StudentConfig {
+                inputs,
+                classes,
+                hidden: self.cnn.hidden.clone(),
+                dropout: self.dropout,
+                conv: Some(ConvLayers {
+                    height: shape.height,
+                    width: shape.width,
+                    channels: self.cnn.channels.clone(),
+                    kernel: self.cnn.kernel,
+                }),
+            },
+            _ => StudentConfig {
+                inputs,
+                classes,
+                hidden: self.hidden.clone(),
+                dropout: self.dropout,
+                conv: None,
+            },
+        }
+    }
+
+    /// The local teacher's architecture (an MLP), if one is enabled.
+    pub fn teacher_config(&self, inputs: usize, classes: usize) -> Option<StudentConfig> {
+        self.teacher.enabled.then(|| StudentConfig {
+            inputs,
+            classes,
+            hidden: self.teacher.hidden.clone(),
+            dropout: 0.0,
+            conv: None,
+        })
     }
 }
 
@@ -168,22 +392,53 @@ pub struct Learner {
     target: Option<(Tensor, Tensor)>,
     /// Per-row weights of the target's distillation terms (with `confidence_weighting`).
     target_weights: Option<Tensor>,
+    /// The larger local teacher and what feature distillation needs (see [`LocalTeacher`]).
+    teacher: Option<LocalTeacher>,
+    /// The student as it was at the end of the previous round (with `self_distillation`).
+    previous: Option<Student>,
+    /// The temperature of the current round (see [`Learner::set_round`]).
+    temperature: f64,
     config: TrainConfig,
     rng: StdRng,
+}
+
+/// A node's larger local teacher, its optimiser, and the learned projection from the student's
+/// representation to the teacher's (trained with the student, used only for feature
+/// distillation, never saved).
+struct LocalTeacher {
+    net: Student,
+    optimiser: AdamW,
+    /// The teacher's own batch stream, so adding a teacher leaves the student's batches as
+    /// they were.
+    rng: StdRng,
+    projection: Linear,
+    _projection_vars: VarMap,
 }
 
 impl std::fmt::Debug for Learner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Learner")
             .field("student", &self.student)
+            .field("teacher", &self.teacher.as_ref().map(|t| &t.net))
             .field("private_rows", &self.private.len())
             .finish()
     }
 }
 
+fn adamw(vars: Vec<candle_core::Var>, config: &TrainConfig) -> Result<AdamW, ModelError> {
+    Ok(AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: config.learning_rate,
+            weight_decay: config.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?)
+}
+
 impl Learner {
     /// A fresh student for `private` (standardised, labelled) and `public` (standardised
-    /// `[m, inputs]`) data.
+    /// `[m, inputs]`) data, and the local teacher if `config.teacher.enabled`.
     pub fn new(
         config: TrainConfig,
         classes: usize,
@@ -201,22 +456,38 @@ impl Learner {
                 shape.height * shape.width
             )));
         }
-        let student = Student::new(
-            StudentConfig {
-                inputs,
-                classes,
-                hidden: config.hidden.clone(),
-            },
-            config.seed,
-        )?;
-        let optimiser = AdamW::new(
-            student.vars(),
-            ParamsAdamW {
-                lr: config.learning_rate,
-                weight_decay: config.weight_decay,
-                ..ParamsAdamW::default()
-            },
-        )?;
+        if config.architecture == Architecture::Cnn && config.image.is_none() {
+            return Err(ModelError::Config(
+                "training.architecture = \"cnn\" needs image data: set training.image".into(),
+            ));
+        }
+        let student = Student::new(config.student_config(inputs, classes), config.seed)?;
+        let mut student_vars = student.vars();
+        let teacher = match config.teacher_config(inputs, classes) {
+            Some(tc) => {
+                let net = Student::new(tc, config.seed ^ 0x7eac_4e25)?;
+                let optimiser = adamw(net.vars(), &config)?;
+                let vars = VarMap::new();
+                let vb = VarBuilder::from_varmap(&vars, DType::F32, &crate::model::device());
+                let projection = candle_nn::linear(
+                    student.config().feature_width(),
+                    net.config().feature_width(),
+                    vb.pp("projection"),
+                )?;
+                if config.teacher.feature_weight > 0.0 {
+                    student_vars.extend(vars.all_vars());
+                }
+                Some(LocalTeacher {
+                    net,
+                    optimiser,
+                    rng: StdRng::seed_from_u64(config.seed ^ 0x7eac),
+                    projection,
+                    _projection_vars: vars,
+                })
+            }
+            None => None,
+        };
+        let optimiser = adamw(student_vars, &config)?;
         Ok(Learner {
             student,
             optimiser,
@@ -224,6 +495,9 @@ impl Learner {
             public,
             target: None,
             target_weights: None,
+            teacher,
+            previous: None,
+            temperature: config.temperature,
             rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
             config,
         })
@@ -234,6 +508,11 @@ impl Learner {
         &self.student
     }
 
+    /// The local teacher, if the config enables one.
+    pub fn local_teacher(&self) -> Option<&Student> {
+        self.teacher.as_ref().map(|t| &t.net)
+    }
+
     /// The training configuration.
     pub fn config(&self) -> &TrainConfig {
         &self.config
@@ -242,6 +521,26 @@ impl Learner {
     /// Number of public records.
     pub fn public_records(&self) -> usize {
         self.public.dims()[0]
+    }
+
+    /// All standardised public records `[m, inputs]`.
+    pub fn public(&self) -> &Tensor {
+        &self.public
+    }
+
+    /// The temperature training uses now.
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+
+    /// Moves to `round` of `rounds`: sets the scheduled temperature and, with
+    /// `self_distillation`, snapshots the student as the previous round's model.
+    pub fn set_round(&mut self, round: u32, rounds: u32) -> Result<(), ModelError> {
+        self.temperature = self.config.temperature_at(round, rounds);
+        if self.config.self_distillation > 0.0 && round > 0 {
+            self.previous = Some(self.student.snapshot()?);
+        }
+        Ok(())
     }
 
     /// Installs the global target. `target` must have been validated against the public set
@@ -265,70 +564,148 @@ impl Learner {
     }
 
     fn batch(&mut self, rows: usize) -> Result<Tensor, ModelError> {
-        let n = self.config.batch_size.min(rows);
-        let idx: Vec<u32> = (0..n)
-            .map(|_| self.rng.random_range(0..rows as u32))
-            .collect();
-        Ok(Tensor::new(idx.as_slice(), &crate::model::device())?)
+        batch_indices(&mut self.rng, self.config.batch_size, rows)
     }
 
     /// Perturbs a training batch: random image shifts, then Gaussian jitter, as configured.
     fn jitter(&mut self, x: Tensor) -> Result<Tensor, ModelError> {
-        let x = match self.config.image {
-            Some(shape) if self.config.max_shift > 0 => {
-                let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                let shifted = shift_images(&values, shape, self.config.max_shift, &mut self.rng);
-                Tensor::from_vec(shifted, x.dims(), x.device())?
+        perturb(
+            &mut self.rng,
+            x,
+            self.config.image,
+            self.config.max_shift,
+            self.config.input_noise,
+        )
+    }
+
+    /// The private cross-entropy on a fresh batch, mixed with the distillation term towards
+    /// the global target on a fresh public batch when there is one and `alpha < 1`.
+    fn supervised_loss(
+        &mut self,
+        net: &Student,
+        alpha: f64,
+        dropout: bool,
+    ) -> Result<Tensor, ModelError> {
+        let idx = self.batch(self.private.len())?;
+        let x = self.private.x.index_select(&idx, 0)?;
+        let x = self.jitter(x)?;
+        let y = self.private.y.index_select(&idx, 0)?;
+        let mut rng = (dropout && net.config().dropout > 0.0)
+            .then(|| StdRng::seed_from_u64(self.rng.random()));
+        let logits = net.forward_t(&x, rng.as_mut())?;
+        Ok(match self.target.clone() {
+            Some((tx, tp)) if alpha < 1.0 => {
+                let idx = self.batch(tx.dims()[0])?;
+                let public_x = self.jitter(tx.index_select(&idx, 0)?)?;
+                let public_logits = net.forward_t(&public_x, rng.as_mut())?;
+                let weights = match &self.target_weights {
+                    Some(w) => Some(w.index_select(&idx, 0)?),
+                    None => None,
+                };
+                distillation_loss(
+                    &logits,
+                    &y,
+                    &public_logits,
+                    &tp.index_select(&idx, 0)?,
+                    alpha,
+                    self.temperature,
+                    weights.as_ref(),
+                )?
             }
-            _ => x,
-        };
-        if self.config.input_noise <= 0.0 {
+            _ => candle_nn::loss::cross_entropy(&logits, &y)?,
+        })
+    }
+
+    /// A batch of public records for the teacher and self-distillation terms: perturbed (one
+    /// pixel shifts for images, Gaussian jitter otherwise) with `teacher.augment`.
+    fn public_batch(&mut self) -> Result<Tensor, ModelError> {
+        let idx = self.batch(self.public_records())?;
+        let x = self.public.index_select(&idx, 0)?;
+        if !self.config.teacher.augment {
             return Ok(x);
         }
-        let normal = rand_distr::Normal::new(0.0f32, self.config.input_noise as f32)
-            .map_err(|e| ModelError::Config(e.to_string()))?;
-        let noise: Vec<f32> = (0..x.elem_count())
-            .map(|_| rand_distr::Distribution::sample(&normal, &mut self.rng))
-            .collect();
-        let noise = Tensor::from_vec(noise, x.dims(), x.device())?;
-        Ok((x + noise)?)
+        let (shift, noise) = match self.config.image {
+            Some(_) => (1, 0.0),
+            None => (0, self.config.input_noise),
+        };
+        perturb(&mut self.rng, x, self.config.image, shift, noise)
     }
 
     /// Runs `steps` optimiser steps. Without a target (or with `alpha == 1`) the loss is the
-    /// private cross-entropy alone; otherwise the full distillation loss. Returns the last loss.
+    /// private cross-entropy alone; otherwise the full distillation loss. The local teacher
+    /// (if any) trains first on the same kind of loss, then its logits and features are
+    /// distilled into the student as configured. Returns the last loss.
     pub fn train(&mut self, steps: usize, alpha: f64) -> Result<f64, ModelError> {
+        if let Some(mut teacher) = self.teacher.take() {
+            let teacher_steps = if steps == 0 {
+                0
+            } else if self.target.is_none() {
+                self.config.teacher.local_steps
+            } else {
+                self.config.teacher.steps_per_round
+            };
+            // The teacher draws its batches from its own stream.
+            std::mem::swap(&mut self.rng, &mut teacher.rng);
+            let result = (|| {
+                for _ in 0..teacher_steps {
+                    let loss = self.supervised_loss(&teacher.net, alpha, false)?;
+                    teacher.optimiser.backward_step(&loss)?;
+                }
+                Ok::<_, ModelError>(())
+            })();
+            std::mem::swap(&mut self.rng, &mut teacher.rng);
+            self.teacher = Some(teacher);
+            result?;
+        }
+        let student = self.student.shared();
         let mut last = f64::NAN;
         for _ in 0..steps {
-            let idx = self.batch(self.private.len())?;
-            let x = self.private.x.index_select(&idx, 0)?;
-            let x = self.jitter(x)?;
-            let y = self.private.y.index_select(&idx, 0)?;
-            let logits = self.student.forward(&x)?;
-            let loss = match self.target.clone() {
-                Some((tx, tp)) if alpha < 1.0 => {
-                    let idx = self.batch(tx.dims()[0])?;
-                    let public_x = self.jitter(tx.index_select(&idx, 0)?)?;
-                    let public_logits = self.student.forward(&public_x)?;
-                    let weights = match &self.target_weights {
-                        Some(w) => Some(w.index_select(&idx, 0)?),
-                        None => None,
-                    };
-                    distillation_loss(
-                        &logits,
-                        &y,
-                        &public_logits,
-                        &tp.index_select(&idx, 0)?,
-                        alpha,
-                        self.config.temperature,
-                        weights.as_ref(),
-                    )?
-                }
-                _ => candle_nn::loss::cross_entropy(&logits, &y)?,
-            };
+            let mut loss = self.supervised_loss(&student, alpha, true)?;
+            loss = (loss + self.teacher_terms(&student)?)?;
+            if let (Some(previous), true) =
+                (self.previous.as_ref(), self.config.self_distillation > 0.0)
+            {
+                let previous = previous.shared();
+                let x = self.public_batch()?;
+                let p = candle_nn::ops::softmax_last_dim(&previous.forward(&x)?)?;
+                let kd = distillation_term(&student.forward(&x)?, &p.detach(), self.temperature)?;
+                loss = (loss + (kd * self.config.self_distillation)?)?;
+            }
             self.optimiser.backward_step(&loss)?;
             last = loss.to_scalar::<f32>()? as f64;
         }
         Ok(last)
+    }
+
+    /// `logit_weight * T^2 KL(teacher_T || student_T) + feature_weight * MSE(P s, t)` on a
+    /// public batch; a zero scalar without a teacher or with both weights 0.
+    fn teacher_terms(&mut self, student: &Student) -> Result<Tensor, ModelError> {
+        let zero = Tensor::new(0f32, &crate::model::device())?;
+        let (feature_weight, logit_weight) = (
+            self.config.teacher.feature_weight,
+            self.config.teacher.logit_weight,
+        );
+        if self.teacher.is_none() || (feature_weight == 0.0 && logit_weight == 0.0) {
+            return Ok(zero);
+        }
+        let x = self.public_batch()?;
+        let Some(teacher) = self.teacher.as_ref() else {
+            return Ok(zero);
+        };
+        let (t_features, t_logits) = teacher.net.features_and_logits(&x, None)?;
+        let (s_features, s_logits) = student.features_and_logits(&x, None)?;
+        let mut loss = zero;
+        if logit_weight > 0.0 {
+            let p = candle_nn::ops::softmax_last_dim(&t_logits.detach())?;
+            let kd = distillation_term(&s_logits, &p, self.temperature)?;
+            loss = (loss + (kd * logit_weight)?)?;
+        }
+        if feature_weight > 0.0 {
+            let projected = teacher.projection.forward(&s_features)?;
+            let mse = candle_nn::loss::mse(&projected, &t_features.detach())?;
+            loss = (loss + (mse * feature_weight)?)?;
+        }
+        Ok(loss)
     }
 
     /// The current target: public rows `[t, inputs]` and their probabilities `[t, classes]`.
@@ -363,6 +740,41 @@ impl Learner {
     }
 }
 
+fn batch_indices(rng: &mut StdRng, batch_size: usize, rows: usize) -> Result<Tensor, ModelError> {
+    let n = batch_size.min(rows);
+    let idx: Vec<u32> = (0..n).map(|_| rng.random_range(0..rows as u32)).collect();
+    Ok(Tensor::new(idx.as_slice(), &crate::model::device())?)
+}
+
+/// Random image shifts of up to `max_shift` pixels (with `image`), then Gaussian jitter of
+/// standard deviation `noise` (0: none).
+fn perturb(
+    rng: &mut StdRng,
+    x: Tensor,
+    image: Option<ImageShape>,
+    max_shift: usize,
+    noise: f64,
+) -> Result<Tensor, ModelError> {
+    let x = match image {
+        Some(shape) if max_shift > 0 => {
+            let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let shifted = shift_images(&values, shape, max_shift, rng);
+            Tensor::from_vec(shifted, x.dims(), x.device())?
+        }
+        _ => x,
+    };
+    if noise <= 0.0 {
+        return Ok(x);
+    }
+    let normal = rand_distr::Normal::new(0.0f32, noise as f32)
+        .map_err(|e| ModelError::Config(e.to_string()))?;
+    let values: Vec<f32> = (0..x.elem_count())
+        .map(|_| rand_distr::Distribution::sample(&normal, rng))
+        .collect();
+    let values = Tensor::from_vec(values, x.dims(), x.device())?;
+    Ok((x + values)?)
+}
+
 /// Shifts each image (row-major pixels of `shape`) by a random offset in `-max..=max` along each
 /// axis, repeating edge pixels into the uncovered border.
 pub fn shift_images(values: &[f32], shape: ImageShape, max: usize, rng: &mut StdRng) -> Vec<f32> {
@@ -392,7 +804,15 @@ pub fn train_local_only(
     public: Tensor,
     steps: usize,
 ) -> Result<Learner, ModelError> {
-    let mut learner = Learner::new(config.clone(), classes, private, public)?;
+    // The baseline is the student alone: no local teacher to train or distil from.
+    let mut config = config.clone();
+    config.teacher = LocalTeacherConfig {
+        enabled: false,
+        feature_weight: 0.0,
+        logit_weight: 0.0,
+        ..config.teacher
+    };
+    let mut learner = Learner::new(config, classes, private, public)?;
     learner.train(steps, 1.0)?;
     Ok(learner)
 }
@@ -458,6 +878,10 @@ mod tests {
         let public = matrix(xs, 2).unwrap();
         let cfg = TrainConfig {
             hidden: vec![8],
+            teacher: LocalTeacherConfig {
+                enabled: false,
+                ..LocalTeacherConfig::default()
+            },
             ..TrainConfig::default()
         };
         let mut learner = Learner::new(cfg, 2, data.clone(), public).unwrap();
@@ -479,5 +903,198 @@ mod tests {
         for r in 0..3 {
             assert!(after.row(r)[1] > before.row(r)[1]);
         }
+    }
+
+    #[test]
+    fn schedules_are_constant_linear_or_cosine() {
+        let at = |shape: ScheduleShape, round| shape.value(0.7, 0.3, round, 5);
+        for round in 0..5 {
+            assert_eq!(at(ScheduleShape::Constant, round), 0.7);
+        }
+        // Rounds 0..=4 are t = 0, 0.25, 0.5, 0.75, 1.
+        assert!((at(ScheduleShape::Linear, 1) - 0.6).abs() < 1e-12);
+        // Cosine: 0.3 + 0.4 * (1 + cos(pi / 4)) / 2 = 0.6414213562373094 (Python math).
+        assert!((at(ScheduleShape::Cosine, 1) - 0.6414213562373094).abs() < 1e-12);
+        // Both shapes meet the ends and cross the middle together.
+        for shape in [ScheduleShape::Linear, ScheduleShape::Cosine] {
+            assert!((at(shape, 0) - 0.7).abs() < 1e-12);
+            assert!((at(shape, 2) - 0.5).abs() < 1e-12);
+            assert!((at(shape, 4) - 0.3).abs() < 1e-12);
+        }
+        let c = TrainConfig {
+            temperature: 4.0,
+            temperature_end: Some(1.0),
+            temperature_schedule: ScheduleShape::Cosine,
+            alpha_schedule: ScheduleShape::Constant,
+            ..TrainConfig::default()
+        };
+        assert_eq!(c.temperature_at(0, 5), 4.0);
+        assert!((c.temperature_at(2, 5) - 2.5).abs() < 1e-12);
+        assert_eq!(c.temperature_at(4, 5), 1.0);
+        assert_eq!(c.alpha(4, 5), 0.7);
+        // Without an end the temperature stays put.
+        assert_eq!(TrainConfig::default().temperature_at(3, 5), 4.0);
+    }
+
+    #[test]
+    fn new_settings_are_validated_by_name() {
+        let bad = [
+            (
+                TrainConfig {
+                    architecture: Architecture::Cnn,
+                    ..TrainConfig::default()
+                },
+                "architecture",
+            ),
+            (
+                TrainConfig {
+                    dropout: 1.5,
+                    ..TrainConfig::default()
+                },
+                "dropout",
+            ),
+            (
+                TrainConfig {
+                    temperature_end: Some(0.0),
+                    ..TrainConfig::default()
+                },
+                "temperature_end",
+            ),
+            (
+                TrainConfig {
+                    teacher: LocalTeacherConfig {
+                        enabled: false,
+                        feature_weight: 1.0,
+                        ..LocalTeacherConfig::default()
+                    },
+                    ..TrainConfig::default()
+                },
+                "teacher.feature_weight",
+            ),
+        ];
+        for (config, field) in bad {
+            let msg = config.validate().unwrap_err();
+            assert!(msg.contains(field), "{msg} should name {field}");
+        }
+    }
+
+    /// Four-by-four images of a vertical or a horizontal bar at a random position.
+    fn bars(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let class = (i % 2) as u32;
+            let at = rng.random_range(0..4usize);
+            for y in 0..4 {
+                for x in 0..4 {
+                    let on = if class == 0 { x == at } else { y == at };
+                    xs.push(if on { 1.0 } else { -0.3 } + rng.random_range(-0.2f32..0.2));
+                }
+            }
+            ys.push(class);
+        }
+        (xs, ys)
+    }
+
+    fn image_config() -> TrainConfig {
+        TrainConfig {
+            architecture: Architecture::Cnn,
+            image: Some(ImageShape {
+                height: 4,
+                width: 4,
+            }),
+            cnn: CnnConfig {
+                channels: vec![4],
+                kernel: 3,
+                hidden: vec![],
+            },
+            input_noise: 0.0,
+            learning_rate: 0.01,
+            teacher: LocalTeacherConfig {
+                hidden: vec![32],
+                local_steps: 60,
+                ..LocalTeacherConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_cnn_student_learns_images() {
+        let (xs, ys) = bars(200, 1);
+        let data = Labelled::new(xs.clone(), 16, ys).unwrap();
+        let mut learner =
+            Learner::new(image_config(), 2, data.clone(), matrix(xs, 16).unwrap()).unwrap();
+        assert!(learner.student().config().conv.is_some());
+        learner.train(150, 1.0).unwrap();
+        let (test_x, test_y) = bars(100, 2);
+        let test = Labelled::new(test_x, 16, test_y).unwrap();
+        // Bars are either a full row or a full column: a 3x3 convolution sees the difference.
+        assert!(learner.accuracy(&test).unwrap() > 0.95);
+        let teacher = learner.local_teacher().unwrap();
+        assert_eq!(teacher.config().hidden, vec![32]);
+        assert!(teacher.accuracy(&test.x, &test.labels).unwrap() > 0.9);
+    }
+
+    /// Feature distillation trains the projection and the student towards the teacher's
+    /// features: the MSE term falls.
+    #[test]
+    fn feature_distillation_pulls_the_student_towards_the_teacher() {
+        let (xs, ys) = bars(200, 3);
+        let data = Labelled::new(xs.clone(), 16, ys).unwrap();
+        let mut config = image_config();
+        config.teacher.feature_weight = 1.0;
+        config.teacher.logit_weight = 1.0;
+        config.teacher.augment = true;
+        let mut learner = Learner::new(config, 2, data, matrix(xs, 16).unwrap()).unwrap();
+        // Train the teacher only (the student takes 0 steps) by running its local phase.
+        let teacher_only = learner.config().teacher.local_steps;
+        {
+            let mut teacher = learner.teacher.take().unwrap();
+            std::mem::swap(&mut learner.rng, &mut teacher.rng);
+            for _ in 0..teacher_only {
+                let loss = learner.supervised_loss(&teacher.net, 1.0, false).unwrap();
+                teacher.optimiser.backward_step(&loss).unwrap();
+            }
+            std::mem::swap(&mut learner.rng, &mut teacher.rng);
+            learner.teacher = Some(teacher);
+        }
+        let student = learner.student().shared();
+        let before = learner
+            .teacher_terms(&student)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        learner.config.teacher.local_steps = 0;
+        learner.train(150, 1.0).unwrap();
+        let after = learner
+            .teacher_terms(&student)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(after < 0.5 * before, "teacher terms {before} -> {after}");
+    }
+
+    #[test]
+    fn self_distillation_snapshots_the_previous_round() {
+        let (xs, ys) = bars(50, 4);
+        let data = Labelled::new(xs.clone(), 16, ys).unwrap();
+        let mut config = image_config();
+        config.self_distillation = 1.0;
+        config.teacher.enabled = false;
+        let mut learner = Learner::new(config, 2, data, matrix(xs, 16).unwrap()).unwrap();
+        learner.set_round(0, 3).unwrap();
+        assert!(learner.previous.is_none(), "no previous round in round 0");
+        learner.train(20, 1.0).unwrap();
+        learner.set_round(1, 3).unwrap();
+        let ids: Vec<u32> = (0..10).collect();
+        let at_snapshot = learner.label(&ids).unwrap();
+        let previous = learner.previous.as_ref().unwrap().shared();
+        let rows = learner.public_rows(&ids).unwrap();
+        assert_eq!(previous.probabilities(&rows).unwrap(), at_snapshot.probs);
+        learner.train(20, 1.0).unwrap();
+        // The student moved on; the snapshot did not.
+        assert_ne!(learner.label(&ids).unwrap().probs, at_snapshot.probs);
+        assert_eq!(previous.probabilities(&rows).unwrap(), at_snapshot.probs);
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use fd_certs::pki::Ca;
 use fd_certs::tls::TlsIdentity;
+use fd_client::compression::{StudentMetrics, measure, reference};
 use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::node::{build_labeller, prepare, private_part, student_training};
 use fd_client::privacy::{MECHANISM, PRIVACY_UNIT};
@@ -20,6 +21,7 @@ use serde::Serialize;
 use crate::datasets::{self, DatasetKind, SyntheticSpec};
 use crate::faults::{ClientFault, FaultConfig, FaultHook};
 use crate::partition;
+pub use crate::students::StudentMix;
 
 /// What to simulate.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +42,8 @@ pub struct SimConfig {
     pub public_fraction: f64,
     /// How every client trains (its seed is offset per client).
     pub training: TrainConfig,
+    /// Which student each client trains (overrides `training.architecture` per client).
+    pub students: StudentMix,
     /// Shape of the synthetic dataset (used with `--dataset synthetic`).
     pub synthetic: SyntheticSpec,
     /// Every client's privacy settings (mode, budget, shards).
@@ -102,6 +106,7 @@ impl SimConfig {
                 }),
                 ..TrainConfig::default()
             },
+            students: StudentMix::Mlp,
             synthetic: SyntheticSpec::default(),
             privacy: PrivacyConfig::default(),
             queries_per_round: None,
@@ -125,6 +130,12 @@ pub struct ClientResult {
     pub federated_acc: f64,
     /// Test accuracy after each round.
     pub round_acc: Vec<f64>,
+    /// Its student against its teacher (shard ensemble in private mode, the local teacher
+    /// otherwise): macro-F1 on the test set, architecture, parameters, compression ratio,
+    /// measured speed-up (median of several passes over the public set, one client at a time
+    /// after the federation) and CKA. Flattened: `clients[i].compression_ratio` and so on.
+    #[serde(flatten)]
+    pub metrics: StudentMetrics,
     /// Rounds it contributed labels to.
     pub contributions: u32,
     /// Epsilon this client spent (private mode with a finite budget).
@@ -287,6 +298,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let started = Instant::now();
     let coordinator = tokio::spawn(fd_coordinator::run(federation, endpoint));
     let mut sessions = Vec::new();
+    let mut tests = Vec::new();
     for (i, private) in split.clients.iter().enumerate() {
         let name = format!("client-{i:02}");
         let id = ca.issue_node(&name)?;
@@ -298,10 +310,16 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             "label",
             &config.training,
         )?;
-        let training = TrainConfig {
+        tests.push(prepared.holdout.clone());
+        let mut training = TrainConfig {
             seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+            architecture: config.students.architecture(i),
             ..student_training(&config.training, config.privacy.mode)
         };
+        // In private mode the shard ensemble is the reference teacher; a local teacher is only
+        // worth its training time when the student distils from it.
+        training.teacher.enabled &=
+            config.privacy.mode == PrivacyMode::None || training.teacher.distils();
         let labeller = build_labeller(
             &config.privacy,
             &prepared.train,
@@ -343,6 +361,19 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let summary = coordinator.await.context("coordinator task panicked")??;
     let wall_seconds = started.elapsed().as_secs_f64();
 
+    // Students against their teachers, one client at a time and before the baselines start,
+    // so the measured inference times do not compete with other work of this process.
+    let mut metrics = Vec::new();
+    for (o, test) in outcomes.iter().zip(&tests) {
+        let learner = &o.learner;
+        metrics.push(measure(
+            learner.student(),
+            reference(&o.labeller, learner),
+            test,
+            learner.public(),
+        )?);
+    }
+
     // Baselines, each on its own blocking thread: local-only per client, and centralised.
     let steps =
         config.training.local_steps + config.rounds as usize * config.training.steps_per_round;
@@ -355,6 +386,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             classes,
             steps,
             config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+            config.students.architecture(i),
         )?);
     }
     let all_private = fd_client::data::Table {
@@ -370,7 +402,16 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             .flat_map(|t| t.labels.iter().copied())
             .collect(),
     };
-    let centralised = baseline(config, &all_private, &split, classes, steps, config.seed)?;
+    // The centralised bound uses the configured architecture of client 0.
+    let centralised = baseline(
+        config,
+        &all_private,
+        &split,
+        classes,
+        steps,
+        config.seed,
+        config.students.architecture(0),
+    )?;
     let mut local = Vec::new();
     for b in baselines {
         local.push(b.await??);
@@ -422,9 +463,14 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
                 local_only_acc,
                 federated_acc: o.final_accuracy,
                 round_acc: o.round_accuracy.clone(),
+                metrics: StudentMetrics::default(),
             },
         )
         .collect();
+    let mut clients = clients;
+    for (client, measured) in clients.iter_mut().zip(metrics) {
+        client.metrics = measured;
+    }
     let rounds = (0..config.rounds as usize)
         .map(|r| {
             mean(
@@ -520,6 +566,7 @@ fn baseline(
     classes: usize,
     steps: usize,
     seed: u64,
+    architecture: fd_client::train::Architecture,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<f64>>> {
     let prepared = prepare(
         private,
@@ -531,6 +578,7 @@ fn baseline(
     )?;
     let training = TrainConfig {
         seed,
+        architecture,
         ..config.training.clone()
     };
     Ok(tokio::task::spawn_blocking(move || {

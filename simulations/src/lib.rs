@@ -14,3 +14,4 @@ pub mod faults;
 pub mod federation;
 pub mod partition;
 pub mod report;
+pub mod students;

@@ -71,6 +71,52 @@ struct Args {
     /// Distillation temperature [default: 2 for digits, 4 for tabular data].
     #[arg(long)]
     temperature: Option<f64>,
+    /// Students: mlp (dense layers --hidden), cnn (small CNN --cnn-channels, image data only) or
+    /// mixed (even clients MLP, odd clients CNN; they interoperate through soft labels only).
+    #[arg(long, value_enum, default_value_t = fd_sim::students::StudentMix::Mlp)]
+    student: fd_sim::students::StudentMix,
+    /// CNN students: output channels of each 3x3 convolution, comma-separated [default: 16,32].
+    #[arg(long, value_delimiter = ',')]
+    cnn_channels: Option<Vec<usize>>,
+    /// CNN students: dense hidden widths after the pooled maps, comma-separated (none by
+    /// default; pass an empty string for none).
+    #[arg(long, value_delimiter = ',')]
+    cnn_hidden: Option<Vec<usize>>,
+    /// Dropout after each dense hidden layer of the students while training [default: 0].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Shape of the alpha schedule from --alpha-start to --alpha-end over the rounds.
+    #[arg(long, value_enum)]
+    alpha_schedule: Option<ScheduleArg>,
+    /// Temperature in the last round [default: the same as --temperature].
+    #[arg(long)]
+    temperature_end: Option<f64>,
+    /// Shape of the temperature schedule from --temperature to --temperature-end.
+    #[arg(long, value_enum)]
+    temperature_schedule: Option<ScheduleArg>,
+    /// Hidden widths of each client's larger local teacher (the reference for compression
+    /// ratio, speed-up and CKA without privacy; with privacy the shard ensemble is) [default:
+    /// 512,256].
+    #[arg(long, value_delimiter = ',')]
+    teacher_hidden: Option<Vec<usize>>,
+    /// Train no local teacher (no compression, speed-up or CKA without privacy).
+    #[arg(long)]
+    no_teacher: bool,
+    /// Feature distillation: weight of the MSE between a learned projection of the student's
+    /// representation and the local teacher's, on public records [default: 0, off].
+    #[arg(long)]
+    feature_weight: Option<f64>,
+    /// Weight of a T^2 KL term from the local teacher's logits on public records [default: 0].
+    #[arg(long)]
+    teacher_logit_weight: Option<f64>,
+    /// Augmentation distillation: the local-teacher terms use perturbed public records
+    /// (one-pixel shifts for images, Gaussian jitter for tabular data).
+    #[arg(long)]
+    augment: bool,
+    /// Self-distillation across rounds: weight of a T^2 KL term towards the student's own
+    /// snapshot from the previous round [default: 0, off].
+    #[arg(long)]
+    self_distillation: Option<f64>,
     /// Synthetic data: private records per client.
     #[arg(long, default_value_t = 1000)]
     records_per_client: usize,
@@ -112,7 +158,7 @@ struct Args {
     /// shard's record nearest the query, abstains beyond --radius) or mlp (trained on its
     /// shard) [default: nearest].
     #[arg(long, value_enum)]
-    teacher: Option<TeacherArg>,
+    shard_teacher: Option<TeacherArg>,
     /// Nearest-neighbour teachers abstain beyond this distance (standardised units)
     /// [default: read off the public set].
     #[arg(long)]
@@ -124,14 +170,14 @@ struct Args {
     rows: Option<RowsArg>,
     /// Hidden width of each teacher (with --privacy shards) [default: 64].
     #[arg(long)]
-    teacher_hidden: Option<usize>,
+    shard_teacher_hidden: Option<usize>,
     /// Teacher steps on private data before the first release (with --privacy shards)
     /// [default: 100].
     #[arg(long)]
-    teacher_local_steps: Option<usize>,
+    shard_teacher_local_steps: Option<usize>,
     /// Teacher steps per round once a target exists (with --privacy shards) [default: 20].
     #[arg(long)]
-    teacher_steps_per_round: Option<usize>,
+    shard_teacher_steps_per_round: Option<usize>,
     /// Post-processing floor of noisy rows, in noise standard deviations (0: plain clamp).
     #[arg(long)]
     clamp_floor: Option<f64>,
@@ -197,6 +243,27 @@ enum VotesArg {
     Soft,
     /// Count the teachers' top classes (PATE's vote histogram).
     Hard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScheduleArg {
+    /// The start value throughout.
+    Constant,
+    /// A straight line from start to end.
+    Linear,
+    /// Half a cosine from start to end.
+    Cosine,
+}
+
+impl From<ScheduleArg> for fd_client::train::ScheduleShape {
+    fn from(a: ScheduleArg) -> fd_client::train::ScheduleShape {
+        use fd_client::train::ScheduleShape;
+        match a {
+            ScheduleArg::Constant => ScheduleShape::Constant,
+            ScheduleArg::Linear => ScheduleShape::Linear,
+            ScheduleArg::Cosine => ScheduleShape::Cosine,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -304,6 +371,44 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.temperature {
         t.temperature = v;
     }
+    if let Some(v) = args.cnn_channels {
+        t.cnn.channels = v;
+    }
+    if let Some(v) = args.cnn_hidden {
+        t.cnn.hidden = v;
+    }
+    if let Some(v) = args.dropout {
+        t.dropout = v;
+    }
+    if let Some(v) = args.alpha_schedule {
+        t.alpha_schedule = v.into();
+    }
+    if let Some(v) = args.temperature_end {
+        t.temperature_end = Some(v);
+    }
+    if let Some(v) = args.temperature_schedule {
+        t.temperature_schedule = v.into();
+    }
+    if let Some(v) = args.teacher_hidden {
+        t.teacher.hidden = v;
+    }
+    t.teacher.enabled = !args.no_teacher;
+    if let Some(v) = args.feature_weight {
+        t.teacher.feature_weight = v;
+    }
+    if let Some(v) = args.teacher_logit_weight {
+        t.teacher.logit_weight = v;
+    }
+    t.teacher.augment = args.augment;
+    if let Some(v) = args.self_distillation {
+        t.self_distillation = v;
+    }
+    anyhow::ensure!(
+        args.student == fd_sim::students::StudentMix::Mlp || t.image.is_some(),
+        "--student {} needs image data: use --dataset digits",
+        format!("{:?}", args.student).to_lowercase()
+    );
+    config.students = args.student;
     t.validate()
         .map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
     config.queries_per_round = args.queries_per_round;
@@ -346,7 +451,7 @@ fn main() -> anyhow::Result<()> {
             VotesArg::Hard => Votes::Hard,
         };
     }
-    if let Some(v) = args.teacher {
+    if let Some(v) = args.shard_teacher {
         config.privacy.teacher = match v {
             TeacherArg::Mlp => TeacherKind::Mlp,
             TeacherArg::Nearest => TeacherKind::Nearest,
@@ -361,13 +466,13 @@ fn main() -> anyhow::Result<()> {
             RowsArg::Normalised => ReleaseRows::Normalised,
         };
     }
-    if let Some(v) = args.teacher_hidden {
+    if let Some(v) = args.shard_teacher_hidden {
         config.privacy.teacher_hidden = v;
     }
-    if let Some(v) = args.teacher_local_steps {
+    if let Some(v) = args.shard_teacher_local_steps {
         config.privacy.teacher_local_steps = v;
     }
-    if let Some(v) = args.teacher_steps_per_round {
+    if let Some(v) = args.shard_teacher_steps_per_round {
         config.privacy.teacher_steps_per_round = v;
     }
     let epsilons = args

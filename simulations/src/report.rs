@@ -27,6 +27,11 @@ pub fn table(r: &SimResult) -> String {
         "{:<12} {:>8} {:>12} {:>12}",
         "client", "records", "local-only", "federated"
     );
+    let _ = write!(
+        s,
+        " {:>8} {:<16} {:>8} {:>8} {:>8} {:>6}",
+        "macro-F1", "student", "params", "compr.", "speed-up", "CKA"
+    );
     if private {
         let _ = write!(s, " {:>9} {:>9} {:>8}", "teachers", "sigma", "epsilon");
     }
@@ -36,6 +41,18 @@ pub fn table(r: &SimResult) -> String {
             s,
             "{:<12} {:>8} {:>12.4} {:>12.4}",
             c.node, c.records, c.local_only_acc, c.federated_acc
+        );
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+        let _ = write!(
+            s,
+            " {:>8.4} {:<16} {:>8} {:>8} {:>8} {:>6}",
+            c.metrics.macro_f1,
+            c.metrics.student,
+            c.metrics.student_parameters,
+            opt(c.metrics.compression_ratio, 2),
+            opt(c.metrics.speedup, 2),
+            opt(c.metrics.cka, 3)
         );
         if private {
             let _ = write!(
@@ -65,6 +82,32 @@ pub fn table(r: &SimResult) -> String {
         r.local_only_mean_acc,
         r.federated_mean_acc
     );
+    let mut teachers: Vec<&str> = r
+        .clients
+        .iter()
+        .filter_map(|c| c.metrics.teacher.as_deref())
+        .collect();
+    teachers.dedup();
+    if let Some(&first) = teachers.first() {
+        let teacher = if teachers.len() == 1 {
+            first
+        } else {
+            "per client (clients[i].teacher in the JSON)"
+        };
+        let accs: Vec<f64> = r
+            .clients
+            .iter()
+            .filter_map(|c| c.metrics.teacher_accuracy)
+            .collect();
+        let _ = writeln!(
+            s,
+            "teacher: {teacher}, mean test accuracy {:.4} (compr. = teacher / student parameters; \
+             speed-up measured: teacher / student wall-clock over the public set, median of {} \
+             alternating passes; CKA: linear, student vs teacher representation of the public set)",
+            accs.iter().sum::<f64>() / accs.len().max(1) as f64,
+            fd_client::compression::TIMING_REPETITIONS
+        );
+    }
     let _ = writeln!(
         s,
         "centralised upper bound (all private records): {:.4}",

@@ -256,6 +256,82 @@ fn three_client_processes_federate_and_report() {
     assert!(summary["bytes_up"].as_u64().expect("bytes_up") > 0);
 }
 
+/// Students of different architectures interoperate through soft labels alone, and a CNN
+/// student a run wrote is rebuilt from its model.json by `predict` and `evaluate`.
+#[test]
+fn mlp_and_cnn_nodes_federate_and_the_cnn_student_predicts() {
+    let fixture = Fixture::new();
+    let (coordinator, addr) = fixture.coordinator(2);
+    let mlp = fixture.node("mlp-node", "pki", &[0, 1], 20, &addr);
+    // The blobs have two features: read them as 1x2 images, convolved by a 1x1 kernel.
+    let cnn = fixture.node_with(
+        "cnn-node",
+        "pki",
+        &[1, 2],
+        21,
+        &addr,
+        "architecture = \"cnn\"\nimage = { height = 1, width = 2 }\n\
+         [training.cnn]\nchannels = [4]\nkernel = 1\n",
+    );
+    let clients = [
+        start_client("mlp-node", &mlp),
+        start_client("cnn-node", &cnn),
+    ];
+    for client in clients {
+        let name = client.name.clone();
+        let (status, output) = client.wait(LIMIT).expect("client finishes");
+        assert!(status.success(), "{name} failed:\n{output}");
+    }
+    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
+    assert!(status.success(), "coordinator failed:\n{output}");
+    for name in ["mlp-node", "cnn-node"] {
+        assert_node_finished(&fixture, name);
+    }
+
+    let out = fixture.path("out-cnn-node");
+    let card = read_json(&out.join("model.json"));
+    assert_eq!(card["student"]["conv"]["channels"], serde_json::json!([4]));
+    let report = read_json(&out.join("report.json"));
+    let metrics = &report["student_metrics"];
+    assert_eq!(metrics["student"], "cnn[4]");
+    // The default local teacher, mlp[512,256] on 2 inputs and 3 classes:
+    // 2*512+512 + 512*256+256 + 256*3+3 = 133635 parameters; the student 1*4+4 + 8*3+3 = 35.
+    assert_eq!(metrics["teacher_parameters"], 133635);
+    assert_eq!(metrics["student_parameters"], 35);
+    for key in ["compression_ratio", "speedup", "cka", "macro_f1"] {
+        assert!(metrics[key].is_number(), "student_metrics.{key}: {metrics}");
+    }
+
+    let predictions = fixture.path("cnn-predictions.csv");
+    run_ok(
+        Command::new(bin("fd-client"))
+            .arg("predict")
+            .arg("--model")
+            .arg(&out)
+            .arg("--input")
+            .arg(fixture.path("public.csv"))
+            .arg("--output")
+            .arg(&predictions),
+    )
+    .expect("predict with a CNN student");
+    let text = std::fs::read_to_string(&predictions).expect("predictions");
+    assert_eq!(
+        text.lines().count(),
+        PUBLIC_ROWS + 1,
+        "header and one row each"
+    );
+    let evaluated = run_ok(
+        Command::new(bin("fd-client"))
+            .arg("evaluate")
+            .arg("--model")
+            .arg(&out)
+            .arg("--input")
+            .arg(fixture.path("mlp-node.csv")),
+    )
+    .expect("evaluate a CNN student");
+    assert!(evaluated.contains("macro-F1"), "{evaluated}");
+}
+
 #[test]
 fn client_from_another_ca_is_refused_and_federation_completes() {
     let fixture = Fixture::new();
