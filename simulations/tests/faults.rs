@@ -21,6 +21,9 @@ fn small_config() -> SimConfig {
     config.training.local_steps = 40;
     config.training.steps_per_round = 20;
     config.training.hidden = vec![16];
+    // No local teacher (it only feeds the compression metrics): its training would make
+    // every round slower than the short deadlines these tests use.
+    config.training.teacher.enabled = false;
     config
 }
 
