@@ -97,24 +97,26 @@ pub struct PrivacyConfig {
     /// The privacy ledger (SQLite); default `privacy-ledger.sqlite` in the output directory.
     /// Keep it: it remembers what was spent across restarts.
     pub ledger: Option<PathBuf>,
-    /// Hidden width of each teacher.
+    /// Hidden width of each teacher (`shard_teacher = "mlp"` only).
     pub teacher_hidden: usize,
-    /// Teacher steps on private data before the first release.
+    /// Teacher steps on private data before the first release (`"mlp"` teachers only).
     pub teacher_local_steps: usize,
-    /// Teacher steps per round once a target exists.
+    /// Teacher steps per round once a target exists (`"mlp"` teachers only).
     pub teacher_steps_per_round: usize,
-    /// Rows of its shard each teacher sees per step.
+    /// Rows of its shard each teacher sees per step (`"mlp"` teachers only).
     pub teacher_batch_size: usize,
-    /// Post-processing of each noisy row: values are lowered by this many noise standard
-    /// deviations and clamped at 0 before renormalising (0: plain clamp). Costs no privacy.
+    /// With `rows = "normalised"` only: values of each noisy row are lowered by this many noise
+    /// standard deviations and clamped at 0 before renormalising (0: plain clamp). Costs no
+    /// privacy.
     pub clamp_floor: f64,
-    /// What each teacher puts in a query's sum: `"soft"` (its probability vector) or `"hard"`
-    /// (one vote for its top class). Same sensitivity either way.
+    /// What each `"mlp"` teacher puts in a query's sum: `"soft"` (its probability vector) or
+    /// `"hard"` (one vote for its top class). Same sensitivity either way. Nearest-neighbour
+    /// teachers always vote one-hot (or abstain).
     pub votes: Votes,
-    /// What each teacher is: `"nearest"` (votes for the label of its shard's record nearest
+    /// What each shard's teacher is (not the `[training.teacher]` local teacher): `"nearest"` (votes for the label of its shard's record nearest
     /// to the query, or abstains if that is beyond `radius`) or `"mlp"` (a small network
     /// trained on its shard and distilled from the global target).
-    pub teacher: TeacherKind,
+    pub shard_teacher: TeacherKind,
     /// Nearest-neighbour teachers abstain when their nearest record is farther than this from
     /// the query (standardised feature units). Unset: read off the public set (the median
     /// distance from a public record to its `public records / (2 x classes)`-th nearest
@@ -152,7 +154,7 @@ impl Default for PrivacyConfig {
             teacher_batch_size: 16,
             clamp_floor: 1.0,
             votes: Votes::Soft,
-            teacher: TeacherKind::Nearest,
+            shard_teacher: TeacherKind::Nearest,
             radius: None,
             rows: ReleaseRows::VoteMass,
         }

@@ -61,6 +61,10 @@ pub struct PrivateLabeller {
     pub votes: Votes,
     /// How noisy vote sums become released rows.
     pub rows: ReleaseRows,
+    /// The last release, kept so that a round asked again (after a lost contribution or a
+    /// coordinator restart) gets the same labels back: re-sending a release is
+    /// post-processing and costs nothing, where drawing fresh noise would be charged again.
+    pub last_release: Option<(u32, SoftLabels, Option<PrivacyReceipt>)>,
 }
 
 /// The post-processing of a release's noisy sums (noise `sigma`; 0 when noiseless).
@@ -203,6 +207,35 @@ impl Labeller {
             Labeller::Student => return Ok(Labels::Release(learner.label(query_ids)?, None)),
             Labeller::Private(p) => p,
         };
+        if let Some((r, labels, receipt)) = &p.last_release
+            && *r == round
+            && labels.query_ids == query_ids
+        {
+            info!(
+                round,
+                "round asked again: re-sending its release, already paid for"
+            );
+            return Ok(Labels::Release(labels.clone(), receipt.clone()));
+        }
+        let labels = p.release(learner, round, rounds, query_ids, planned_queries)?;
+        if let Labels::Release(l, receipt) = &labels {
+            p.last_release = Some((round, l.clone(), receipt.clone()));
+        }
+        Ok(labels)
+    }
+}
+
+impl PrivateLabeller {
+    /// Trains the teachers and makes a new (charged) release for `query_ids`.
+    fn release(
+        &mut self,
+        learner: &Learner,
+        round: u32,
+        rounds: u32,
+        query_ids: &[u32],
+        planned_queries: u64,
+    ) -> Result<Labels, LabelError> {
+        let p = self;
         let target = learner.target();
         let (steps, alpha) = match &target {
             None => (p.local_steps, 1.0),
@@ -350,6 +383,85 @@ mod tests {
             out.probs
         );
         assert!((out.probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    /// A round asked twice gets the same labels and is charged once; a new round is charged.
+    #[test]
+    fn a_round_asked_again_is_resent_not_charged_again() {
+        use crate::ensemble::{EnsembleConfig, TeacherKind};
+        use crate::model::matrix;
+        use crate::train::{Labelled, LocalTeacherConfig, TrainConfig};
+        // 40 records on a line, two classes; 10 public rows.
+        let xs: Vec<f32> = (0..40).flat_map(|i| [i as f32 / 10.0, 0.0]).collect();
+        let ys: Vec<u32> = (0..40).map(|i| u32::from(i >= 20)).collect();
+        let data = Labelled::new(xs.clone(), 2, ys).unwrap();
+        let public = matrix(xs[..20].to_vec(), 2).unwrap();
+        let training = TrainConfig {
+            hidden: vec![4],
+            teacher: LocalTeacherConfig {
+                enabled: false,
+                ..LocalTeacherConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let learner = Learner::new(training, 2, data.clone(), public).unwrap();
+        let ensemble = TeacherEnsemble::new(
+            EnsembleConfig {
+                kind: TeacherKind::Nearest,
+                radius: None,
+                teachers: 4,
+                hidden: 4,
+                inputs: 2,
+                classes: 2,
+                learning_rate: 0.01,
+                batch_size: 4,
+                temperature: 1.0,
+                seed: 1,
+            },
+            data.x.clone(),
+            data.y.clone(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget {
+            epsilon: 10.0,
+            delta: 1e-5,
+        };
+        let mut labeller = Labeller::Private(Box::new(PrivateLabeller {
+            ensemble,
+            ledger: Some(PrivacyLedger::open(&dir.path().join("l.sqlite"), budget).unwrap()),
+            budget,
+            // Sensitivity sqrt(2 * 3 queries): rho = 6 / (2 * 25) = 0.12 per release. The
+            // textbook bound rho + 2 sqrt(rho ln(1 / delta)) gives epsilon <= 2.5 after one
+            // and <= 3.6 after two, well inside the budget of 10.
+            fixed_sigma: Some(5.0),
+            local_steps: 0,
+            steps_per_round: 0,
+            sigma: None,
+            clamp_floor: 1.0,
+            votes: Votes::Soft,
+            rows: ReleaseRows::VoteMass,
+            last_release: None,
+        }));
+        let release = |l: &mut Labeller, round| match l
+            .label_round(&learner, round, 3, &[0, 1, 2], 9)
+            .unwrap()
+        {
+            Labels::Release(labels, receipt) => (labels, receipt.unwrap()),
+            Labels::BudgetSpent(why) => panic!("{why}"),
+        };
+        let charges = |l: &Labeller| match l {
+            Labeller::Private(p) => p.ledger.as_ref().unwrap().charges().unwrap().len(),
+            Labeller::Student => 0,
+        };
+        let (first, receipt) = release(&mut labeller, 0);
+        let (again, receipt_again) = release(&mut labeller, 0);
+        assert_eq!(first, again);
+        assert_eq!(receipt.rho_total, receipt_again.rho_total);
+        assert_eq!(charges(&labeller), 1);
+        let (_, next) = release(&mut labeller, 1);
+        assert_eq!(charges(&labeller), 2);
+        assert!(next.rho_total > receipt.rho_total);
     }
 
     #[test]

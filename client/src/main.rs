@@ -95,6 +95,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Distillation temperature [default: 2 with image data (`[training] image`), else 4].
+    /// A private node's student (`[privacy] mode = "shards"`) learns from sharpened targets
+    /// at temperature 1 whatever this says.
     #[arg(long)]
     temperature: Option<f64>,
     /// The student's architecture: `mlp` (dense layers, `[training] hidden`) or `cnn` (a small

@@ -167,11 +167,6 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
     let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     let mut training = student_training(&config.training, config.privacy.mode);
     training.seed = config.seed;
-    // In private mode the shard ensemble is the reference teacher; a local teacher is only
-    // worth its training time when the student distils from it.
-    if config.privacy.mode == PrivacyMode::Shards && !training.teacher.distils() {
-        training.teacher.enabled = false;
-    }
     let ledger_path = config
         .privacy
         .ledger
@@ -319,13 +314,20 @@ pub fn privacy_unit(labeller: &Labeller) -> &'static str {
 /// ([`crate::labeller::sharpen_private_target`]): arg-max rows weighted by how clearly they
 /// stand above the noise. They are distilled at temperature 1 (cross-entropy on those rows; a
 /// high temperature would only flatten a one-hot target) and each row counts by its
-/// confidence, so rows that are noise alone teach almost nothing.
+/// confidence, so rows that are noise alone teach almost nothing. This overrides any
+/// configured temperature for the student (the shard ensemble's MLP teachers keep it).
+///
+/// In private mode the shard ensemble is the reference teacher for the compression metrics,
+/// so a local teacher is trained only if the student distils from it.
 pub fn student_training(training: &TrainConfig, mode: PrivacyMode) -> TrainConfig {
     let mut t = training.clone();
     if mode == PrivacyMode::Shards {
         t.temperature = 1.0;
         t.temperature_end = None;
         t.confidence_weighting = true;
+        if !t.teacher.distils() {
+            t.teacher.enabled = false;
+        }
     }
     t
 }
@@ -355,11 +357,15 @@ pub fn build_labeller(
         privacy.shards
     };
     let shard_size = (records / teachers.max(1)).max(1);
-    let radius = match (privacy.teacher, privacy.radius) {
+    let radius = match (privacy.shard_teacher, privacy.radius) {
         (TeacherKind::Mlp, _) => None,
         (TeacherKind::Nearest, Some(r)) => Some(r),
         (TeacherKind::Nearest, None) => {
-            let rows = public.dims2().map_err(ModelError::from)?.0;
+            let rows = public
+                .dims2()
+                .map_err(ModelError::from)?
+                .0
+                .min(crate::ensemble::RADIUS_SAMPLE);
             let r = crate::ensemble::public_radius(public, (rows / (2 * classes.max(1))).max(1))?;
             tracing::info!(
                 radius = r,
@@ -370,7 +376,7 @@ pub fn build_labeller(
     };
     let ensemble = TeacherEnsemble::new(
         EnsembleConfig {
-            kind: privacy.teacher,
+            kind: privacy.shard_teacher,
             radius,
             teachers,
             hidden: privacy.teacher_hidden,
@@ -412,6 +418,7 @@ pub fn build_labeller(
         clamp_floor: privacy.clamp_floor,
         votes: privacy.votes,
         rows: privacy.rows,
+        last_release: None,
     })))
 }
 

@@ -311,15 +311,11 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             &config.training,
         )?;
         tests.push(prepared.holdout.clone());
-        let mut training = TrainConfig {
+        let training = TrainConfig {
             seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
             architecture: config.students.architecture(i),
             ..student_training(&config.training, config.privacy.mode)
         };
-        // In private mode the shard ensemble is the reference teacher; a local teacher is only
-        // worth its training time when the student distils from it.
-        training.teacher.enabled &=
-            config.privacy.mode == PrivacyMode::None || training.teacher.distils();
         let labeller = build_labeller(
             &config.privacy,
             &prepared.train,

@@ -68,7 +68,8 @@ struct Args {
     /// Learning rate (AdamW).
     #[arg(long)]
     lr: Option<f64>,
-    /// Distillation temperature [default: 2 for digits, 4 for tabular data].
+    /// Distillation temperature [default: 2 for digits, 4 for tabular data]. Private students
+    /// (--privacy shards) learn from sharpened targets at temperature 1 whatever this says.
     #[arg(long)]
     temperature: Option<f64>,
     /// Students: mlp (dense layers --hidden), cnn (small CNN --cnn-channels, image data only) or
@@ -150,8 +151,8 @@ struct Args {
     /// Teachers per client (disjoint shards); 0 chooses one per 20 records, at most 250.
     #[arg(long, default_value_t = 0)]
     shards: usize,
-    /// What each teacher adds to a query's sum: soft (its probabilities) or hard (one vote for
-    /// its top class) [default: soft].
+    /// What each mlp shard teacher adds to a query's sum: soft (its probabilities) or hard
+    /// (one vote for its top class) [default: soft]. Nearest teachers always vote one-hot.
     #[arg(long, value_enum)]
     votes: Option<VotesArg>,
     /// What each teacher is (with --privacy shards): nearest (votes for the label of its
@@ -178,7 +179,8 @@ struct Args {
     /// Teacher steps per round once a target exists (with --privacy shards) [default: 20].
     #[arg(long)]
     shard_teacher_steps_per_round: Option<usize>,
-    /// Post-processing floor of noisy rows, in noise standard deviations (0: plain clamp).
+    /// With --rows normalised: floor of noisy rows, in noise standard deviations (0: plain
+    /// clamp).
     #[arg(long)]
     clamp_floor: Option<f64>,
     /// Public records asked per round [default: all every round without privacy; with privacy
@@ -452,7 +454,7 @@ fn main() -> anyhow::Result<()> {
         };
     }
     if let Some(v) = args.shard_teacher {
-        config.privacy.teacher = match v {
+        config.privacy.shard_teacher = match v {
             TeacherArg::Mlp => TeacherKind::Mlp,
             TeacherArg::Nearest => TeacherKind::Nearest,
         };
