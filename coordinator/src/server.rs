@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::FederationConfig;
-use crate::rounds::{self, After, Input, RoundRecord, Rounds};
-use crate::store::Store;
+use crate::rounds::{self, After, Input, RoundRecord, Rounds, Transmit};
+use crate::store::{Store, StoreError};
 
 /// Why the coordinator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -205,13 +205,15 @@ pub async fn run(
         ),
     };
     let mut driver = Driver {
-        store,
         config,
         events,
-        peers: BTreeMap::new(),
         next_conn: 0,
-        finishing: Vec::new(),
-        max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+        io: Io {
+            store,
+            peers: BTreeMap::new(),
+            finishing: Vec::new(),
+            max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+        },
         rounds,
     };
     let result = driver.drive(&mut inbox).await;
@@ -321,16 +323,96 @@ async fn read_loop(
 }
 
 struct Driver {
-    /// Where closed rounds are committed (none: in memory only).
-    store: Option<Store>,
     config: FederationConfig,
     events: mpsc::Sender<Event>,
-    peers: BTreeMap<String, Peer>,
     next_conn: u64,
+    /// The connections and the store: everything [`settle`] acts on.
+    io: Io,
+    rounds: Rounds,
+}
+
+/// The driver's side effects: the store closed rounds are committed to, and the connections
+/// messages go out on.
+struct Io {
+    /// Where closed rounds are committed (none: in memory only).
+    store: Option<Store>,
+    peers: BTreeMap<String, Peer>,
     /// Connections sent Finished, whose close we wait for at the end.
     finishing: Vec<quinn::Connection>,
     max_frame_len: usize,
-    rounds: Rounds,
+}
+
+/// What [`settle`] does with the state machine's output. A trait so that the order of commits
+/// and sends can be tested without sockets or a database.
+trait Effects {
+    /// Persists a closed round.
+    fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError>;
+    /// Carries out one transmit: `Ok(Some(bytes))` if a message was written, `Ok(None)` if
+    /// nothing was (no message, or the node has no connection), `Err(reason)` if the node
+    /// cannot be written to and is gone.
+    async fn transmit(&mut self, transmit: Transmit) -> Result<Option<u64>, String>;
+}
+
+/// How the federation stands once [`settle`] has emptied the state machine's queues.
+#[derive(Debug, PartialEq)]
+enum Settled {
+    /// Rounds go on.
+    Running,
+    /// The federation is over.
+    Finished,
+    /// Too few nodes joined in time.
+    JoinTimedOut { joined: usize, expected: usize },
+}
+
+/// Empties the state machine's queues: commits closed rounds, then sends what it queued, and
+/// repeats until neither queue holds anything.
+///
+/// A node that cannot be written to is gone, and telling the state machine so can close a
+/// round (and queue RoundClosed, the next RoundOpen or Finished). That is why such departures
+/// are collected and fed only after the batch of sends: the round they close is committed on
+/// the next pass before anything announcing it leaves, and a close that ends the federation
+/// still has its round committed before the driver stops.
+async fn settle(rounds: &mut Rounds, effects: &mut impl Effects) -> Result<Settled, StoreError> {
+    let mut finished = false;
+    loop {
+        while let Some(event) = rounds.poll_event() {
+            match event {
+                rounds::Event::RoundClosed(record) => effects.commit(&record)?,
+                rounds::Event::JoinTimedOut { joined, expected } => {
+                    return Ok(Settled::JoinTimedOut { joined, expected });
+                }
+                rounds::Event::Finished => finished = true,
+            }
+        }
+        let mut gone = Vec::new();
+        while let Some(transmit) = rounds.poll_transmit() {
+            let node = transmit.node.clone();
+            match effects.transmit(transmit).await {
+                Ok(Some(bytes)) => rounds.record_sent(&node, bytes),
+                Ok(None) => {}
+                Err(reason) => gone.push((node, reason)),
+            }
+        }
+        if gone.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        for (node, reason) in gone {
+            rounds.handle(
+                now,
+                Input::Gone {
+                    node,
+                    reason,
+                    misbehaved: false,
+                },
+            );
+        }
+    }
+    Ok(if finished || rounds.is_done() {
+        Settled::Finished
+    } else {
+        Settled::Running
+    })
 }
 
 impl Driver {
@@ -341,28 +423,16 @@ impl Driver {
         let started = Instant::now();
         info!(expected = self.config.nodes, "waiting for nodes");
         loop {
-            // Events first: a closed round is committed before anything announcing it leaves.
-            let mut finished = false;
-            while let Some(event) = self.rounds.poll_event() {
-                match event {
-                    rounds::Event::RoundClosed(record) => {
-                        if let Some(store) = &mut self.store {
-                            store.commit(&record)?;
-                        }
-                    }
-                    rounds::Event::JoinTimedOut { joined, expected } => {
-                        return Err(CoordinatorError::JoinTimeout {
-                            joined,
-                            expected,
-                            secs: self.config.join_timeout_secs,
-                        });
-                    }
-                    rounds::Event::Finished => finished = true,
+            match settle(&mut self.rounds, &mut self.io).await? {
+                Settled::Running => {}
+                Settled::Finished => break,
+                Settled::JoinTimedOut { joined, expected } => {
+                    return Err(CoordinatorError::JoinTimeout {
+                        joined,
+                        expected,
+                        secs: self.config.join_timeout_secs,
+                    });
                 }
-            }
-            self.flush().await;
-            if finished || self.rounds.is_done() {
-                break;
             }
             let timeout = self.rounds.poll_timeout();
             let sleep = async {
@@ -384,7 +454,7 @@ impl Driver {
                     message,
                     bytes,
                 }) => {
-                    if self.is_current(&node, conn) {
+                    if self.io.is_current(&node, conn) {
                         self.rounds.handle(
                             now,
                             Input::Received {
@@ -401,7 +471,7 @@ impl Driver {
                     reason,
                     misbehaved,
                 }) => {
-                    if self.is_current(&node, conn) {
+                    if self.io.is_current(&node, conn) {
                         self.rounds.handle(
                             now,
                             Input::Gone {
@@ -419,60 +489,12 @@ impl Driver {
         // Wait (up to 30 s in all) for each node to close after Finished, so the last frame is
         // delivered before the endpoint goes away.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        for connection in &self.finishing {
+        for connection in &self.io.finishing {
             let _ = tokio::time::timeout_at(deadline, connection.closed()).await;
         }
         let mut summary = self.rounds.summary_now();
         summary.wall_seconds = wall_seconds;
         Ok(summary)
-    }
-
-    fn is_current(&self, node: &str, conn: u64) -> bool {
-        self.peers.get(node).is_some_and(|p| p.conn == conn)
-    }
-
-    /// Sends everything the state machine queued; a node that cannot be written to is gone.
-    async fn flush(&mut self) {
-        while let Some(t) = self.rounds.poll_transmit() {
-            let Some(peer) = self.peers.get_mut(&t.node) else {
-                continue;
-            };
-            if let Some(message) = &t.message {
-                match transport::write_message(&mut peer.send, message, self.max_frame_len).await {
-                    Ok(n) => self.rounds.record_sent(&t.node, n as u64),
-                    Err(e) => {
-                        let reason = format!("cannot send {}: {e}", message.kind());
-                        self.peers.remove(&t.node);
-                        self.rounds.handle(
-                            Instant::now(),
-                            Input::Gone {
-                                node: t.node,
-                                reason,
-                                misbehaved: false,
-                            },
-                        );
-                        continue;
-                    }
-                }
-            }
-            if t.after == After::Close
-                && let Some(mut peer) = self.peers.remove(&t.node)
-            {
-                let _ = peer.send.finish();
-                if matches!(t.message, Some(Message::Finished { .. })) {
-                    self.finishing.push(peer.connection);
-                } else {
-                    // Dropping the last handle would close the connection at once and could
-                    // discard the Error or Reject just written: hold it until the node has read
-                    // the stream or gone, for a few seconds at most.
-                    tokio::spawn(async move {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(5), peer.send.stopped()).await;
-                        drop(peer.connection);
-                    });
-                }
-            }
-        }
     }
 
     /// Registers a newcomer's connection (replacing an older one of the same node) and hands
@@ -494,9 +516,9 @@ impl Driver {
             conn,
             recv,
             self.events.clone(),
-            self.max_frame_len,
+            self.io.max_frame_len,
         ));
-        if let Some(old) = self.peers.insert(
+        if let Some(old) = self.io.peers.insert(
             name.clone(),
             Peer {
                 conn,
@@ -514,6 +536,175 @@ impl Driver {
                 hello,
                 bytes,
             },
+        );
+    }
+}
+
+impl Io {
+    fn is_current(&self, node: &str, conn: u64) -> bool {
+        self.peers.get(node).is_some_and(|p| p.conn == conn)
+    }
+}
+
+impl Effects for Io {
+    fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
+        if let Some(store) = &mut self.store {
+            store.commit(record)?;
+        }
+        Ok(())
+    }
+
+    async fn transmit(&mut self, t: Transmit) -> Result<Option<u64>, String> {
+        let Some(peer) = self.peers.get_mut(&t.node) else {
+            return Ok(None);
+        };
+        let mut sent = None;
+        if let Some(message) = &t.message {
+            match transport::write_message(&mut peer.send, message, self.max_frame_len).await {
+                Ok(n) => sent = Some(n as u64),
+                Err(e) => {
+                    self.peers.remove(&t.node);
+                    return Err(format!("cannot send {}: {e}", message.kind()));
+                }
+            }
+        }
+        if t.after == After::Close
+            && let Some(mut peer) = self.peers.remove(&t.node)
+        {
+            let _ = peer.send.finish();
+            if matches!(t.message, Some(Message::Finished { .. })) {
+                self.finishing.push(peer.connection);
+            } else {
+                // Dropping the last handle would close the connection at once and could
+                // discard the Error or Reject just written: hold it until the node has read
+                // the stream or gone, for a few seconds at most.
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), peer.send.stopped()).await;
+                    drop(peer.connection);
+                });
+            }
+        }
+        Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AggregationConfig, AggregatorKind};
+    use fd_protocol::Contribution;
+
+    /// Logs what [`settle`] does, in order; every send to `failing` fails.
+    struct Recorder {
+        log: Vec<String>,
+        failing: &'static str,
+    }
+
+    impl Effects for Recorder {
+        fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
+            self.log.push(format!("commit round {}", record.round));
+            Ok(())
+        }
+
+        async fn transmit(&mut self, t: Transmit) -> Result<Option<u64>, String> {
+            let kind = t.message.as_ref().map_or("close", Message::kind);
+            if t.node == self.failing {
+                self.log.push(format!("{kind} to {} failed", t.node));
+                return Err("connection lost".into());
+            }
+            self.log.push(format!("{kind} to {}", t.node));
+            Ok(Some(1))
+        }
+    }
+
+    fn config() -> FederationConfig {
+        FederationConfig {
+            name: "t".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+            nodes: 2,
+            rounds: 1,
+            public_records: 2,
+            classes: 2,
+            queries_per_round: 0,
+            join_timeout_secs: 30,
+            round_timeout_secs: 10,
+            require_privacy: false,
+            summary_json: None,
+            quorum: 1,
+            aggregation: AggregationConfig {
+                strategy: AggregatorKind::Mean,
+                ..AggregationConfig::default()
+            },
+            state_dir: None,
+        }
+    }
+
+    fn contribution(round: u32) -> Message {
+        Message::Contribution(Contribution {
+            round,
+            labels: SoftLabels {
+                classes: 2,
+                // queries_per_round = 0: every round asks all public records.
+                query_ids: vec![0, 1],
+                probs: vec![1.0, 0.0, 0.0, 1.0],
+            },
+            receipt: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_that_ends_the_run_commits_the_last_round_before_announcing_it() {
+        let config = config();
+        let aggregator = config.aggregation.build();
+        let now = Instant::now();
+        let mut rounds = Rounds::new(config, aggregator, now);
+        let mut effects = Recorder {
+            log: Vec::new(),
+            failing: "",
+        };
+        for node in ["a", "b"] {
+            let hello = Hello {
+                public_records: 2,
+                classes: 2,
+                private_records: 5,
+            };
+            let arrived = Input::Arrived {
+                node: node.into(),
+                hello,
+                bytes: 1,
+            };
+            rounds.handle(now, arrived);
+        }
+        assert_eq!(
+            settle(&mut rounds, &mut effects).await.unwrap(),
+            Settled::Running
+        );
+        // b answers round 0; a answers a round that is not open and is to be told so, but its
+        // connection is gone: that send fails, a departs, and round 0 (the only one) closes.
+        let received = |node: &str, message| Input::Received {
+            node: node.into(),
+            message,
+            bytes: 1,
+        };
+        rounds.handle(now, received("b", contribution(0)));
+        rounds.handle(now, received("a", contribution(1)));
+        effects.log.clear();
+        effects.failing = "a";
+        assert_eq!(
+            settle(&mut rounds, &mut effects).await.unwrap(),
+            Settled::Finished
+        );
+        assert_eq!(
+            effects.log,
+            [
+                "Refused to a failed",
+                "commit round 0",
+                "RoundClosed to b",
+                "Finished to b"
+            ]
         );
     }
 }
