@@ -30,6 +30,10 @@ use crate::server::{NodeSpending, NodeSummary, Summary};
 #[derive(Debug, Clone)]
 pub enum Input {
     /// A peer passed the TLS handshake (its certificate names it `node`) and sent Hello.
+    ///
+    /// The first transmit for `node` that follows is always its Welcome or Reject: the driver
+    /// relies on that to admit the new connection (replacing an older one of the node) or to
+    /// turn away only the new one.
     Arrived {
         /// Name from the node's certificate.
         node: String,
@@ -383,7 +387,7 @@ impl Rounds {
         }
         if self.present.contains(&node) {
             // The certificate proves who it is: the new connection replaces the old one (the
-            // driver has already dropped it). Its progress in the open round is kept.
+            // driver drops it on this Welcome). Its progress in the open round is kept.
             info!(node, "reconnected");
         } else {
             info!(node, private_records = hello.private_records, "admitted");

@@ -211,6 +211,7 @@ pub async fn run(
         io: Io {
             store,
             peers: BTreeMap::new(),
+            arriving: None,
             finishing: Vec::new(),
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
         },
@@ -337,6 +338,10 @@ struct Io {
     /// Where closed rounds are committed (none: in memory only).
     store: Option<Store>,
     peers: BTreeMap<String, Peer>,
+    /// A connection whose Hello the state machine is deciding on. It joins `peers` (replacing
+    /// the node's older connection, if any) only when the node is welcomed: a rejected
+    /// reconnect must not cut off the connection the state machine still counts as present.
+    arriving: Option<(String, Peer)>,
     /// Connections sent Finished, whose close we wait for at the end.
     finishing: Vec<quinn::Connection>,
     max_frame_len: usize,
@@ -497,8 +502,8 @@ impl Driver {
         Ok(summary)
     }
 
-    /// Registers a newcomer's connection (replacing an older one of the same node) and hands
-    /// its Hello to the state machine, which welcomes or rejects it.
+    /// Holds a newcomer's connection aside and hands its Hello to the state machine, which
+    /// welcomes it (the connection then replaces any older one of the same node) or rejects it.
     fn arrive(&mut self, now: Instant, arrival: Arrival) {
         let Arrival {
             name,
@@ -518,15 +523,16 @@ impl Driver {
             self.events.clone(),
             self.io.max_frame_len,
         ));
-        if let Some(old) = self.io.peers.insert(
-            name.clone(),
-            Peer {
-                conn,
-                connection,
-                send,
-            },
-        ) {
-            old.connection
+        let peer = Peer {
+            conn,
+            connection,
+            send,
+        };
+        // The state machine answers this Hello first, with Welcome or Reject, before the driver
+        // takes another event; `Io::transmit` then admits or turns away this connection.
+        if let Some((_, unanswered)) = self.io.arriving.replace((name.clone(), peer)) {
+            unanswered
+                .connection
                 .close(4u32.into(), b"replaced by a newer connection");
         }
         self.rounds.handle(
@@ -555,6 +561,37 @@ impl Effects for Io {
     }
 
     async fn transmit(&mut self, t: Transmit) -> Result<Option<u64>, String> {
+        if self
+            .arriving
+            .as_ref()
+            .is_some_and(|(name, _)| *name == t.node)
+        {
+            match &t.message {
+                Some(Message::Welcome(_)) => {
+                    if let Some((name, peer)) = self.arriving.take()
+                        && let Some(old) = self.peers.insert(name, peer)
+                    {
+                        old.connection
+                            .close(4u32.into(), b"replaced by a newer connection");
+                    }
+                }
+                Some(message @ Message::Reject { .. }) => {
+                    // Only the new connection is turned away; an older one stays, and so does
+                    // the node. A failure to deliver the Reject is no reason to drop it either.
+                    let Some((_, mut peer)) = self.arriving.take() else {
+                        return Ok(None);
+                    };
+                    let sent =
+                        transport::write_message(&mut peer.send, message, self.max_frame_len)
+                            .await
+                            .ok()
+                            .map(|n| n as u64);
+                    hold_until_read(peer);
+                    return Ok(sent);
+                }
+                _ => {}
+            }
+        }
         let Some(peer) = self.peers.get_mut(&t.node) else {
             return Ok(None);
         };
@@ -571,21 +608,28 @@ impl Effects for Io {
         if t.after == After::Close
             && let Some(mut peer) = self.peers.remove(&t.node)
         {
-            let _ = peer.send.finish();
             if matches!(t.message, Some(Message::Finished { .. })) {
+                let _ = peer.send.finish();
                 self.finishing.push(peer.connection);
             } else {
-                // Dropping the last handle would close the connection at once and could
-                // discard the Error or Reject just written: hold it until the node has read
-                // the stream or gone, for a few seconds at most.
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), peer.send.stopped()).await;
-                    drop(peer.connection);
-                });
+                hold_until_read(peer);
             }
         }
         Ok(sent)
     }
+}
+
+/// Finishes the peer's stream and lets its connection go once the node has read it.
+///
+/// Dropping the last handle would close the connection at once and could discard the Error or
+/// Reject just written: hold it until the node has read the stream or gone, for a few seconds
+/// at most.
+fn hold_until_read(mut peer: Peer) {
+    let _ = peer.send.finish();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), peer.send.stopped()).await;
+        drop(peer.connection);
+    });
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use fd_certs::pki::Ca;
 use fd_certs::tls::{TlsIdentity, client_config, server_config};
 use fd_certs::transport::{client_endpoint, read_message, server_endpoint, write_message};
-use fd_coordinator::FederationConfig;
 use fd_coordinator::aggregate::AggregationConfig;
+use fd_coordinator::{CoordinatorError, FederationConfig, Summary};
 use fd_protocol::{Contribution, DEFAULT_MAX_FRAME_LEN, Hello, Message, SoftLabels};
 
 struct Node {
@@ -18,7 +18,16 @@ struct Node {
 }
 
 impl Node {
+    /// Connects as `name` and says Hello; the node must be welcomed.
     async fn join(ca: &Ca, name: &str, addr: SocketAddr) -> Node {
+        let (node, answer) = Node::connect(ca, name, addr, 2).await;
+        assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+        node
+    }
+
+    /// Connects as `name` with a fresh certificate, says Hello predicting `classes` classes,
+    /// and returns the coordinator's answer.
+    async fn connect(ca: &Ca, name: &str, addr: SocketAddr, classes: u16) -> (Node, Message) {
         let id = ca.issue_node(name).unwrap();
         let tls = TlsIdentity {
             ca_pem: ca.cert_pem(),
@@ -30,7 +39,7 @@ impl Node {
         let (mut send, recv) = connection.open_bi().await.unwrap();
         let hello = Message::Hello(Hello {
             public_records: 2,
-            classes: 2,
+            classes,
             private_records: 5,
         });
         write_message(&mut send, &hello, DEFAULT_MAX_FRAME_LEN)
@@ -42,8 +51,8 @@ impl Node {
             send,
             recv,
         };
-        assert!(matches!(node.read().await, Message::Welcome(_)));
-        node
+        let answer = node.read().await;
+        (node, answer)
     }
 
     async fn read(&mut self) -> Message {
@@ -75,9 +84,14 @@ impl Node {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_misbehaving_node_is_told_why_and_the_others_finish() {
-    let ca = Ca::generate("server-test").unwrap();
+/// Starts a one-round coordinator over 2 public records and 2 classes, waiting for `nodes`.
+fn start(
+    ca: &Ca,
+    nodes: usize,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<Result<Summary, CoordinatorError>>,
+) {
     let server = ca
         .issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])
         .unwrap();
@@ -98,7 +112,7 @@ async fn a_misbehaving_node_is_told_why_and_the_others_finish() {
         ca: "<memory>".into(),
         cert: "<memory>".into(),
         key: "<memory>".into(),
-        nodes: 3,
+        nodes,
         rounds: 1,
         public_records: 2,
         classes: 2,
@@ -111,7 +125,13 @@ async fn a_misbehaving_node_is_told_why_and_the_others_finish() {
         aggregation: AggregationConfig::default(),
         state_dir: None,
     };
-    let coordinator = tokio::spawn(fd_coordinator::run(config, endpoint));
+    (addr, tokio::spawn(fd_coordinator::run(config, endpoint)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_node_is_told_why_and_the_others_finish() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start(&ca, 3);
     let mut a = Node::join(&ca, "node-a", addr).await;
     let mut b = Node::join(&ca, "node-b", addr).await;
     let mut c = Node::join(&ca, "node-c", addr).await;
@@ -155,4 +175,38 @@ async fn a_misbehaving_node_is_told_why_and_the_others_finish() {
     assert_eq!(summary.accepted_per_round, [2]);
     let b_summary = summary.nodes.iter().find(|n| n.node == "node-b").unwrap();
     assert_eq!((b_summary.contributions, b_summary.refused), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reconnect_leaves_the_nodes_connection_in_place() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start(&ca, 2);
+    let mut a = Node::join(&ca, "node-a", addr).await;
+    let mut b = Node::join(&ca, "node-b", addr).await;
+    for n in [&mut a, &mut b] {
+        assert!(matches!(n.read().await, Message::RoundOpen(_)));
+    }
+
+    // A second connection under a's name predicts 3 classes where the federation uses 2.
+    let (stray, answer) = Node::connect(&ca, "node-a", addr, 3).await;
+    match answer {
+        Message::Reject { reason } => assert!(reason.contains("class mismatch"), "{reason}"),
+        other => panic!("expected Reject, got {other:?}"),
+    }
+
+    // a's first connection is still the one counted: its answer and b's complete the round.
+    a.contribute(vec![1.0, 0.0, 0.5, 0.5]).await;
+    b.contribute(vec![0.0, 1.0, 0.5, 0.5]).await;
+    for n in [&mut a, &mut b] {
+        match n.read().await {
+            Message::RoundClosed(closed) => assert_eq!((closed.accepted, closed.asked), (2, 2)),
+            other => panic!("expected RoundClosed, got {other:?}"),
+        }
+        assert!(matches!(n.read().await, Message::Finished { .. }));
+    }
+    a.finish().await;
+    b.finish().await;
+    stray.finish().await;
+    let summary = coordinator.await.unwrap().unwrap();
+    assert_eq!(summary.accepted_per_round, [2]);
 }
