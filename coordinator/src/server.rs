@@ -556,6 +556,8 @@ impl Effects for Io {
     fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
         if let Some(store) = &mut self.store {
             store.commit(record)?;
+            // Only now is the round durable; tests that kill the coordinator wait for this line.
+            info!(round = record.round, "round committed");
         }
         Ok(())
     }

@@ -496,10 +496,11 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
             start_client(name, &node)
         })
         .collect();
-    // Two rounds committed (the log line follows the commit), then no chance to clean up.
+    // Two rounds committed (the driver logs this after the store's transaction; "round closed"
+    // comes from the state machine before the commit), then no chance to clean up.
     coordinator
-        .wait_for_stderr("round closed", 2)
-        .expect("two rounds close");
+        .wait_for_stderr("round committed", 2)
+        .expect("two rounds committed");
     coordinator.sigkill().expect("kill the coordinator");
     let before = read_state(&fixture.path("state"));
     let k = before.rounds.len();
