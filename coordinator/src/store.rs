@@ -120,17 +120,31 @@ impl Store {
     }
 
     /// Records the terms on first use; afterwards refuses a config whose terms differ.
+    ///
+    /// The terms are everything that changes what the stored rounds mean: which records and
+    /// classes were asked, whether every accepted contribution carries a privacy receipt
+    /// (`require_privacy`: lifting it on a restart would mix unreceipted contributions into a
+    /// private federation), which rounds were aggregated (`quorum`) and how (the aggregation
+    /// parameters, which also shape the stored reputations). A term missing from an older
+    /// database is recorded as configured at the next start.
     fn check_terms(&self, config: &FederationConfig) -> Result<(), StoreError> {
-        let terms: [(&'static str, String); 6] = [
+        let aggregation = &config.aggregation;
+        let terms: [(&'static str, String); 11] = [
             ("name", config.name.clone()),
             ("rounds", config.rounds.to_string()),
             ("public_records", config.public_records.to_string()),
             ("classes", config.classes.to_string()),
             ("queries_per_round", config.queries_per_round.to_string()),
+            ("require_privacy", config.require_privacy.to_string()),
+            ("quorum", config.quorum.to_string()),
+            ("aggregation.strategy", aggregation.strategy.to_string()),
+            // f64 Display is the shortest text that parses back to the same value: exact.
+            ("aggregation.trim", aggregation.trim.to_string()),
             (
-                "aggregation.strategy",
-                config.aggregation.strategy.to_string(),
+                "aggregation.reputation_rate",
+                aggregation.reputation_rate.to_string(),
             ),
+            ("aggregation.sharpen", aggregation.sharpen.to_string()),
         ];
         for (field, configured) in terms {
             let stored: Option<String> = self.sql(|c| {
@@ -458,5 +472,31 @@ mod tests {
             err.contains("classes = 2") && err.contains("says 3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_restart_that_changes_privacy_quorum_or_aggregation_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut private = config();
+        private.require_privacy = true;
+        Store::open(dir.path(), &private).unwrap();
+        let changes: [(fn(&mut FederationConfig), &str); 5] = [
+            (|c| c.require_privacy = false, "require_privacy = true"),
+            (|c| c.quorum = 2, "quorum = 1"),
+            (|c| c.aggregation.trim = 0.1, "aggregation.trim = 0.2"),
+            (
+                |c| c.aggregation.reputation_rate = 0.25,
+                "aggregation.reputation_rate = 0.5",
+            ),
+            (|c| c.aggregation.sharpen = 0.5, "aggregation.sharpen = 1"),
+        ];
+        for (change, stored) in changes {
+            let mut other = private.clone();
+            change(&mut other);
+            let err = Store::open(dir.path(), &other).err().unwrap().to_string();
+            assert!(err.contains(stored), "{err} lacks {stored}");
+        }
+        // The unchanged config still opens its own state.
+        Store::open(dir.path(), &private).unwrap();
     }
 }
