@@ -104,7 +104,8 @@ pub struct RoundRecord {
     pub asked: Vec<String>,
     /// Nodes whose contribution was accepted (sorted).
     pub accepted: Vec<String>,
-    /// Whether at least `quorum` contributions were accepted, so the round was aggregated.
+    /// Whether the round was aggregated: at least `quorum` contributions were accepted and the
+    /// strategy produced an aggregate from them.
     pub aggregated: bool,
     /// Why it closed.
     pub closed_by: ClosedBy,
@@ -573,10 +574,10 @@ impl Rounds {
         };
         let round = open.round;
         let accepted: Vec<String> = open.accepted.keys().cloned().collect();
-        let aggregated = accepted.len() >= self.config.quorum.max(1);
+        let quorate = accepted.len() >= self.config.quorum.max(1);
         let mut weights = BTreeMap::new();
         let mut aggregate = None;
-        if aggregated {
+        if quorate {
             // BTreeMap order: contributions are combined sorted by node (reproducible sums).
             let inputs: Vec<AggregateInput<'_>> = open
                 .accepted
@@ -590,6 +591,12 @@ impl Rounds {
                 self.target.update(&a.labels);
                 weights = a.weights;
                 aggregate = Some(a.labels);
+            } else {
+                warn!(
+                    round,
+                    accepted = accepted.len(),
+                    "the aggregator produced nothing: the target stays as it was"
+                );
             }
         } else {
             warn!(
@@ -630,7 +637,9 @@ impl Rounds {
             query_ids: open.query_ids,
             asked: open.asked.iter().cloned().collect(),
             accepted,
-            aggregated,
+            // From the outcome, not the quorum: a record must never claim an aggregate that
+            // the target does not hold.
+            aggregated: aggregate.is_some(),
             closed_by,
             weights,
             reputations,
@@ -918,6 +927,43 @@ mod tests {
                 .iter()
                 .any(|(n, k)| n == "a" && *k == "RoundOpen")
         );
+    }
+
+    /// A strategy that never produces an aggregate.
+    struct Abstains;
+
+    impl Aggregator for Abstains {
+        fn kind(&self) -> crate::aggregate::AggregatorKind {
+            crate::aggregate::AggregatorKind::Mean
+        }
+        fn aggregate(&mut self, _: &[AggregateInput<'_>]) -> Option<crate::aggregate::Aggregate> {
+            None
+        }
+        fn reputations(&self) -> BTreeMap<String, f64> {
+            BTreeMap::new()
+        }
+        fn restore(&mut self, _: BTreeMap<String, f64>) {}
+    }
+
+    #[test]
+    fn a_quorate_round_the_aggregator_declines_is_recorded_as_not_aggregated() {
+        let t0 = Instant::now();
+        let mut sim = Sim {
+            rounds: Rounds::new(config(), Box::new(Abstains), t0),
+            t0,
+        };
+        for n in ["a", "b", "c"] {
+            sim.join(0, n);
+        }
+        for n in ["a", "b", "c"] {
+            sim.contribute(1, n, contribution(0, 1.0));
+        }
+        let records = sim.closed_rounds();
+        // 3 accepted meets the quorum of 2, but there is no aggregate.
+        assert_eq!(records[0].accepted.len(), 3);
+        assert!(!records[0].aggregated);
+        assert!(records[0].aggregate.is_none());
+        assert_eq!(sim.rounds.summary_now().target_records, 0);
     }
 
     #[test]
