@@ -88,7 +88,7 @@ pub struct SessionPlan {
 pub struct SessionOutcome {
     /// The node's identity as the coordinator named it (from its certificate).
     pub node: String,
-    /// Rounds the node contributed to.
+    /// Rounds the node contributed to whose contribution the coordinator did not refuse.
     pub rounds: u32,
     /// Held-out accuracy after each round's training.
     pub round_accuracy: Vec<f64>,
@@ -212,7 +212,7 @@ pub async fn run_session_with_hook(
 
     let holdout = plan.holdout;
     let mut round_accuracy = Vec::new();
-    let mut rounds_done = 0;
+    let mut contributed = Contributed::default();
     loop {
         let (msg, n) = match transport::read_message(&mut link.recv, max).await {
             Ok(Some(read)) => read,
@@ -300,7 +300,7 @@ pub async fn run_session_with_hook(
                         endpoint.wait_idle().await;
                         return Ok(SessionOutcome {
                             node,
-                            rounds: rounds_done,
+                            rounds: contributed.count(),
                             final_accuracy: accuracy,
                             round_accuracy,
                             bytes_up,
@@ -321,7 +321,7 @@ pub async fn run_session_with_hook(
                         link.connection.close(1u32.into(), b"vanished");
                         return Ok(SessionOutcome {
                             node,
-                            rounds: rounds_done,
+                            rounds: contributed.count(),
                             final_accuracy: accuracy,
                             round_accuracy,
                             bytes_up,
@@ -357,7 +357,7 @@ pub async fn run_session_with_hook(
                     }
                     Err(e) => return Err(e.into()),
                 }
-                rounds_done += 1;
+                contributed.sent(round);
             }
             Message::RoundClosed(closed) => {
                 info!(
@@ -392,7 +392,7 @@ pub async fn run_session_with_hook(
                 endpoint.wait_idle().await;
                 return Ok(SessionOutcome {
                     node,
-                    rounds: rounds_done,
+                    rounds: contributed.count(),
                     round_accuracy,
                     final_accuracy,
                     bytes_up,
@@ -407,6 +407,7 @@ pub async fn run_session_with_hook(
                 // One contribution was not counted (e.g. it arrived after the deadline); the
                 // node carries on with the next round.
                 warn!(round, "contribution refused by the coordinator: {reason}");
+                contributed.refused(round);
             }
             Message::Error { message } => return Err(SessionError::Coordinator(message)),
             Message::Reject { reason } => return Err(SessionError::Rejected(reason)),
@@ -417,6 +418,37 @@ pub async fn run_session_with_hook(
                 )));
             }
         }
+    }
+}
+
+/// The rounds this node's contributions count in, as far as the node can tell.
+///
+/// A contribution counts once sent and stops counting when the coordinator refuses it (late,
+/// duplicate, malformed): the coordinator refuses at once or accepts silently. A round asked
+/// again (the contribution was lost with a connection, or a restarted coordinator lost the
+/// round uncommitted) counts once; the coordinator never asks again for a round whose
+/// contribution it holds, so the second answer is not a refused duplicate of an accepted one.
+/// What the node cannot see: an answer sent after the last round closed, which the coordinator
+/// no longer reads once it has sent Finished, is neither refused nor counted by it.
+#[derive(Debug, Default)]
+struct Contributed {
+    rounds: std::collections::BTreeSet<u32>,
+}
+
+impl Contributed {
+    /// A contribution to `round` was sent.
+    fn sent(&mut self, round: u32) {
+        self.rounds.insert(round);
+    }
+
+    /// The coordinator refused this node's contribution to `round`.
+    fn refused(&mut self, round: u32) {
+        self.rounds.remove(&round);
+    }
+
+    /// Rounds counted.
+    fn count(&self) -> u32 {
+        self.rounds.len() as u32
     }
 }
 
@@ -558,5 +590,28 @@ async fn reconnect(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_contributions_do_not_count_and_a_round_asked_again_counts_once() {
+        let mut contributed = Contributed::default();
+        for round in 0..3 {
+            contributed.sent(round);
+        }
+        // Round 0's answer arrived after its deadline.
+        contributed.refused(0);
+        assert_eq!(contributed.count(), 2);
+        // A refusal for a round this node never answered changes nothing.
+        contributed.refused(7);
+        assert_eq!(contributed.count(), 2);
+        // Round 3 sent, lost with the connection, asked again and sent again: one round.
+        contributed.sent(3);
+        contributed.sent(3);
+        assert_eq!(contributed.count(), 3);
     }
 }

@@ -79,6 +79,14 @@ async fn a_vanishing_client_and_a_straggler_do_not_stall_any_round() {
         .expect("a straggler");
     // Its round-0 answer came 4.5 s into a round with a 3 s deadline.
     assert!(straggler.refused >= 1, "late answers are refused");
+    // The node's own count leaves out what the coordinator refused: of the 3 rounds it
+    // answered, at most 3 - refused were counted.
+    assert!(
+        straggler.contributions + straggler.refused <= 3,
+        "{} counted, {} refused",
+        straggler.contributions,
+        straggler.refused
+    );
     // Three on-time clients always answer; the dropper until it vanishes; the straggler at
     // best on odd rounds.
     for accepted in &result.accepted_per_round {
