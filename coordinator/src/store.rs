@@ -480,7 +480,9 @@ mod tests {
         let mut private = config();
         private.require_privacy = true;
         Store::open(dir.path(), &private).unwrap();
-        let changes: [(fn(&mut FederationConfig), &str); 5] = [
+        /// Alters one term of the config.
+        type Change = fn(&mut FederationConfig);
+        let changes: [(Change, &str); 5] = [
             (|c| c.require_privacy = false, "require_privacy = true"),
             (|c| c.quorum = 2, "quorum = 1"),
             (|c| c.aggregation.trim = 0.1, "aggregation.trim = 0.2"),
