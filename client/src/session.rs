@@ -174,13 +174,13 @@ pub async fn run_session_with_hook(
         classes: learner.student().config().classes as u16,
         private_records: plan.private_records,
     };
-    let needs_privacy_mode = matches!(labeller, Labeller::Student);
+    let non_private = matches!(labeller, Labeller::Student);
     let target = Target {
         addr: plan.coordinator,
         server_name: plan.server_name.clone(),
         max,
     };
-    let mut link = join(&endpoint, &target, &hello, needs_privacy_mode).await?;
+    let mut link = join(&endpoint, &target, &hello, non_private).await?;
     info!(
         node = %link.welcome.node,
         federation = %link.welcome.federation,
@@ -218,21 +218,13 @@ pub async fn run_session_with_hook(
             Ok(Some(read)) => read,
             Ok(None) => {
                 let why = "the coordinator closed the stream before Finished";
-                link =
-                    reconnect(&endpoint, &target, &hello, needs_privacy_mode, why.into()).await?;
+                link = reconnect(&endpoint, &target, &hello, non_private, why.into()).await?;
                 bytes_up += link.bytes_up;
                 bytes_down += link.bytes_down;
                 continue;
             }
             Err(e) if connection_lost(&e) => {
-                link = reconnect(
-                    &endpoint,
-                    &target,
-                    &hello,
-                    needs_privacy_mode,
-                    e.to_string(),
-                )
-                .await?;
+                link = reconnect(&endpoint, &target, &hello, non_private, e.to_string()).await?;
                 bytes_up += link.bytes_up;
                 bytes_down += link.bytes_down;
                 continue;
@@ -343,14 +335,8 @@ pub async fn run_session_with_hook(
                     // The contribution is lost with the connection; once back, the node is
                     // asked again for whichever round is open.
                     Err(e) if connection_lost(&e) => {
-                        link = reconnect(
-                            &endpoint,
-                            &target,
-                            &hello,
-                            needs_privacy_mode,
-                            e.to_string(),
-                        )
-                        .await?;
+                        link = reconnect(&endpoint, &target, &hello, non_private, e.to_string())
+                            .await?;
                         bytes_up += link.bytes_up;
                         bytes_down += link.bytes_down;
                         continue;
