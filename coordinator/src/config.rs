@@ -178,29 +178,41 @@ impl FederationConfig {
     }
 }
 
+/// A small federation for unit tests across the crate: port 0 on loopback, 2 classes, every
+/// public record each round, quorum 1, 30 s to join, 10 s per round, default aggregation;
+/// callers override what they test.
+#[cfg(test)]
+pub(crate) fn test_config(nodes: usize, rounds: u32, public_records: u32) -> FederationConfig {
+    FederationConfig {
+        name: "t".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ca: "ca.pem".into(),
+        cert: "c.pem".into(),
+        key: "c.key".into(),
+        nodes,
+        rounds,
+        public_records,
+        classes: 2,
+        queries_per_round: 0,
+        join_timeout_secs: 30,
+        round_timeout_secs: 10,
+        require_privacy: false,
+        summary_json: None,
+        quorum: 1,
+        aggregation: AggregationConfig::default(),
+        state_dir: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn config() -> FederationConfig {
         FederationConfig {
-            name: "t".into(),
-            listen: default_listen(),
-            ca: "ca.pem".into(),
-            cert: "c.pem".into(),
-            key: "c.key".into(),
-            nodes: 3,
-            rounds: 4,
-            public_records: 5,
-            classes: 2,
-            queries_per_round: 0,
             join_timeout_secs: 1,
             round_timeout_secs: 1,
-            require_privacy: false,
-            summary_json: None,
-            quorum: 1,
-            aggregation: AggregationConfig::default(),
-            state_dir: None,
+            ..test_config(3, 4, 5)
         }
     }
 

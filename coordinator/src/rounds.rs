@@ -721,26 +721,13 @@ mod tests {
 
     fn config() -> FederationConfig {
         FederationConfig {
-            name: "t".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ca: "ca.pem".into(),
-            cert: "c.pem".into(),
-            key: "c.key".into(),
-            nodes: 3,
-            rounds: 2,
-            public_records: 4,
-            classes: 2,
             queries_per_round: 2,
-            join_timeout_secs: 30,
-            round_timeout_secs: 10,
-            require_privacy: false,
-            summary_json: None,
             quorum: 2,
             aggregation: AggregationConfig {
                 strategy: AggregatorKind::Mean,
                 ..AggregationConfig::default()
             },
-            state_dir: None,
+            ..crate::config::test_config(3, 2, 4)
         }
     }
 

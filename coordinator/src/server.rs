@@ -665,26 +665,11 @@ mod tests {
 
     fn config() -> FederationConfig {
         FederationConfig {
-            name: "t".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ca: "ca.pem".into(),
-            cert: "c.pem".into(),
-            key: "c.key".into(),
-            nodes: 2,
-            rounds: 1,
-            public_records: 2,
-            classes: 2,
-            queries_per_round: 0,
-            join_timeout_secs: 30,
-            round_timeout_secs: 10,
-            require_privacy: false,
-            summary_json: None,
-            quorum: 1,
             aggregation: AggregationConfig {
                 strategy: AggregatorKind::Mean,
                 ..AggregationConfig::default()
             },
-            state_dir: None,
+            ..crate::config::test_config(2, 1, 2)
         }
     }
 

@@ -364,29 +364,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::AggregationConfig;
     use crate::rounds::ClosedBy;
     use fd_protocol::PrivacyReceipt;
 
     fn config() -> FederationConfig {
         FederationConfig {
-            name: "t".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ca: "ca.pem".into(),
-            cert: "c.pem".into(),
-            key: "c.key".into(),
-            nodes: 2,
-            rounds: 3,
-            public_records: 4,
-            classes: 2,
             queries_per_round: 2,
-            join_timeout_secs: 30,
-            round_timeout_secs: 10,
-            require_privacy: false,
-            summary_json: None,
-            quorum: 1,
-            aggregation: AggregationConfig::default(),
-            state_dir: None,
+            ..crate::config::test_config(2, 3, 4)
         }
     }
 
