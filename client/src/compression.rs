@@ -67,7 +67,15 @@ impl Reference<'_> {
     fn predict(&self, x: &Tensor) -> Result<Vec<u32>, ModelError> {
         let scores = match self {
             Reference::LocalTeacher(t) => t.forward(x)?,
-            Reference::Ensemble(e) => e.teacher_probabilities(x)?.sum(0)?,
+            Reference::Ensemble(e) => {
+                let sums: Vec<f32> = e
+                    .vote_sums(x, Votes::Soft)?
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect();
+                let rows = x.dims2()?.0;
+                Tensor::from_vec(sums, (rows, e.config().classes), x.device())?
+            }
         };
         Ok(scores.argmax(candle_core::D::Minus1)?.to_vec1()?)
     }

@@ -88,8 +88,8 @@ pub struct PrivacyConfig {
     pub epsilon: f64,
     /// The delta at which `epsilon` is measured.
     pub delta: f64,
-    /// Number of teachers (disjoint shards of the private records); 0 chooses one teacher per
-    /// 20 records, between 1 and 250.
+    /// Number of teachers (disjoint shards of the private records); 0 chooses one per record
+    /// for `"nearest"` teachers and one per 20 records, between 1 and 250, for `"mlp"` ones.
     pub shards: usize,
     /// Noise standard deviation per release. Unset: chosen so the coordinator's planned
     /// queries exactly use the budget.

@@ -352,7 +352,7 @@ pub fn build_labeller(
     budget.validate()?;
     let records = private.len();
     let teachers = if privacy.shards == 0 {
-        default_shards(records)
+        default_shards(records, privacy.shard_teacher)
     } else {
         privacy.shards
     };
