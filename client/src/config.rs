@@ -126,6 +126,10 @@ pub struct PrivacyConfig {
     /// voted, so the coordinator's mean adds up all nodes' votes) or `"normalised"` (each row
     /// clamped at `clamp_floor` noise deviations and renormalised on its own).
     pub rows: ReleaseRows,
+    /// Undo the class imbalance of the federation's private data in the target before the
+    /// student learns from it (`rows = "vote-mass"` only; see
+    /// `labeller::balance_classes`). Post-processing: costs no privacy.
+    pub balance_classes: bool,
 }
 
 /// How noisy vote sums become the probability rows a private node releases (post-processing).
@@ -157,6 +161,7 @@ impl Default for PrivacyConfig {
             shard_teacher: TeacherKind::Nearest,
             radius: None,
             rows: ReleaseRows::VoteMass,
+            balance_classes: true,
         }
     }
 }

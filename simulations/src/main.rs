@@ -148,7 +148,8 @@ struct Args {
     /// The delta of the budget.
     #[arg(long, default_value_t = 1e-5)]
     delta: f64,
-    /// Teachers per client (disjoint shards); 0 chooses one per 20 records, at most 250.
+    /// Teachers per client (disjoint shards); 0 chooses one per record for nearest teachers,
+    /// one per 20 records (at most 250) for mlp teachers.
     #[arg(long, default_value_t = 0)]
     shards: usize,
     /// What each mlp shard teacher adds to a query's sum: soft (its probabilities) or hard
@@ -183,8 +184,13 @@ struct Args {
     /// clamp).
     #[arg(long)]
     clamp_floor: Option<f64>,
+    /// Private students learn from the target as released, without first undoing the class
+    /// imbalance of the federation's private data (see `labeller::balance_classes`).
+    #[arg(long)]
+    no_balance: bool,
     /// Public records asked per round [default: all every round without privacy; with privacy
-    /// 100 records in all, each once, spread over the rounds].
+    /// each record at most once, rho x (median client records)^2 / 6250 of them in all,
+    /// between one per round and 400, spread over the rounds].
     #[arg(long)]
     queries_per_round: Option<u32>,
     /// Also write the results as JSON to this file.
@@ -447,6 +453,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.clamp_floor {
         config.privacy.clamp_floor = v;
     }
+    config.privacy.balance_classes = !args.no_balance;
     if let Some(v) = args.votes {
         config.privacy.votes = match v {
             VotesArg::Soft => Votes::Soft,

@@ -113,11 +113,18 @@ pub fn table(r: &SimResult) -> String {
         "centralised upper bound (all private records): {:.4}",
         r.centralized_acc
     );
-    let _ = writeln!(
+    let _ = write!(
         s,
         "final target accuracy on the public records: {:.4}",
         r.target_acc
     );
+    let _ = match r.balanced_target_acc {
+        Some(b) => writeln!(
+            s,
+            " ({b:.4} after class balancing, which private students apply first)"
+        ),
+        None => writeln!(s),
+    };
     let _ = writeln!(
         s,
         "aggregator {} | rounds completed {} of {} | accepted per round {:?}",
