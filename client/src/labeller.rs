@@ -150,7 +150,7 @@ pub fn sharpen_private_target(target: &SoftLabels) -> SoftLabels {
 /// votes for a query grow with how many private records of that class the federation holds,
 /// not only with how close they lie: the arg-max drifts towards the classes most nodes hold
 /// plenty of, and queries of rarer classes are mislabelled (on fd-sim's synthetic data,
-/// Dirichlet beta 0.5, the noiseless summed votes labelled 80% of public records right where
+/// Dirichlet beta 0.5, the noiseless summed votes labelled 82% of public records right where
 /// the same votes divided by the true class totals labelled 92%).
 ///
 /// The class totals are private, but the target estimates them for free: each row minus its

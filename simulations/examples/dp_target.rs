@@ -22,10 +22,11 @@ use fd_sim::datasets::{self, SyntheticSpec};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 
-fn list<T: std::str::FromStr>(arg: Option<&String>, default: &[T]) -> anyhow::Result<Vec<T>>
-where
-    T: Clone,
-{
+/// A comma-separated list of numbers, or `default` when the argument is absent.
+fn list<T: std::str::FromStr + Clone>(
+    arg: Option<&String>,
+    default: &[T],
+) -> anyhow::Result<Vec<T>> {
     match arg {
         None => Ok(default.to_vec()),
         Some(s) => s
