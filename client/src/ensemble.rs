@@ -600,11 +600,11 @@ mod tests {
         }
     }
 
-    fn nearest(x: &[f32], y: &[u32], radius: Option<f64>) -> TeacherEnsemble {
+    fn nearest(x: &[f32], y: &[u32], radius: Option<f64>, teachers: usize) -> TeacherEnsemble {
         let config = EnsembleConfig {
             kind: TeacherKind::Nearest,
             radius,
-            ..config(5)
+            ..config(teachers)
         };
         let x = matrix(x.to_vec(), 2).unwrap();
         let y = Tensor::new(y, &device()).unwrap();
@@ -630,8 +630,8 @@ mod tests {
             .unwrap();
         let mut moved = 0;
         for radius in [None, Some(0.5)] {
-            let a = nearest(&x, &y, radius);
-            let b = nearest(&x2, &y2, radius);
+            let a = nearest(&x, &y, radius, 5);
+            let b = nearest(&x2, &y2, radius, 5);
             let pa: Vec<Vec<Vec<f32>>> =
                 a.teacher_probabilities(&public).unwrap().to_vec3().unwrap();
             let pb: Vec<Vec<Vec<f32>>> =
@@ -690,17 +690,7 @@ mod tests {
         let (x, y) = blobs(60, 8);
         let (public_x, _) = blobs(25, 9);
         let public = matrix(public_x.clone(), 2).unwrap();
-        let config = EnsembleConfig {
-            kind: TeacherKind::Nearest,
-            radius: Some(0.7),
-            ..config(60)
-        };
-        let e = TeacherEnsemble::new(
-            config,
-            matrix(x.clone(), 2).unwrap(),
-            Tensor::new(&y[..], &device()).unwrap(),
-        )
-        .unwrap();
+        let e = nearest(&x, &y, Some(0.7), 60);
         let collect = |block: usize| {
             let mut sums = vec![0f64; 25 * 3];
             e.nearest_votes(&public, block, |_, q, class| {

@@ -14,8 +14,9 @@
 //! theirs from OpenDP.
 
 use fd_client::data::Standardiser;
-use fd_client::ensemble::shard_assignment;
+use fd_client::ensemble::{EnsembleConfig, TeacherEnsemble, TeacherKind, Votes};
 use fd_client::labeller::balance_classes;
+use fd_client::model::{device, matrix};
 use fd_client::privacy::{Budget, Projection, rho_for};
 use fd_protocol::SoftLabels;
 use fd_sim::datasets::{self, SyntheticSpec};
@@ -61,25 +62,16 @@ fn main() -> anyhow::Result<()> {
     // Sensitivity sqrt(2) per record: rho = m / sigma^2 for the whole release.
     let sigma = (m as f64 / rho).sqrt();
     println!("{m} public records released, rho {rho:.5}, sigma {sigma:.2} per vote sum");
-    let nodes: Vec<(Vec<f32>, Vec<u32>)> = split
+    let public = matrix(public, w)?;
+    let nodes: Vec<(candle_core::Tensor, candle_core::Tensor, usize)> = split
         .clients
         .iter()
-        .map(|t| (standardiser.apply(t), t.labels.clone()))
-        .collect();
-    // Squared distances [node][query][record].
-    let d2: Vec<Vec<Vec<f32>>> = nodes
-        .iter()
-        .map(|(x, _)| {
-            (0..m)
-                .map(|q| {
-                    let a = &public[q * w..(q + 1) * w];
-                    x.chunks(w)
-                        .map(|b| a.iter().zip(b).map(|(u, v)| (u - v) * (u - v)).sum())
-                        .collect()
-                })
-                .collect()
+        .map(|t| -> anyhow::Result<_> {
+            let x = matrix(standardiser.apply(t), w)?;
+            let y = candle_core::Tensor::new(t.labels.as_slice(), &device())?;
+            Ok((x, y, t.rows()))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let noise = Normal::new(0.0, sigma)?;
     let accuracy = |t: &SoftLabels| {
         (0..m)
@@ -98,26 +90,26 @@ fn main() -> anyhow::Result<()> {
     };
     for &size in &shard_sizes {
         for &r in &radii {
+            // Every node's noiseless vote sums, from the ensemble nodes build.
             let votes: Vec<Vec<f64>> = nodes
                 .iter()
-                .enumerate()
-                .map(|(k, (_, labels))| {
-                    let shards = shard_assignment(labels.len(), (labels.len() / size).max(1), 3);
-                    let mut v = vec![0f64; m * c];
-                    for q in 0..m {
-                        for shard in &shards {
-                            let (d, i) = shard
-                                .iter()
-                                .map(|&i| (d2[k][q][i as usize], i))
-                                .fold((f32::INFINITY, 0), |b, x| if x.0 < b.0 { x } else { b });
-                            if d <= r * r {
-                                v[q * c + labels[i as usize] as usize] += 1.0;
-                            }
-                        }
-                    }
-                    v
+                .map(|(x, y, n)| -> anyhow::Result<Vec<f64>> {
+                    let config = EnsembleConfig {
+                        kind: TeacherKind::Nearest,
+                        teachers: (n / size).max(1),
+                        radius: Some(f64::from(r)),
+                        hidden: 0,
+                        inputs: w,
+                        classes: c,
+                        learning_rate: 0.0,
+                        batch_size: 1,
+                        temperature: 1.0,
+                        seed: 3,
+                    };
+                    let e = TeacherEnsemble::new(config, x.clone(), y.clone())?;
+                    Ok(e.vote_sums(&public.narrow(0, 0, m)?, Votes::Hard)?)
                 })
-                .collect();
+                .collect::<anyhow::Result<_>>()?;
             let clean: Vec<f32> = (0..m * c)
                 .map(|i| votes.iter().map(|v| v[i]).sum::<f64>() as f32)
                 .collect();
@@ -129,11 +121,10 @@ fn main() -> anyhow::Result<()> {
                 let rows: Vec<Vec<f32>> = votes
                     .iter()
                     .zip(&nodes)
-                    .map(|(v, (_, labels))| {
+                    .map(|(v, (_, _, n))| {
                         let noisy: Vec<f64> =
                             v.iter().map(|x| x + noise.sample(&mut rng)).collect();
-                        Projection::vote_mass((labels.len() / size).max(1), c, sigma)
-                            .apply(&noisy, c)
+                        Projection::vote_mass((n / size).max(1), c, sigma).apply(&noisy, c)
                     })
                     .collect();
                 let mean = as_target(
