@@ -167,6 +167,15 @@ impl Default for PrivacyConfig {
 }
 
 impl PrivacyConfig {
+    /// Whether private students balance the target's classes before learning from it:
+    /// `balance_classes` is on, the node is private, and rows are vote mass (normalised rows
+    /// have lost the vote counts that balancing reads).
+    pub fn balances_classes(&self) -> bool {
+        self.mode == PrivacyMode::Shards
+            && self.balance_classes
+            && self.rows == ReleaseRows::VoteMass
+    }
+
     /// Checks ranges; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.mode == PrivacyMode::None {
@@ -295,6 +304,28 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Balancing reads vote counts: only private nodes with vote-mass rows do it, and the
+    /// setting turns it off.
+    #[test]
+    fn only_private_vote_mass_nodes_balance_classes() {
+        let private = PrivacyConfig {
+            mode: PrivacyMode::Shards,
+            ..PrivacyConfig::default()
+        };
+        assert!(private.balances_classes());
+        assert!(!PrivacyConfig::default().balances_classes(), "mode none");
+        let normalised = PrivacyConfig {
+            rows: ReleaseRows::Normalised,
+            ..private.clone()
+        };
+        assert!(!normalised.balances_classes());
+        let off = PrivacyConfig {
+            balance_classes: false,
+            ..private
+        };
+        assert!(!off.balances_classes());
+    }
 
     #[test]
     fn relative_paths_follow_the_file_and_defaults_fill_in() {

@@ -418,7 +418,7 @@ pub fn build_labeller(
         clamp_floor: privacy.clamp_floor,
         votes: privacy.votes,
         rows: privacy.rows,
-        balance: privacy.balance_classes && privacy.rows == crate::config::ReleaseRows::VoteMass,
+        balance: privacy.balances_classes(),
         last_release: None,
     })))
 }

@@ -535,9 +535,9 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         }))
     };
     let target_acc = arg_max_acc(&summary.target);
-    let balanced_target_acc = (private
-        && config.privacy.balance_classes
-        && config.privacy.rows == fd_client::config::ReleaseRows::VoteMass)
+    let balanced_target_acc = config
+        .privacy
+        .balances_classes()
         .then(|| arg_max_acc(&fd_client::labeller::balance_classes(&summary.target)));
     Ok(SimResult {
         target_acc,
