@@ -2,7 +2,7 @@
 //!
 //! Every byte that crosses between a node (`fd-client`) and the coordinator (`fd-coordinator`)
 //! is one [`Message`], encoded by the [`codec`] module into a length-prefixed frame. This crate
-//! does no I/O and knows nothing of tokio or quinn: the transport (in `fd-certs`) reads frames
+//! does no I/O and knows nothing of tokio or quinn: the transport (`fd-transport`) reads frames
 //! off QUIC streams and hands the bytes here. Decoding is bounded (the length prefix is checked
 //! against a maximum before anything is allocated) and never panics on hostile input.
 //!
@@ -17,7 +17,7 @@ mod messages;
 pub use codec::{CodecError, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use messages::{
     Contribution, Hello, LabelError, Message, PrivacyReceipt, RoundClosed, RoundOpen, SoftLabels,
-    Welcome,
+    Welcome, arg_max,
 };
 
 /// ALPN protocol identifier negotiated in the TLS handshake.

@@ -222,6 +222,22 @@ pub enum LabelError {
 /// Tolerance on a row's sum and on values below zero for [`SoftLabels::validate`].
 pub const SIMPLEX_TOLERANCE: f32 = 1e-3;
 
+/// Index of the largest of `values`: the first on ties; a NaN never wins; 0 when there is no
+/// value or every value is NaN. The one arg-max of the workspace: nodes, the coordinator and
+/// the simulator rank classes with it.
+pub fn arg_max<T: PartialOrd + Copy>(values: impl IntoIterator<Item = T>) -> usize {
+    let mut best: Option<(usize, T)> = None;
+    for (i, v) in values.into_iter().enumerate() {
+        // `v == v` is false only for NaN.
+        #[allow(clippy::eq_op)]
+        let comparable = v == v;
+        if comparable && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i)
+}
+
 impl SoftLabels {
     /// Number of rows.
     pub fn len(&self) -> usize {
@@ -240,6 +256,14 @@ impl SoftLabels {
     pub fn row(&self, i: usize) -> &[f32] {
         let c = self.classes as usize;
         &self.probs[i * c..(i + 1) * c]
+    }
+
+    /// The class row `i` ranks first ([`arg_max`] of [`SoftLabels::row`]).
+    ///
+    /// # Panics
+    /// As [`SoftLabels::row`].
+    pub fn top_class(&self, i: usize) -> usize {
+        arg_max(self.row(i).iter().copied())
     }
 
     /// Checks shape, class count, finiteness and that every row lies on the probability simplex
@@ -293,6 +317,15 @@ impl SoftLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arg_max_takes_the_first_of_ties_and_never_a_nan() {
+        assert_eq!(arg_max([0.1f32, 0.7, 0.7, 0.2]), 1);
+        assert_eq!(arg_max([f64::NAN, 0.3, 0.5]), 2);
+        assert_eq!(arg_max([-2.0f64, f64::NAN, -1.0]), 2);
+        assert_eq!(arg_max(Vec::<f32>::new()), 0);
+        assert_eq!(arg_max([f32::NAN, f32::NAN]), 0);
+    }
 
     fn labels(rows: &[&[f32]]) -> SoftLabels {
         SoftLabels {
