@@ -1,4 +1,4 @@
-//! The error type of the PKI and TLS halves of the crate.
+//! The error type of the PKI.
 
 use std::io;
 use std::path::PathBuf;
@@ -94,36 +94,6 @@ pub enum CertError {
         /// Where the CA came from (its certificate file, or "the CA certificate").
         origin: String,
         /// Why not, and what to do.
-        reason: String,
-    },
-    /// rustls refused the certificates or key while building a TLS configuration.
-    #[error(
-        "cannot build the TLS {side} configuration: {source}; check that the certificate and \
-         key files belong together and were issued by this federation's CA"
-    )]
-    Tls {
-        /// "server" or "client".
-        side: &'static str,
-        /// The rustls error.
-        #[source]
-        source: rustls::Error,
-    },
-    /// The client-certificate verifier could not be built from the CA certificate.
-    #[error("cannot build the client-certificate verifier from the CA certificate: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-    /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
-    #[error("the TLS configuration cannot be used for QUIC: {0}")]
-    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
-    /// The peer of a connection presented no certificate.
-    #[error(
-        "the peer presented no certificate; both ends must use configurations from \
-         fd_certs::tls (mutual TLS)"
-    )]
-    NoPeerCertificate,
-    /// The peer's certificate does not carry a usable identity.
-    #[error("cannot read the peer's identity from its certificate: {reason}")]
-    PeerIdentity {
-        /// What is wrong with the certificate.
         reason: String,
     },
 }

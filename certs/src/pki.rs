@@ -459,7 +459,7 @@ fn parse_san(san: &str) -> Result<SanType, CertError> {
 }
 
 /// Reads a UTF-8 text file; a missing file is [`CertError::NotFound`] with `hint`.
-pub(crate) fn read_text(path: &Path, hint: &str) -> Result<String, CertError> {
+pub fn read_text(path: &Path, hint: &str) -> Result<String, CertError> {
     fs::read_to_string(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => CertError::NotFound {
             path: path.to_path_buf(),
@@ -474,7 +474,7 @@ pub(crate) fn read_text(path: &Path, hint: &str) -> Result<String, CertError> {
 }
 
 /// Logs a warning if a private key file can be read by anyone but its owner.
-pub(crate) fn warn_if_key_readable_by_others(path: &Path) {
+pub fn warn_if_key_readable_by_others(path: &Path) {
     if let Ok(meta) = fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

@@ -20,8 +20,10 @@ use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::CertError;
-use crate::pki::{read_text, validate_name, warn_if_key_readable_by_others};
+use fd_certs::CertError;
+use fd_certs::pki::{read_text, validate_name, warn_if_key_readable_by_others};
+
+use crate::TlsError;
 
 /// Interval between QUIC keep-alive packets, well inside [`IDLE_TIMEOUT`] so an idle but healthy
 /// connection (a node waiting for the next round) is never dropped.
@@ -55,7 +57,7 @@ impl fmt::Debug for TlsIdentity {
 impl TlsIdentity {
     /// Reads the CA certificate, this end's certificate and its private key from files, and
     /// checks that each holds what it should.
-    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsIdentity, CertError> {
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsIdentity, TlsError> {
         let ca_pem = read_text(
             ca,
             "this is the federation CA certificate (ca.pem); copy it from the operator",
@@ -83,7 +85,7 @@ impl TlsIdentity {
 
 /// The coordinator's QUIC server configuration: presents `id`'s server certificate and
 /// requires every client to present a certificate signed by `id`'s CA.
-pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, CertError> {
+pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let roots = Arc::new(root_store(&id.ca_pem)?);
     // Client certificate REQUIRED: the builder's default rejects anonymous clients.
@@ -92,13 +94,13 @@ pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, CertError>
     let key = parse_key(&id.key_pem, "the server private key")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| CertError::Tls {
+        .map_err(|source| TlsError::Tls {
             side: "server",
             source,
         })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|source| CertError::Tls {
+        .map_err(|source| TlsError::Tls {
             side: "server",
             source,
         })?;
@@ -116,19 +118,19 @@ pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, CertError>
 
 /// A node's QUIC client configuration: trusts only `id`'s CA and presents `id`'s node
 /// certificate.
-pub fn client_config(id: &TlsIdentity) -> Result<quinn::ClientConfig, CertError> {
+pub fn client_config(id: &TlsIdentity) -> Result<quinn::ClientConfig, TlsError> {
     let roots = root_store(&id.ca_pem)?;
     let chain = parse_certs(&id.cert_pem, "the node certificate")?;
     let key = parse_key(&id.key_pem, "the node private key")?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| CertError::Tls {
+        .map_err(|source| TlsError::Tls {
             side: "client",
             source,
         })?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|source| CertError::Tls {
+        .map_err(|source| TlsError::Tls {
             side: "client",
             source,
         })?;
@@ -145,20 +147,20 @@ pub fn client_config(id: &TlsIdentity) -> Result<quinn::ClientConfig, CertError>
 ///
 /// Only meaningful on connections made with [`server_config`] / [`client_config`], where the
 /// handshake has already verified the certificate against the federation CA.
-pub fn peer_name(conn: &quinn::Connection) -> Result<String, CertError> {
-    let identity = conn.peer_identity().ok_or(CertError::NoPeerCertificate)?;
+pub fn peer_name(conn: &quinn::Connection) -> Result<String, TlsError> {
+    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
     let chain = identity
         .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| CertError::PeerIdentity {
+        .map_err(|_| TlsError::PeerIdentity {
             reason: "the connection's peer identity is not an X.509 certificate chain".into(),
         })?;
-    let leaf = chain.first().ok_or(CertError::NoPeerCertificate)?;
+    let leaf = chain.first().ok_or(TlsError::NoPeerCertificate)?;
     name_in_certificate(leaf)
 }
 
 /// The first DNS subject alternative name in a DER certificate, checked like a node name.
-fn name_in_certificate(der: &[u8]) -> Result<String, CertError> {
-    let bad = |reason: String| CertError::PeerIdentity { reason };
+fn name_in_certificate(der: &[u8]) -> Result<String, TlsError> {
+    let bad = |reason: String| TlsError::PeerIdentity { reason };
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| bad(format!("it is not a valid X.509 certificate ({e})")))?;
     let sans = cert
@@ -234,7 +236,7 @@ fn parse_key(pem: &str, origin: &str) -> Result<PrivateKeyDer<'static>, CertErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::Ca;
+    use fd_certs::pki::Ca;
     use std::fs;
 
     #[test]
@@ -264,7 +266,7 @@ mod tests {
             .issue_server("coordinator", &["localhost".into()])
             .expect("server");
         let node = ca.issue_node("hospital-a").expect("node");
-        let id = |i: &crate::pki::Identity| TlsIdentity {
+        let id = |i: &fd_certs::pki::Identity| TlsIdentity {
             ca_pem: ca.cert_pem(),
             cert_pem: i.cert_pem.clone(),
             key_pem: i.key_pem.clone(),
@@ -296,7 +298,7 @@ mod tests {
 
         let missing = dir.path().join("absent.pem");
         let err = TlsIdentity::load(&missing, &cert_path, &key_path).expect_err("missing");
-        assert!(matches!(err, CertError::NotFound { .. }));
+        assert!(matches!(err, TlsError::Cert(CertError::NotFound { .. })));
         assert!(err.to_string().contains("absent.pem"), "{err}");
 
         // A certificate where the key should be: PEM, but no key inside.

@@ -1,4 +1,4 @@
-//! Framed [`Message`]s on QUIC streams, and the endpoints that carry them.
+//! Framed [`Message`]s on QUIC streams.
 //!
 //! A frame is what [`fd_protocol::codec`] makes: a 4-byte length prefix and a payload. Reading
 //! checks the announced length against the caller's maximum *before* allocating, so a hostile
@@ -6,7 +6,7 @@
 //! themselves is the codec's business.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use fd_protocol::Message;
 use fd_protocol::codec::{LEN_PREFIX, decode_payload, encode_frame, payload_len};
@@ -49,6 +49,9 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
+    /// The operating system's random generator failed (making a stateless-reset secret).
+    #[error("the system random generator failed")]
+    Random,
     /// A connection could not be established or was lost.
     #[error("connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
@@ -111,110 +114,12 @@ pub async fn read_message(
     Ok(Some((msg, LEN_PREFIX + len)))
 }
 
-/// Opens a QUIC server endpoint on `addr` (port 0 picks a free port; see
-/// [`quinn::Endpoint::local_addr`]). Must be called inside a tokio runtime.
-pub fn server_endpoint(
-    addr: SocketAddr,
-    cfg: quinn::ServerConfig,
-) -> Result<quinn::Endpoint, TransportError> {
-    quinn::Endpoint::server(cfg, addr).map_err(|source| TransportError::Io { addr, source })
-}
-
-/// Bytes of a stateless-reset secret (see [`server_endpoint_with_reset_secret`]).
-pub const RESET_SECRET_LEN: usize = 32;
-
-/// A fresh random stateless-reset secret, from the operating system's generator.
-pub fn new_reset_secret() -> Result<[u8; RESET_SECRET_LEN], TransportError> {
-    use ring::rand::SecureRandom;
-    let mut secret = [0u8; RESET_SECRET_LEN];
-    ring::rand::SystemRandom::new()
-        .fill(&mut secret)
-        .map_err(|_| TransportError::Io {
-            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            source: io::Error::other("the system random generator failed"),
-        })?;
-    Ok(secret)
-}
-
-/// Like [`server_endpoint`], with a stateless-reset key derived from `secret`. A server that
-/// restarts with the same secret (the coordinator keeps it in its state directory) answers
-/// packets of connections it lost in the crash with a stateless reset their peers accept, so
-/// nodes learn at once that they must reconnect instead of waiting out their idle timeout.
-pub fn server_endpoint_with_reset_secret(
-    addr: SocketAddr,
-    cfg: quinn::ServerConfig,
-    secret: &[u8],
-) -> Result<quinn::Endpoint, TransportError> {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    // quinn's default connection-ID generator checks IDs with a per-process key and drops,
-    // without a reset, packets whose ID it does not recognise: IDs must outlive the process.
-    let mut endpoint_config = quinn::EndpointConfig::new(std::sync::Arc::new(key.clone()));
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    endpoint_config.cid_generator(move || {
-        Box::new(RestartableCids {
-            key: key.clone(),
-            nonce: started,
-            counter: 0,
-        }) as Box<dyn quinn::ConnectionIdGenerator>
-    });
-    let socket =
-        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Io { addr, source })?;
-    let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Io {
-        addr,
-        source: io::Error::other("no async runtime (call inside tokio)"),
-    })?;
-    quinn::Endpoint::new(endpoint_config, Some(cfg), socket, runtime)
-        .map_err(|source| TransportError::Io { addr, source })
-}
-
-/// Connection IDs any instance of the endpoint accepts (quinn's default validation key is
-/// per process). Each is 8 bytes of HMAC(secret, start time, counter): unlinkable for
-/// observers, and distinct across restarts.
-struct RestartableCids {
-    key: ring::hmac::Key,
-    nonce: u64,
-    counter: u64,
-}
-
-/// Bytes of a connection ID.
-const CID_LEN: usize = 8;
-
-impl quinn::ConnectionIdGenerator for RestartableCids {
-    fn generate_cid(&mut self) -> quinn::ConnectionId {
-        self.counter += 1;
-        let mut input = [0u8; 16];
-        input[..8].copy_from_slice(&self.nonce.to_le_bytes());
-        input[8..].copy_from_slice(&self.counter.to_le_bytes());
-        let tag = ring::hmac::sign(&self.key, &input);
-        quinn::ConnectionId::new(&tag.as_ref()[..CID_LEN])
-    }
-
-    fn cid_len(&self) -> usize {
-        CID_LEN
-    }
-
-    fn cid_lifetime(&self) -> Option<std::time::Duration> {
-        None
-    }
-}
-
-/// Opens a QUIC client endpoint on `0.0.0.0:0` (any free IPv4 port) whose connections use
-/// `cfg`. Must be called inside a tokio runtime.
-pub fn client_endpoint(cfg: quinn::ClientConfig) -> Result<quinn::Endpoint, TransportError> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    let mut endpoint =
-        quinn::Endpoint::client(addr).map_err(|source| TransportError::Io { addr, source })?;
-    endpoint.set_default_client_config(cfg);
-    Ok(endpoint)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::Ca;
+    use crate::endpoint::{client_endpoint, server_endpoint};
     use crate::tls::{TlsIdentity, client_config, peer_name, server_config};
+    use fd_certs::pki::Ca;
     use fd_protocol::{DEFAULT_MAX_FRAME_LEN, Hello};
     use rustls_pki_types::pem::PemObject;
     use std::time::Duration;
@@ -232,7 +137,7 @@ mod tests {
         })
     }
 
-    fn identity(ca: &Ca, id: &crate::pki::Identity) -> TlsIdentity {
+    fn identity(ca: &Ca, id: &fd_certs::pki::Identity) -> TlsIdentity {
         TlsIdentity {
             ca_pem: ca.cert_pem(),
             cert_pem: id.cert_pem.clone(),

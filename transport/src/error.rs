@@ -1,0 +1,41 @@
+//! The error type of the TLS half of the transport.
+
+/// Why a TLS configuration could not be made, or a peer's identity not read.
+///
+/// Every message says what was wrong, where (file or field) and, where there is one, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file is missing or does not hold what it should.
+    #[error(transparent)]
+    Cert(#[from] fd_certs::CertError),
+    /// rustls refused the certificates or key while building a TLS configuration.
+    #[error(
+        "cannot build the TLS {side} configuration: {source}; check that the certificate and \
+         key files belong together and were issued by this federation's CA"
+    )]
+    Tls {
+        /// "server" or "client".
+        side: &'static str,
+        /// The rustls error.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier could not be built from the CA certificate.
+    #[error("cannot build the client-certificate verifier from the CA certificate: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
+    #[error("the TLS configuration cannot be used for QUIC: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The peer of a connection presented no certificate.
+    #[error(
+        "the peer presented no certificate; both ends must use configurations from \
+         fd_transport::tls (mutual TLS)"
+    )]
+    NoPeerCertificate,
+    /// The peer's certificate does not carry a usable identity.
+    #[error("cannot read the peer's identity from its certificate: {reason}")]
+    PeerIdentity {
+        /// What is wrong with the certificate.
+        reason: String,
+    },
+}
