@@ -19,12 +19,15 @@ use std::time::{Duration, Instant};
 use fd_protocol::{
     Contribution, Hello, Message, PrivacyReceipt, RoundClosed, RoundOpen, SoftLabels, Welcome,
 };
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::aggregate::{Aggregator, Input as AggregateInput, Target};
 use crate::config::FederationConfig;
-use crate::server::{NodeSpending, NodeSummary, Summary};
+use crate::summary::{NodeSpending, NodeSummary, Summary};
+
+// The records of closed rounds live with the summary that logs them; they stay reachable here,
+// where the state machine emits them.
+pub use crate::summary::{ClosedBy, RoundRecord};
 
 /// Something that happened to the federation, as the driver saw it.
 #[derive(Debug, Clone)]
@@ -81,43 +84,6 @@ pub struct Transmit {
     pub message: Option<Message>,
     /// What to do with the connection afterwards.
     pub after: After,
-}
-
-/// Why a round closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClosedBy {
-    /// Every node asked answered or left.
-    AllAnswered,
-    /// The deadline passed.
-    Deadline,
-}
-
-/// Everything about a closed round worth keeping: what the store commits, and the summary logs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RoundRecord {
-    /// The round.
-    pub round: u32,
-    /// Public records asked.
-    pub query_ids: Vec<u32>,
-    /// Nodes asked.
-    pub asked: Vec<String>,
-    /// Nodes whose contribution was accepted (sorted).
-    pub accepted: Vec<String>,
-    /// Whether the round was aggregated: at least `quorum` contributions were accepted and the
-    /// strategy produced an aggregate from them.
-    pub aggregated: bool,
-    /// Why it closed.
-    pub closed_by: ClosedBy,
-    /// Each accepted node's share of the aggregate.
-    pub weights: BTreeMap<String, f64>,
-    /// Reputations after the round (strategies that keep them).
-    pub reputations: BTreeMap<String, f64>,
-    /// The privacy receipts of the accepted contributions.
-    pub receipts: BTreeMap<String, PrivacyReceipt>,
-    /// The round's aggregate (skipped in the summary file: the store keeps it).
-    #[serde(skip)]
-    pub aggregate: Option<SoftLabels>,
 }
 
 /// Something the driver must act on.

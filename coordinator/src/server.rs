@@ -3,28 +3,52 @@
 //! Tasks: one accepts connections and admits peers (TLS has already checked the certificate
 //! against the federation CA; the node's name is taken from that certificate); one per admitted
 //! node reads its messages; and the driver, which owns the round state machine, receives
-//! everything as [`Event`]s on one channel, feeds them to it with the current time, commits
+//! everything as [`PeerEvent`]s on one channel, feeds them to it with the current time, commits
 //! closed rounds to the store and sends what the state machine asks for.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fd_certs::transport::{self, TransportError};
-use fd_protocol::{Hello, Message, SoftLabels};
-use serde::{Deserialize, Serialize};
+use fd_protocol::{Hello, Message};
+use fd_transport::{self as transport, TransportError};
+use quinn::VarInt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::FederationConfig;
-use crate::rounds::{self, After, Input, RoundRecord, Rounds, Transmit};
+use crate::rounds::{self, After, Input, Rounds, Transmit};
 use crate::store::{Store, StoreError};
+use crate::summary::{RoundRecord, Summary};
+
+/// How long a peer that passed the TLS handshake has to open its stream and send Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, in all, the driver waits after the last round for the nodes sent Finished to close
+/// their connections, so the last frame is delivered before the endpoint goes away.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the endpoint, once the run is over, waits for Finished and the closes to reach the
+/// nodes before it closes regardless.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused peer's connection is held open for it to read the Error or Reject just
+/// written to it (see [`hold_until_read`]).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// QUIC close code: the federation is over (the endpoint closes at the end of the run).
+const CLOSE_DONE: VarInt = VarInt::from_u32(0);
+/// QUIC close code: the peer's certificate carries no usable node name.
+const CLOSE_NO_NAME: VarInt = VarInt::from_u32(1);
+/// QUIC close code: the peer's first message was not Hello.
+const CLOSE_NOT_HELLO: VarInt = VarInt::from_u32(2);
+/// QUIC close code: the peer sent no Hello within [`HELLO_TIMEOUT`].
+const CLOSE_NO_HELLO: VarInt = VarInt::from_u32(3);
+/// QUIC close code: the node connected again and its newer connection replaces this one.
+const CLOSE_REPLACED: VarInt = VarInt::from_u32(4);
 
 /// Why the coordinator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
     /// TLS material is unusable.
     #[error(transparent)]
-    Tls(#[from] fd_certs::CertError),
+    Tls(#[from] fd_transport::TlsError),
     /// The endpoint could not be opened.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -43,83 +67,11 @@ pub enum CoordinatorError {
     },
 }
 
-/// What a node contributed, for the summary.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct NodeSummary {
-    /// Node identity from its certificate.
-    pub node: String,
-    /// Contributions accepted.
-    pub contributions: u32,
-    /// Bytes received from it.
-    pub bytes_up: u64,
-    /// Bytes sent to it.
-    pub bytes_down: u64,
-    /// Whether it was still present at the end.
-    pub finished: bool,
-    /// Why it left early, if it did.
-    pub left: Option<String>,
-    /// Its privacy spending, from the latest receipt it sent.
-    pub privacy: Option<NodeSpending>,
-    /// Its share of the aggregate in the last round it was accepted in.
-    pub weight: Option<f64>,
-    /// Its reputation after the last round (strategies that keep one).
-    pub reputation: Option<f64>,
-    /// Contributions refused (late, duplicate, malformed).
-    pub refused: u32,
-}
-
-/// A node's cumulative privacy spending, as its latest receipt states it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct NodeSpending {
-    /// Mechanism named in the receipt.
-    pub mechanism: String,
-    /// Privacy unit named in the receipt.
-    pub unit: String,
-    /// Releases (receipts) received.
-    pub releases: u32,
-    /// Cumulative zCDP cost.
-    pub rho_total: f64,
-    /// Cumulative epsilon at `delta`.
-    pub epsilon_total: f64,
-    /// The delta of `epsilon_total`.
-    pub delta: f64,
-}
-
-/// The coordinator's account of a run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Summary {
-    /// Federation name.
-    pub federation: String,
-    /// Aggregation strategy.
-    pub aggregator: String,
-    /// Rounds completed.
-    pub rounds: u32,
-    /// Why the federation ended before its planned rounds, if it did.
-    pub ended_early: Option<String>,
-    /// Contributions accepted in each round.
-    pub accepted_per_round: Vec<u32>,
-    /// Every round: who was asked and accepted, each node's weight, reputations, receipts.
-    pub round_log: Vec<RoundRecord>,
-    /// Public records in the final target.
-    pub target_records: usize,
-    /// Per-node accounts, by name.
-    pub nodes: Vec<NodeSummary>,
-    /// Bytes received from all nodes.
-    pub bytes_up: u64,
-    /// Bytes sent to all nodes.
-    pub bytes_down: u64,
-    /// Wall time from start to the end of the last round.
-    pub wall_seconds: f64,
-    /// The final target (not serialised into the summary file).
-    #[serde(skip)]
-    pub target: SoftLabels,
-}
-
 /// Opens the QUIC endpoint described by `config` (TLS files, listen address). With a state
 /// directory, its stateless-reset key comes from the stored secret (see [`Store::reset_secret`]).
 pub fn bind(config: &FederationConfig) -> Result<quinn::Endpoint, CoordinatorError> {
-    let tls = fd_certs::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
-    let server = fd_certs::tls::server_config(&tls)?;
+    let tls = fd_transport::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
+    let server = fd_transport::tls::server_config(&tls)?;
     match &config.state_dir {
         Some(dir) => {
             let secret = Store::open(dir, config)?.reset_secret()?;
@@ -149,9 +101,10 @@ struct Arrival {
     bytes: u64,
 }
 
-/// What the tasks tell the driver. `conn` tells a node's current connection from an old one it
-/// replaced by reconnecting.
-enum Event {
+/// What the accepting and reading tasks tell the driver (the state machine's own output is
+/// [`rounds::Event`]). `conn` tells a node's current connection from an old one it replaced by
+/// reconnecting.
+enum PeerEvent {
     Arrived(Box<Arrival>),
     Message {
         node: String,
@@ -178,7 +131,7 @@ pub async fn run(
     config: FederationConfig,
     endpoint: quinn::Endpoint,
 ) -> Result<Summary, CoordinatorError> {
-    let (events, mut inbox) = mpsc::channel::<Event>(1024);
+    let (events, mut inbox) = mpsc::channel::<PeerEvent>(1024);
     let accept_task = tokio::spawn(accept_loop(endpoint.clone(), events.clone()));
     let aggregator = config.aggregation.build();
     let (rounds, store) = match &config.state_dir {
@@ -220,12 +173,12 @@ pub async fn run(
     let result = driver.drive(&mut inbox).await;
     accept_task.abort();
     // Let Finished and closes reach the nodes, but never hang on a silent one.
-    let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
-    endpoint.close(0u32.into(), b"federation over");
+    let _ = tokio::time::timeout(IDLE_TIMEOUT, endpoint.wait_idle()).await;
+    endpoint.close(CLOSE_DONE, b"federation over");
     result
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, events: mpsc::Sender<Event>) {
+async fn accept_loop(endpoint: quinn::Endpoint, events: mpsc::Sender<PeerEvent>) {
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(admit(incoming, events.clone()));
     }
@@ -233,7 +186,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, events: mpsc::Sender<Event>) {
 
 /// Completes the handshake and reads Hello. Refusals here are logged and the peer dropped;
 /// nothing reaches the driver from a peer that failed TLS.
-async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<Event>) {
+async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<PeerEvent>) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
         Ok(c) => c,
@@ -242,11 +195,11 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<Event>) {
             return;
         }
     };
-    let name = match fd_certs::tls::peer_name(&connection) {
+    let name = match fd_transport::tls::peer_name(&connection) {
         Ok(n) => n,
         Err(e) => {
             warn!(%remote, "refused: no usable node name in the certificate: {e}");
-            connection.close(1u32.into(), b"no node name in certificate");
+            connection.close(CLOSE_NO_NAME, b"no node name in certificate");
             return;
         }
     };
@@ -255,7 +208,7 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<Event>) {
         let read = transport::read_message(&mut recv, fd_protocol::DEFAULT_MAX_FRAME_LEN).await?;
         Ok::<_, TransportError>((send, recv, read))
     };
-    match tokio::time::timeout(Duration::from_secs(30), hello).await {
+    match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
         Ok(Ok((send, recv, Some((Message::Hello(hello), bytes))))) => {
             let arrival = Arrival {
                 name,
@@ -265,17 +218,18 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<Event>) {
                 recv,
                 bytes: bytes as u64,
             };
-            let _ = events.send(Event::Arrived(Box::new(arrival))).await;
+            let _ = events.send(PeerEvent::Arrived(Box::new(arrival))).await;
         }
         Ok(Ok((_, _, other))) => {
             let got = other.map_or("nothing", |(m, _)| m.kind());
             warn!(%remote, node = %name, "refused: expected Hello, got {got}");
-            connection.close(2u32.into(), b"expected Hello");
+            connection.close(CLOSE_NOT_HELLO, b"expected Hello");
         }
         Ok(Err(e)) => warn!(%remote, node = %name, "refused: {e}"),
         Err(_) => {
-            warn!(%remote, node = %name, "refused: no Hello within 30 s");
-            connection.close(3u32.into(), b"no Hello");
+            let secs = HELLO_TIMEOUT.as_secs();
+            warn!(%remote, node = %name, "refused: no Hello within {secs} s");
+            connection.close(CLOSE_NO_HELLO, b"no Hello");
         }
     }
 }
@@ -285,13 +239,13 @@ async fn read_loop(
     node: String,
     conn: u64,
     mut recv: quinn::RecvStream,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<PeerEvent>,
     max_frame_len: usize,
 ) {
     let (reason, misbehaved) = loop {
         match transport::read_message(&mut recv, max_frame_len).await {
             Ok(Some((message, bytes))) => {
-                let event = Event::Message {
+                let event = PeerEvent::Message {
                     node: node.clone(),
                     conn,
                     message,
@@ -314,7 +268,7 @@ async fn read_loop(
         }
     };
     let _ = events
-        .send(Event::Gone {
+        .send(PeerEvent::Gone {
             node,
             conn,
             reason,
@@ -325,7 +279,7 @@ async fn read_loop(
 
 struct Driver {
     config: FederationConfig,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<PeerEvent>,
     next_conn: u64,
     /// The connections and the store: everything [`settle`] acts on.
     io: Io,
@@ -423,7 +377,7 @@ async fn settle(rounds: &mut Rounds, effects: &mut impl Effects) -> Result<Settl
 impl Driver {
     async fn drive(
         &mut self,
-        inbox: &mut mpsc::Receiver<Event>,
+        inbox: &mut mpsc::Receiver<PeerEvent>,
     ) -> Result<Summary, CoordinatorError> {
         let started = Instant::now();
         info!(expected = self.config.nodes, "waiting for nodes");
@@ -452,8 +406,8 @@ impl Driver {
             };
             let now = Instant::now();
             match event {
-                Some(Event::Arrived(a)) => self.arrive(now, *a),
-                Some(Event::Message {
+                Some(PeerEvent::Arrived(a)) => self.arrive(now, *a),
+                Some(PeerEvent::Message {
                     node,
                     conn,
                     message,
@@ -470,7 +424,7 @@ impl Driver {
                         );
                     }
                 }
-                Some(Event::Gone {
+                Some(PeerEvent::Gone {
                     node,
                     conn,
                     reason,
@@ -491,9 +445,9 @@ impl Driver {
             }
         }
         let wall_seconds = started.elapsed().as_secs_f64();
-        // Wait (up to 30 s in all) for each node to close after Finished, so the last frame is
-        // delivered before the endpoint goes away.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Wait (up to FINISH_TIMEOUT in all) for each node to close after Finished, so the last
+        // frame is delivered before the endpoint goes away.
+        let deadline = tokio::time::Instant::now() + FINISH_TIMEOUT;
         for connection in &self.io.finishing {
             let _ = tokio::time::timeout_at(deadline, connection.closed()).await;
         }
@@ -533,7 +487,7 @@ impl Driver {
         if let Some((_, unanswered)) = self.io.arriving.replace((name.clone(), peer)) {
             unanswered
                 .connection
-                .close(4u32.into(), b"replaced by a newer connection");
+                .close(CLOSE_REPLACED, b"replaced by a newer connection");
         }
         self.rounds.handle(
             now,
@@ -574,7 +528,7 @@ impl Effects for Io {
                         && let Some(old) = self.peers.insert(name, peer)
                     {
                         old.connection
-                            .close(4u32.into(), b"replaced by a newer connection");
+                            .close(CLOSE_REPLACED, b"replaced by a newer connection");
                     }
                 }
                 Some(message @ Message::Reject { .. }) => {
@@ -629,7 +583,7 @@ impl Effects for Io {
 fn hold_until_read(mut peer: Peer) {
     let _ = peer.send.finish();
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(5), peer.send.stopped()).await;
+        let _ = tokio::time::timeout(READ_TIMEOUT, peer.send.stopped()).await;
         drop(peer.connection);
     });
 }
@@ -638,7 +592,7 @@ fn hold_until_read(mut peer: Peer) {
 mod tests {
     use super::*;
     use crate::aggregate::{AggregationConfig, AggregatorKind};
-    use fd_protocol::Contribution;
+    use fd_protocol::{Contribution, SoftLabels};
 
     /// Logs what [`settle`] does, in order; every send to `failing` fails.
     struct Recorder {

@@ -18,7 +18,8 @@ use fd_protocol::SoftLabels;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::config::FederationConfig;
-use crate::rounds::{Resume, RoundRecord};
+use crate::rounds::Resume;
+use crate::summary::RoundRecord;
 
 /// Why the state database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +210,7 @@ impl Store {
         if let Some(secret) = stored {
             return Ok(secret);
         }
-        let secret = fd_certs::transport::new_reset_secret()
+        let secret = fd_transport::new_reset_secret()
             .map_err(|e| self.corrupt(e.to_string()))?
             .to_vec();
         self.sql(|c| {
@@ -364,7 +365,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rounds::ClosedBy;
+    use crate::summary::ClosedBy;
     use fd_protocol::PrivacyReceipt;
 
     fn config() -> FederationConfig {
@@ -433,7 +434,7 @@ mod tests {
             Some("127.0.0.1:4567".parse().unwrap())
         );
         let secret = store.reset_secret().unwrap();
-        assert_eq!(secret.len(), fd_certs::transport::RESET_SECRET_LEN);
+        assert_eq!(secret.len(), fd_transport::RESET_SECRET_LEN);
         assert_eq!(store.reset_secret().unwrap(), secret, "kept, not redrawn");
         let c = store.contributions(0).unwrap();
         assert_eq!(

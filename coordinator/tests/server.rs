@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 
 use fd_certs::pki::Ca;
-use fd_certs::tls::{TlsIdentity, client_config, server_config};
-use fd_certs::transport::{client_endpoint, read_message, server_endpoint, write_message};
 use fd_coordinator::aggregate::AggregationConfig;
 use fd_coordinator::{CoordinatorError, FederationConfig, Summary};
 use fd_protocol::{Contribution, DEFAULT_MAX_FRAME_LEN, Hello, Message, SoftLabels};
+use fd_transport::tls::{TlsIdentity, client_config, server_config};
+use fd_transport::{client_endpoint, read_message, server_endpoint, write_message};
 
 struct Node {
     _endpoint: quinn::Endpoint,

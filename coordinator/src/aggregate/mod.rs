@@ -14,6 +14,11 @@
 //!
 //! Any of them may sharpen the aggregate (`p^(1/tau)`, renormalised). Everything here uses only
 //! the privatised labels the coordinator receives, so it is post-processing and costs no privacy.
+//!
+//! Each strategy is its own type, in its own file (`mean`, `robust` for median and trimmed mean,
+//! `confidence`, `reputation`, `dynamic`); [`AggregationConfig::build`] picks the configured
+//! one. This file holds what they share: the configuration, the trait, the weighted mean and the
+//! final sharpening and renormalisation.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +26,12 @@ use std::str::FromStr;
 
 use fd_protocol::SoftLabels;
 use serde::{Deserialize, Serialize};
+
+mod confidence;
+mod dynamic;
+mod mean;
+mod reputation;
+mod robust;
 
 /// Which aggregation strategy the coordinator runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -140,10 +151,19 @@ impl AggregationConfig {
 
     /// Builds the configured strategy.
     pub fn build(&self) -> Box<dyn Aggregator> {
-        Box::new(Strategy {
-            config: self.clone(),
-            reputations: BTreeMap::new(),
-        })
+        let sharpen = self.sharpen;
+        match self.strategy {
+            AggregatorKind::Mean => Box::new(mean::Mean::new(sharpen)),
+            AggregatorKind::Median => Box::new(robust::Median::new(sharpen)),
+            AggregatorKind::TrimmedMean => Box::new(robust::TrimmedMean::new(self.trim, sharpen)),
+            AggregatorKind::Confidence => Box::new(confidence::Confidence::new(sharpen)),
+            AggregatorKind::Reputation => {
+                Box::new(reputation::Reputation::new(self.reputation_rate, sharpen))
+            }
+            AggregatorKind::Dynamic => {
+                Box::new(dynamic::Dynamic::new(self.reputation_rate, sharpen))
+            }
+        }
     }
 }
 
@@ -183,178 +203,6 @@ pub trait Aggregator: Send {
 /// Smallest per-query confidence, so a row of pure noise still counts a little and a query
 /// where every node is unsure still gets an aggregate.
 const MIN_CONFIDENCE: f64 = 1e-3;
-/// Smallest reputation, for the same reason.
-const MIN_REPUTATION: f64 = 1e-3;
-/// Scoring passes per round (see [`Strategy::update_reputations`]).
-const AGREEMENT_PASSES: usize = 3;
-
-struct Strategy {
-    config: AggregationConfig,
-    reputations: BTreeMap<String, f64>,
-}
-
-impl Aggregator for Strategy {
-    fn kind(&self) -> AggregatorKind {
-        self.config.strategy
-    }
-
-    fn aggregate(&mut self, inputs: &[Input<'_>]) -> Option<Aggregate> {
-        let first = inputs.first()?.labels;
-        let classes = first.classes as usize;
-        let rows = first.len();
-        let n = inputs.len();
-        // weight[i][q]: node i's unnormalised weight on query q (weighted strategies only).
-        let per_query: Option<Vec<Vec<f64>>> = match self.config.strategy {
-            AggregatorKind::Mean => Some(vec![vec![1.0; rows]; n]),
-            AggregatorKind::Confidence => Some(confidences(inputs)),
-            AggregatorKind::Reputation => {
-                let r = self.update_reputations(inputs);
-                Some(r.iter().map(|&w| vec![w; rows]).collect())
-            }
-            AggregatorKind::Dynamic => {
-                let r = self.update_reputations(inputs);
-                let mut c = confidences(inputs);
-                for (ci, ri) in c.iter_mut().zip(&r) {
-                    ci.iter_mut().for_each(|v| *v *= ri);
-                }
-                Some(c)
-            }
-            AggregatorKind::Median | AggregatorKind::TrimmedMean => None,
-        };
-        let (mut probs, weights) = match per_query {
-            Some(w) => weighted_mean(inputs, &w),
-            None => {
-                let trim = match self.config.strategy {
-                    AggregatorKind::Median => None,
-                    _ => Some(self.config.trim),
-                };
-                let probs = coordinatewise(inputs, trim);
-                (probs, vec![1.0 / n as f64; n])
-            }
-        };
-        for row in probs.chunks_mut(classes) {
-            if self.config.sharpen < 1.0 {
-                row.iter_mut()
-                    .for_each(|v| *v = v.powf(1.0 / self.config.sharpen));
-            }
-            normalise(row);
-        }
-        Some(Aggregate {
-            labels: SoftLabels {
-                classes: first.classes,
-                query_ids: first.query_ids.clone(),
-                probs: probs.into_iter().map(|v| v as f32).collect(),
-            },
-            weights: inputs
-                .iter()
-                .zip(weights)
-                .map(|(i, w)| (i.node.to_owned(), w))
-                .collect(),
-        })
-    }
-
-    fn reputations(&self) -> BTreeMap<String, f64> {
-        self.reputations.clone()
-    }
-
-    fn restore(&mut self, reputations: BTreeMap<String, f64>) {
-        self.reputations = reputations;
-    }
-}
-
-impl Strategy {
-    /// Scores every node by its agreement with the leave-one-out consensus of the others, folds
-    /// the score into its moving average and returns the updated reputations in input order.
-    ///
-    /// The consensus is first weighted by the reputations known so far (1 for a newcomer); the
-    /// scoring then repeats with each pass's scores as the next pass's weights, so that even in
-    /// the first round a minority that agrees only with itself soon barely shapes the
-    /// consensus it is measured against.
-    fn update_reputations(&mut self, inputs: &[Input<'_>]) -> Vec<f64> {
-        let prior: Vec<f64> = inputs
-            .iter()
-            .map(|i| self.reputations.get(i.node).copied().unwrap_or(1.0))
-            .collect();
-        let mut score = prior;
-        for _ in 0..AGREEMENT_PASSES {
-            score = agreement(inputs, &score);
-        }
-        let rate = self.config.reputation_rate;
-        inputs
-            .iter()
-            .zip(score)
-            .map(|(i, score)| {
-                let r = match self.reputations.get(i.node) {
-                    Some(&old) => (1.0 - rate) * old + rate * score,
-                    None => score,
-                }
-                .max(MIN_REPUTATION);
-                self.reputations.insert(i.node.to_owned(), r);
-                r
-            })
-            .collect()
-    }
-}
-
-/// Each node's agreement with the `weights`-weighted consensus of the other nodes: the share of
-/// queries whose most likely class is the consensus's most likely class. A lone node scores 1
-/// (no evidence either way).
-///
-/// Arg-max agreement, rather than a distance between whole vectors, because honest nodes
-/// trained on skewed data give diffuse rows that overlap any row, a label-flipping node's
-/// included; what sets them apart is which class they back. Measured on digits (seed 1, three
-/// of ten nodes flipping): with the overlap `sum_c min(p_c, q_c)` the flippers kept 0.08 of the
-/// weight against 0.11 for honest nodes and the target decayed to 0.39 accuracy.
-fn agreement(inputs: &[Input<'_>], weights: &[f64]) -> Vec<f64> {
-    let n = inputs.len();
-    if n < 2 {
-        return vec![1.0; n];
-    }
-    let classes = inputs[0].labels.classes as usize;
-    let values = inputs[0].labels.probs.len();
-    let mut total = vec![0f64; values];
-    for (input, &w) in inputs.iter().zip(weights) {
-        for (t, &p) in total.iter_mut().zip(&input.labels.probs) {
-            *t += w * p as f64;
-        }
-    }
-    let sum_w: f64 = weights.iter().sum();
-    let rows = values / classes.max(1);
-    inputs
-        .iter()
-        .zip(weights)
-        .map(|(input, &w)| {
-            let others = sum_w - w;
-            if others <= 0.0 || rows == 0 {
-                return 1.0;
-            }
-            let mut agree = 0usize;
-            for (p, t) in input
-                .labels
-                .probs
-                .chunks(classes)
-                .zip(total.chunks(classes))
-            {
-                // The consensus of the others: (total - own share) / their weight; the
-                // division does not change the arg-max.
-                let mine = argmax(p.iter().map(|&v| v as f64));
-                let theirs = argmax(p.iter().zip(t).map(|(&p, &t)| t - w * p as f64));
-                agree += usize::from(mine == theirs);
-            }
-            agree as f64 / rows as f64
-        })
-        .collect()
-}
-
-/// Index of the largest value (the first on ties).
-fn argmax(values: impl Iterator<Item = f64>) -> usize {
-    values
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, v)| {
-            if v > bv { (i, v) } else { (bi, bv) }
-        })
-        .0
-}
 
 /// Per node, per query: `1 - H(p) / ln C`, at least [`MIN_CONFIDENCE`].
 fn confidences(inputs: &[Input<'_>]) -> Vec<Vec<f64>> {
@@ -406,28 +254,37 @@ fn weighted_mean(inputs: &[Input<'_>], weights: &[Vec<f64>]) -> (Vec<f64>, Vec<f
     (probs, shares)
 }
 
-/// Coordinate-wise median (`trim` = `None`) or trimmed mean.
-fn coordinatewise(inputs: &[Input<'_>], trim: Option<f64>) -> Vec<f64> {
-    let n = inputs.len();
-    let len = inputs[0].labels.probs.len();
-    let mut column = Vec::with_capacity(n);
-    (0..len)
-        .map(|k| {
-            column.clear();
-            column.extend(inputs.iter().map(|i| i.labels.probs[k] as f64));
-            column.sort_by(f64::total_cmp);
-            match trim {
-                None if n % 2 == 1 => column[n / 2],
-                None => (column[n / 2 - 1] + column[n / 2]) / 2.0,
-                Some(t) => {
-                    // Keep at least one value.
-                    let cut = ((t * n as f64).floor() as usize).min((n - 1) / 2);
-                    let kept = &column[cut..n - cut];
-                    kept.iter().sum::<f64>() / kept.len() as f64
-                }
-            }
-        })
-        .collect()
+/// The aggregate of a weighted strategy: the per-query weighted mean under `weights`
+/// (`weights[i][q]`: node i's unnormalised weight on query q), finished by [`finish`].
+/// `inputs` must not be empty.
+fn weighted(inputs: &[Input<'_>], weights: &[Vec<f64>], sharpen: f64) -> Aggregate {
+    let (probs, shares) = weighted_mean(inputs, weights);
+    finish(inputs, probs, shares, sharpen)
+}
+
+/// Sharpens (when `sharpen < 1`) and renormalises every row of `probs`, and pairs each node of
+/// `inputs` with its share. `inputs` must not be empty.
+fn finish(inputs: &[Input<'_>], mut probs: Vec<f64>, shares: Vec<f64>, sharpen: f64) -> Aggregate {
+    let first = inputs[0].labels;
+    let classes = first.classes as usize;
+    for row in probs.chunks_mut(classes) {
+        if sharpen < 1.0 {
+            row.iter_mut().for_each(|v| *v = v.powf(1.0 / sharpen));
+        }
+        normalise(row);
+    }
+    Aggregate {
+        labels: SoftLabels {
+            classes: first.classes,
+            query_ids: first.query_ids.clone(),
+            probs: probs.into_iter().map(|v| v as f32).collect(),
+        },
+        weights: inputs
+            .iter()
+            .zip(shares)
+            .map(|(i, w)| (i.node.to_owned(), w))
+            .collect(),
+    }
 }
 
 /// Rescales a row to sum 1; an all-zero row becomes uniform.
@@ -501,6 +358,7 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
+    use super::reputation::MIN_REPUTATION;
     use super::*;
 
     fn labels(rows: &[&[f32]]) -> SoftLabels {
