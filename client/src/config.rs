@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ensemble::{TeacherKind, Votes};
-use crate::train::TrainConfig;
+use crate::distill::TrainConfig;
+use crate::privacy::teachers::{TeacherKind, Votes};
 
 /// A config that could not be used; the message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +174,12 @@ impl PrivacyConfig {
         self.mode == PrivacyMode::Shards
             && self.balance_classes
             && self.rows == ReleaseRows::VoteMass
+    }
+
+    /// Whether a private node releases its summed votes without noise (an infinite budget and
+    /// no fixed sigma): then there is nothing to account and no ledger is kept.
+    pub fn noiseless(&self) -> bool {
+        self.epsilon.is_infinite() && self.sigma.is_none()
     }
 
     /// Checks ranges; the message names the field.
@@ -383,7 +389,7 @@ mod tests {
         assert_eq!(c.training.teacher.hidden, vec![512, 256]);
         assert_eq!(
             c.training.alpha_schedule,
-            crate::train::ScheduleShape::Linear
+            crate::distill::ScheduleShape::Linear
         );
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 use fd_client::config::{NodeConfig, PrivacyConfig, PrivacyMode};
-use fd_client::train::{Architecture, TrainConfig};
+use fd_client::distill::{Architecture, TrainConfig};
 
 /// Join a federated knowledge-distillation run as one node.
 ///
@@ -257,12 +257,12 @@ async fn main() -> anyhow::Result<()> {
             input,
             output,
         }) => {
-            let rows = fd_client::node::predict_csv(&model, &input, &output)?;
+            let rows = fd_client::predict::predict_csv(&model, &input, &output)?;
             println!("{rows} predictions written to {}", output.display());
             return Ok(());
         }
         Some(Command::Evaluate { model, input }) => {
-            let (rows, accuracy, macro_f1) = fd_client::node::evaluate_csv(&model, &input)?;
+            let (rows, accuracy, macro_f1) = fd_client::predict::evaluate_csv(&model, &input)?;
             println!("rows {rows} | accuracy {accuracy:.4} | macro-F1 {macro_f1:.4}");
             return Ok(());
         }

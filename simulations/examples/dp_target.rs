@@ -2,7 +2,7 @@
 //! `--dataset synthetic --clients 10 --records-per-client 5000`, seed 1) with nearest-neighbour
 //! teacher ensembles, adds each node's Gaussian noise for an epsilon-2 budget spread over the
 //! released records, averages the nodes' vote-mass rows as the coordinator's mean does, and
-//! prints the arg-max accuracy of the target before and after `labeller::balance_classes`.
+//! prints the arg-max accuracy of the target before and after `distill::target::balance_classes`.
 //! Nothing is trained, so a line takes a second: a quick way to compare teacher rules.
 //!
 //! ```sh
@@ -14,9 +14,10 @@
 //! theirs from OpenDP.
 
 use fd_client::data::Standardiser;
-use fd_client::ensemble::{EnsembleConfig, TeacherEnsemble, TeacherKind, Votes};
-use fd_client::labeller::balance_classes;
-use fd_client::model::{device, matrix};
+use fd_client::data::matrix;
+use fd_client::distill::device;
+use fd_client::distill::target::balance_classes;
+use fd_client::privacy::teachers::{EnsembleConfig, TeacherEnsemble, TeacherKind, Votes};
 use fd_client::privacy::{Budget, Projection, rho_for};
 use fd_protocol::SoftLabels;
 use fd_sim::datasets::{self, SyntheticSpec};
@@ -75,11 +76,7 @@ fn main() -> anyhow::Result<()> {
     let noise = Normal::new(0.0, sigma)?;
     let accuracy = |t: &SoftLabels| {
         (0..m)
-            .filter(|&q| {
-                let row = t.row(q);
-                let best = (0..c).fold(0, |b, k| if row[k] > row[b] { k } else { b });
-                best as u32 == split.public_labels[q]
-            })
+            .filter(|&q| t.top_class(q) as u32 == split.public_labels[q])
             .count() as f64
             / m as f64
     };

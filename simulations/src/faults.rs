@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use fd_client::session::{ContributionHook, Outgoing};
+use fd_client::federation::{ContributionHook, Outgoing};
 use fd_protocol::SoftLabels;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};

@@ -6,15 +6,17 @@ use std::time::Instant;
 
 use anyhow::Context;
 use fd_certs::pki::Ca;
-use fd_certs::tls::TlsIdentity;
-use fd_client::compression::{StudentMetrics, measure, reference};
+use fd_client::build::NodeBuilder;
 use fd_client::config::{PrivacyConfig, PrivacyMode};
-use fd_client::node::{build_labeller, prepare, private_part, student_training};
-use fd_client::privacy::{MECHANISM, PRIVACY_UNIT};
-use fd_client::session::{ContributionHook, SessionPlan, run_session_with_hook};
-use fd_client::train::{ImageShape, Learner, TrainConfig, train_local_only};
+use fd_client::distill::target::balance_classes;
+use fd_client::distill::{ImageShape, TrainConfig, train_local_only};
+use fd_client::evaluate::{StudentMetrics, measure, reference};
+use fd_client::federation::{ContributionHook, SessionOutcome, run_session_with_hook};
+use fd_client::privacy::release::Labeller;
+use fd_client::privacy::{MECHANISM, NON_PRIVATE};
 use fd_coordinator::FederationConfig;
 use fd_coordinator::aggregate::{AggregationConfig, AggregatorKind};
+use fd_transport::TlsIdentity;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
@@ -240,86 +242,10 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 
 /// Runs the federation and the baselines.
 pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let (name, classes, split) = match datasets::load(config.dataset) {
-        Some(data) => {
-            let split = partition::split(
-                &data.table,
-                data.classes,
-                config.clients,
-                config.beta,
-                config.test_fraction,
-                config.public_fraction,
-                &mut rng,
-            );
-            (data.name, data.classes, split)
-        }
-        None => {
-            let spec = &config.synthetic;
-            let split = datasets::synthetic(spec, config.clients, config.beta, &mut rng);
-            ("synthetic".to_owned(), spec.classes, split)
-        }
-    };
-
-    let private = config.privacy.mode == PrivacyMode::Shards && config.privacy.epsilon.is_finite();
-
-    // Certificates for everyone, in memory: a throw-away federation CA.
+    let (name, classes, split) = load_split(config);
     let ca = Ca::generate("fd-sim")?;
-    let server = ca.issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])?;
-    let server_tls = TlsIdentity {
-        ca_pem: ca.cert_pem(),
-        cert_pem: server.cert_pem,
-        key_pem: server.key_pem,
-    };
-    let endpoint = fd_certs::transport::server_endpoint(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        fd_certs::tls::server_config(&server_tls)?,
-    )?;
+    let (endpoint, federation) = coordinator_setup(config, &ca, &name, classes, &split)?;
     let addr = endpoint.local_addr()?;
-    let queries_per_round = match (config.queries_per_round, config.privacy.mode) {
-        (Some(q), _) => q,
-        (None, PrivacyMode::None) => 0,
-        (None, PrivacyMode::Shards) => {
-            let mut sizes: Vec<usize> = split.clients.iter().map(|t| t.rows()).collect();
-            sizes.sort_unstable();
-            let median = sizes.get(sizes.len() / 2).copied().unwrap_or(0);
-            let rho = fd_client::privacy::rho_for(fd_client::privacy::Budget {
-                epsilon: config.privacy.epsilon,
-                delta: config.privacy.delta,
-            })
-            .map_err(|e| anyhow::anyhow!("privacy budget: {e}"))?;
-            private_queries(split.public.rows(), config.rounds, median, rho)
-                .div_ceil(config.rounds.max(1))
-        }
-    };
-    let federation = FederationConfig {
-        name: format!("fd-sim-{name}"),
-        listen: addr,
-        ca: "<in memory>".into(),
-        cert: "<in memory>".into(),
-        key: "<in memory>".into(),
-        nodes: config.clients,
-        rounds: config.rounds,
-        public_records: split.public.rows() as u32,
-        classes: classes as u16,
-        queries_per_round,
-        join_timeout_secs: 120,
-        round_timeout_secs: config.round_timeout_secs.unwrap_or(
-            if config.faults.stragglers > 0.0 {
-                10
-            } else {
-                600
-            },
-        ),
-        require_privacy: private,
-        summary_json: None,
-        quorum: 1,
-        aggregation: AggregationConfig {
-            strategy: config.aggregator,
-            ..AggregationConfig::default()
-        },
-        state_dir: None,
-    };
     config
         .faults
         .validate()
@@ -330,9 +256,6 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         faults.straggler_delay_secs = federation.round_timeout_secs as f64 * 1.5;
     }
     let fault_plan = faults.plan(config.clients, config.rounds, config.seed);
-    federation
-        .validate()
-        .map_err(|m| anyhow::anyhow!("simulated federation: {m}"))?;
 
     let ledgers = tempfile::tempdir().context("temporary directory for privacy ledgers")?;
     let started = Instant::now();
@@ -341,49 +264,36 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let mut tests = Vec::new();
     for (i, private) in split.clients.iter().enumerate() {
         let name = format!("client-{i:02}");
-        let id = ca.issue_node(&name)?;
-        let prepared = prepare(
-            private,
-            &split.test,
-            &split.public,
+        let builder = NodeBuilder {
             classes,
-            "label",
-            &config.training,
-        )?;
-        tests.push(prepared.holdout.clone());
-        let training = TrainConfig {
-            seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
-            architecture: config.students.architecture(i),
-            ..student_training(&config.training, config.privacy.mode)
-        };
-        let labeller = build_labeller(
-            &config.privacy,
-            &prepared.train,
-            &prepared.public,
-            classes,
-            &training,
-            &ledgers.path().join(format!("{name}.sqlite")),
-        )?;
-        let learner = Learner::new(training, classes, prepared.train, prepared.public)?;
-        let plan = SessionPlan {
-            coordinator: addr,
-            server_name: "localhost".into(),
-            tls: TlsIdentity {
-                ca_pem: ca.cert_pem(),
-                cert_pem: id.cert_pem,
-                key_pem: id.key_pem,
+            label_column: "label".into(),
+            training: TrainConfig {
+                seed: client_seed(config.seed, i),
+                architecture: config.students.architecture(i),
+                ..config.training.clone()
             },
-            private_records: private.rows() as u32,
-            holdout: prepared.holdout,
-            max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+            privacy: config.privacy.clone(),
+            ledger: ledgers.path().join(format!("{name}.sqlite")),
         };
+        let node = builder.build(private, &split.test, &split.public)?;
+        tests.push(node.holdout.clone());
+        let id = ca.issue_node(&name)?;
+        let tls = TlsIdentity {
+            ca_pem: ca.cert_pem(),
+            cert_pem: id.cert_pem,
+            key_pem: id.key_pem,
+        };
+        let plan = node.plan(addr, "localhost", tls);
         let fault = fault_plan.faults.get(i).copied().flatten();
         let hook = fault.map(|f| {
             Box::new(FaultHook::new(f, config.seed.wrapping_add(i as u64)))
                 as Box<dyn ContributionHook>
         });
         sessions.push(tokio::spawn(run_session_with_hook(
-            plan, learner, labeller, hook,
+            plan,
+            node.learner,
+            node.labeller,
+            hook,
         )));
     }
     let mut outcomes = Vec::new();
@@ -409,19 +319,148 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             learner.public(),
         )?);
     }
+    let (local, centralized_acc) = baselines(config, &split, classes).await?;
+    let clients = client_results(
+        &outcomes,
+        &split,
+        local,
+        metrics,
+        &fault_plan.faults,
+        &summary,
+    )?;
+    Ok(sim_result(
+        config,
+        name,
+        &split,
+        &outcomes,
+        clients,
+        centralized_acc,
+        &summary,
+        wall_seconds,
+    ))
+}
 
-    // Baselines, each on its own blocking thread: local-only per client, and centralised.
+/// The seed of client `i`'s models (and of its local-only baseline).
+fn client_seed(seed: u64, i: usize) -> u64 {
+    seed.wrapping_mul(1000).wrapping_add(i as u64)
+}
+
+/// The dataset split into test, public and per-client private records.
+fn load_split(config: &SimConfig) -> (String, usize, partition::Split) {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    match datasets::load(config.dataset) {
+        Some(data) => {
+            let split = partition::split(
+                &data.table,
+                data.classes,
+                config.clients,
+                config.beta,
+                config.test_fraction,
+                config.public_fraction,
+                &mut rng,
+            );
+            (data.name, data.classes, split)
+        }
+        None => {
+            let spec = &config.synthetic;
+            let split = datasets::synthetic(spec, config.clients, config.beta, &mut rng);
+            ("synthetic".to_owned(), spec.classes, split)
+        }
+    }
+}
+
+/// The coordinator's endpoint on loopback (certificates from the throw-away `ca`) and its
+/// federation config.
+fn coordinator_setup(
+    config: &SimConfig,
+    ca: &Ca,
+    name: &str,
+    classes: usize,
+    split: &partition::Split,
+) -> anyhow::Result<(quinn::Endpoint, FederationConfig)> {
+    let server = ca.issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])?;
+    let server_tls = TlsIdentity {
+        ca_pem: ca.cert_pem(),
+        cert_pem: server.cert_pem,
+        key_pem: server.key_pem,
+    };
+    let endpoint = fd_transport::server_endpoint(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        fd_transport::server_config(&server_tls)?,
+    )?;
+    let federation = FederationConfig {
+        name: format!("fd-sim-{name}"),
+        listen: endpoint.local_addr()?,
+        ca: "<in memory>".into(),
+        cert: "<in memory>".into(),
+        key: "<in memory>".into(),
+        nodes: config.clients,
+        rounds: config.rounds,
+        public_records: split.public.rows() as u32,
+        classes: classes as u16,
+        queries_per_round: queries_per_round(config, split)?,
+        join_timeout_secs: 120,
+        round_timeout_secs: config.round_timeout_secs.unwrap_or(
+            if config.faults.stragglers > 0.0 {
+                10
+            } else {
+                600
+            },
+        ),
+        require_privacy: config.privacy.mode == PrivacyMode::Shards
+            && config.privacy.epsilon.is_finite(),
+        summary_json: None,
+        quorum: 1,
+        aggregation: AggregationConfig {
+            strategy: config.aggregator,
+            ..AggregationConfig::default()
+        },
+        state_dir: None,
+    };
+    federation
+        .validate()
+        .map_err(|m| anyhow::anyhow!("simulated federation: {m}"))?;
+    Ok((endpoint, federation))
+}
+
+/// Public records the coordinator asks per round (see [`SimConfig::queries_per_round`]).
+fn queries_per_round(config: &SimConfig, split: &partition::Split) -> anyhow::Result<u32> {
+    Ok(match (config.queries_per_round, config.privacy.mode) {
+        (Some(q), _) => q,
+        (None, PrivacyMode::None) => 0,
+        (None, PrivacyMode::Shards) => {
+            let mut sizes: Vec<usize> = split.clients.iter().map(|t| t.rows()).collect();
+            sizes.sort_unstable();
+            let median = sizes.get(sizes.len() / 2).copied().unwrap_or(0);
+            let rho = fd_client::privacy::rho_for(fd_client::privacy::Budget {
+                epsilon: config.privacy.epsilon,
+                delta: config.privacy.delta,
+            })
+            .map_err(|e| anyhow::anyhow!("privacy budget: {e}"))?;
+            private_queries(split.public.rows(), config.rounds, median, rho)
+                .div_ceil(config.rounds.max(1))
+        }
+    })
+}
+
+/// The baselines, each on its own blocking thread: local-only accuracy per client, and the
+/// centralised bound.
+async fn baselines(
+    config: &SimConfig,
+    split: &partition::Split,
+    classes: usize,
+) -> anyhow::Result<(Vec<f64>, f64)> {
     let steps =
         config.training.local_steps + config.rounds as usize * config.training.steps_per_round;
-    let mut baselines = Vec::new();
+    let mut local = Vec::new();
     for (i, private) in split.clients.iter().enumerate() {
-        baselines.push(baseline(
+        local.push(baseline(
             config,
             private,
-            &split,
+            split,
             classes,
             steps,
-            config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+            client_seed(config.seed, i),
             config.students.architecture(i),
         )?);
     }
@@ -442,80 +481,79 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let centralised = baseline(
         config,
         &all_private,
-        &split,
+        split,
         classes,
         steps,
         config.seed,
         config.students.architecture(0),
     )?;
-    let mut local = Vec::new();
-    for b in baselines {
-        local.push(b.await??);
+    let mut local_acc = Vec::new();
+    for b in local {
+        local_acc.push(b.await??);
     }
-    let centralized_acc = centralised.await??;
+    Ok((local_acc, centralised.await??))
+}
 
-    // A ledger that cannot be read is an error, not a missing number.
-    let spent = outcomes
-        .iter()
-        .map(|o| o.labeller.spent())
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading a client's privacy ledger")?;
-    let clients: Vec<ClientResult> = outcomes
-        .iter()
-        .zip(&split.clients)
-        .zip(local)
-        .zip(spent)
-        .zip(&fault_plan.faults)
-        .map(
-            |((((o, private), local_only_acc), spent), fault)| ClientResult {
-                byzantine: matches!(fault, Some(ClientFault::Byzantine(_))),
-                fault: fault.map(|f| match f {
-                    ClientFault::Byzantine(a) => format!("byzantine {a:?}").to_lowercase(),
-                    ClientFault::Straggler(_) => "straggler".into(),
-                    ClientFault::Drops { round } => format!("drops in round {round}"),
-                }),
-                weight: summary
-                    .nodes
-                    .iter()
-                    .find(|n| n.node == o.node)
-                    .and_then(|n| n.weight),
-                reputation: summary
-                    .nodes
-                    .iter()
-                    .find(|n| n.node == o.node)
-                    .and_then(|n| n.reputation),
-                refused: summary
-                    .nodes
-                    .iter()
-                    .find(|n| n.node == o.node)
-                    .map_or(0, |n| n.refused),
-                epsilon_spent: spent.map(|(e, _)| e),
-                sigma: private_part(&o.labeller).and_then(|p| p.sigma),
-                teachers: private_part(&o.labeller).map(|p| p.ensemble.config().teachers),
-                left: o.left.clone(),
-                contributions: o.rounds,
-                node: o.node.clone(),
-                records: private.rows(),
-                local_only_acc,
-                federated_acc: o.final_accuracy,
-                round_acc: o.round_accuracy.clone(),
-                metrics: StudentMetrics::default(),
-            },
-        )
-        .collect();
-    let mut clients = clients;
-    for (client, measured) in clients.iter_mut().zip(metrics) {
-        client.metrics = measured;
+/// Per-client results: the session's outcome, the baseline and the coordinator's view.
+fn client_results(
+    outcomes: &[SessionOutcome],
+    split: &partition::Split,
+    local: Vec<f64>,
+    metrics: Vec<StudentMetrics>,
+    faults: &[Option<ClientFault>],
+    summary: &fd_coordinator::Summary,
+) -> anyhow::Result<Vec<ClientResult>> {
+    let mut clients = Vec::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        // A ledger that cannot be read is an error, not a missing number.
+        let spent = o
+            .labeller
+            .spent()
+            .context("reading a client's privacy ledger")?;
+        let fault = faults.get(i).copied().flatten();
+        let seen = summary.nodes.iter().find(|n| n.node == o.node);
+        let private = o.labeller.private();
+        clients.push(ClientResult {
+            byzantine: matches!(fault, Some(ClientFault::Byzantine(_))),
+            fault: fault.map(|f| match f {
+                ClientFault::Byzantine(a) => format!("byzantine {a:?}").to_lowercase(),
+                ClientFault::Straggler(_) => "straggler".into(),
+                ClientFault::Drops { round } => format!("drops in round {round}"),
+            }),
+            weight: seen.and_then(|n| n.weight),
+            reputation: seen.and_then(|n| n.reputation),
+            refused: seen.map_or(0, |n| n.refused),
+            epsilon_spent: spent.map(|(e, _)| e),
+            sigma: private.and_then(|p| p.sigma),
+            teachers: private.map(|p| p.ensemble.config().teachers),
+            left: o.left.clone(),
+            contributions: o.rounds,
+            node: o.node.clone(),
+            records: split.clients[i].rows(),
+            local_only_acc: local[i],
+            federated_acc: o.final_accuracy,
+            round_acc: o.round_accuracy.clone(),
+            metrics: metrics[i].clone(),
+        });
     }
+    Ok(clients)
+}
+
+/// The whole simulation's results from its parts.
+#[allow(clippy::too_many_arguments)]
+fn sim_result(
+    config: &SimConfig,
+    dataset: String,
+    split: &partition::Split,
+    outcomes: &[SessionOutcome],
+    clients: Vec<ClientResult>,
+    centralized_acc: f64,
+    summary: &fd_coordinator::Summary,
+    wall_seconds: f64,
+) -> SimResult {
+    let honest = || clients.iter().filter(|c| !c.byzantine);
     let rounds = (0..config.rounds as usize)
-        .map(|r| {
-            mean(
-                clients
-                    .iter()
-                    .filter(|c| !c.byzantine)
-                    .filter_map(|c| c.round_acc.get(r).copied()),
-            )
-        })
+        .map(|r| mean(honest().filter_map(|c| c.round_acc.get(r).copied())))
         .collect();
     let mean_weight = |byzantine: bool| {
         let w: Vec<f64> = clients
@@ -527,37 +565,23 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     };
     let arg_max_acc = |target: &fd_protocol::SoftLabels| {
         mean((0..target.len()).map(|i| {
-            let row = target.row(i);
-            let best = (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b });
-            f64::from(u8::from(
-                best as u32 == split.public_labels[target.query_ids[i] as usize],
-            ))
+            let truth = split.public_labels[target.query_ids[i] as usize];
+            f64::from(u8::from(target.top_class(i) as u32 == truth))
         }))
     };
-    let target_acc = arg_max_acc(&summary.target);
-    let balanced_target_acc = config
-        .privacy
-        .balances_classes()
-        .then(|| arg_max_acc(&fd_client::labeller::balance_classes(&summary.target)));
-    Ok(SimResult {
-        target_acc,
-        balanced_target_acc,
-        dataset: name,
-        privacy: privacy_summary(config, outcomes.first().map(|o| o.labeller.statement())),
+    let first = outcomes.first().map(|o| &o.labeller);
+    SimResult {
+        target_acc: arg_max_acc(&summary.target),
+        balanced_target_acc: config
+            .privacy
+            .balances_classes()
+            .then(|| arg_max_acc(&balance_classes(&summary.target))),
+        dataset,
+        privacy: privacy_summary(config, first),
         config: config.clone(),
         centralized_acc,
-        local_only_mean_acc: mean(
-            clients
-                .iter()
-                .filter(|c| !c.byzantine)
-                .map(|c| c.local_only_acc),
-        ),
-        federated_mean_acc: mean(
-            clients
-                .iter()
-                .filter(|c| !c.byzantine)
-                .map(|c| c.federated_acc),
-        ),
+        local_only_mean_acc: mean(honest().map(|c| c.local_only_acc)),
+        federated_mean_acc: mean(honest().map(|c| c.federated_acc)),
         aggregator: summary.aggregator.clone(),
         rounds_completed: summary.rounds,
         accepted_per_round: summary.accepted_per_round.clone(),
@@ -570,16 +594,19 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         bytes_down: summary.bytes_down,
         wall_seconds,
         clients,
-    })
+    }
 }
 
-fn privacy_summary(config: &SimConfig, statement: Option<String>) -> PrivacySummary {
+/// The privacy of the run's releases; statement and unit come from a node's labeller (every
+/// node is built alike).
+fn privacy_summary(config: &SimConfig, labeller: Option<&Labeller>) -> PrivacySummary {
     let p = &config.privacy;
-    let statement = statement.unwrap_or_else(|| fd_client::node::NON_PRIVATE.into());
+    let statement = labeller.map_or_else(|| NON_PRIVATE.into(), Labeller::statement);
+    let unit = labeller.map_or("none", Labeller::unit).into();
     match p.mode {
         PrivacyMode::None => PrivacySummary {
             mode: "none".into(),
-            unit: "none".into(),
+            unit,
             epsilon: None,
             delta: None,
             mechanism: "none (non-private baseline)".into(),
@@ -587,12 +614,7 @@ fn privacy_summary(config: &SimConfig, statement: Option<String>) -> PrivacySumm
         },
         PrivacyMode::Shards => PrivacySummary {
             mode: "shards".into(),
-            unit: if p.epsilon.is_finite() {
-                PRIVACY_UNIT
-            } else {
-                "none"
-            }
-            .into(),
+            unit,
             epsilon: p.epsilon.is_finite().then_some(p.epsilon),
             delta: Some(p.delta),
             mechanism: MECHANISM.into(),
@@ -609,9 +631,9 @@ fn baseline(
     classes: usize,
     steps: usize,
     seed: u64,
-    architecture: fd_client::train::Architecture,
+    architecture: fd_client::distill::Architecture,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<f64>>> {
-    let prepared = prepare(
+    let prepared = fd_client::build::prepare(
         private,
         &split.test,
         &split.public,

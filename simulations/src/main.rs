@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use fd_client::config::{PrivacyMode, ReleaseRows};
-use fd_client::ensemble::{TeacherKind, Votes};
+use fd_client::privacy::teachers::{TeacherKind, Votes};
 use fd_coordinator::aggregate::AggregatorKind;
 use fd_sim::datasets::DatasetKind;
 use fd_sim::faults::Attack;
@@ -263,9 +263,9 @@ enum ScheduleArg {
     Cosine,
 }
 
-impl From<ScheduleArg> for fd_client::train::ScheduleShape {
-    fn from(a: ScheduleArg) -> fd_client::train::ScheduleShape {
-        use fd_client::train::ScheduleShape;
+impl From<ScheduleArg> for fd_client::distill::ScheduleShape {
+    fn from(a: ScheduleArg) -> fd_client::distill::ScheduleShape {
+        use fd_client::distill::ScheduleShape;
         match a {
             ScheduleArg::Constant => ScheduleShape::Constant,
             ScheduleArg::Linear => ScheduleShape::Linear,

@@ -105,7 +105,7 @@ pub fn table(r: &SimResult) -> String {
              speed-up measured: teacher / student wall-clock over the public set, median of {} \
              alternating passes; CKA: linear, student vs teacher representation of the public set)",
             accs.iter().sum::<f64>() / accs.len().max(1) as f64,
-            fd_client::compression::TIMING_REPETITIONS
+            fd_client::evaluate::compare::TIMING_REPETITIONS
         );
     }
     let _ = writeln!(

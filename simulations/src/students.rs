@@ -1,7 +1,7 @@
 //! Which student each simulated client trains: nodes of one federation may use different
 //! architectures, since only soft labels on public records are exchanged.
 
-use fd_client::train::Architecture;
+use fd_client::distill::Architecture;
 use serde::Serialize;
 
 /// The students of a federation: all of one kind, or half and half.

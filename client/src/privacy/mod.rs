@@ -25,6 +25,8 @@
 //!   would exceed the budget.
 //! - [`private_release`]: one round's release, in the only safe order (cost from the map,
 //!   durable charge, then noise).
+//! - [`release`]: what a node sends for a round's queries (its [`release::Labeller`]).
+//! - [`teachers`]: the shard ensemble whose votes are released.
 //!
 //! # Rules (STYLE.md, "OpenDP")
 //!
@@ -40,7 +42,9 @@
 pub mod accountant;
 pub mod ledger;
 pub mod mechanism;
+pub mod release;
 mod search;
+pub mod teachers;
 
 use std::path::PathBuf;
 
@@ -53,6 +57,10 @@ pub use mechanism::{
 
 /// The unit of privacy: one record of one node's private data (replace-one adjacency).
 pub const PRIVACY_UNIT: &str = "record";
+
+/// Privacy statement of a non-private node: labels leave without noise.
+pub const NON_PRIVATE: &str =
+    "none (non-private baseline: soft labels leave the node without noise)";
 
 /// The mechanism a node runs on its soft labels, as reported in logs and receipts.
 pub const MECHANISM: &str = "subsample-and-aggregate+gaussian(zCDP)";

@@ -7,6 +7,10 @@
 //! Standardisation statistics come from the *public* set only: they are identical on every
 //! node, and they reveal nothing about private records (so they cost no privacy).
 
+mod tensors;
+
+pub use tensors::{Labelled, matrix};
+
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, seq::SliceRandom};

@@ -4,7 +4,7 @@
 //! - in private mode, the node's shard ensemble (DESIGN.md "Distillation"): all `k` teachers'
 //!   parameters, the time to compute their summed votes, and their hidden activations side by
 //!   side as the representation;
-//! - in non-private mode, the node's larger local teacher ([`crate::train::LocalTeacherConfig`]),
+//! - in non-private mode, the node's larger local teacher ([`crate::distill::LocalTeacherConfig`]),
 //!   the same model feature distillation reads.
 //!
 //! Speed is *measured*, not estimated: the median wall-clock time of several passes over the
@@ -16,11 +16,12 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::ensemble::{TeacherEnsemble, Votes};
-use crate::labeller::Labeller;
-use crate::metrics::{accuracy, linear_cka, macro_f1};
-use crate::model::{ModelError, Student};
-use crate::train::{Labelled, Learner};
+use crate::data::Labelled;
+use crate::distill::Learner;
+use crate::distill::{ModelError, Student};
+use crate::evaluate::metrics::{accuracy, linear_cka, macro_f1};
+use crate::privacy::release::Labeller;
+use crate::privacy::teachers::{TeacherEnsemble, Votes};
 
 /// Timed passes over the public set per model (after one untimed warm-up pass).
 pub const TIMING_REPETITIONS: usize = 15;
@@ -225,7 +226,8 @@ pub fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{StudentConfig, matrix};
+    use crate::data::matrix;
+    use crate::distill::StudentConfig;
 
     fn mlp(hidden: Vec<usize>, seed: u64) -> Student {
         let config = StudentConfig {

@@ -23,7 +23,7 @@ use candle_core::{D, DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 
-use crate::model::{ModelError, device, distillation_term};
+use crate::distill::{ModelError, device, distillation_term};
 
 /// What each teacher contributes to a query's sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -483,7 +483,7 @@ impl TeacherEnsemble {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::matrix;
+    use crate::data::matrix;
 
     fn blobs(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
         let mut rng = StdRng::seed_from_u64(seed);

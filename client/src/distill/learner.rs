@@ -1,4 +1,5 @@
-//! The node's learner: its student, its data as tensors, and the training schedule.
+//! The node's learner: its student, its optimiser, its local teacher, and the loop that trains
+//! them on the node's data and the global target.
 //!
 //! Everything here is synchronous and CPU-bound; the session runs it on a blocking thread.
 
@@ -6,381 +7,12 @@ use candle_core::{DType, Tensor};
 use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use fd_protocol::SoftLabels;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use serde::{Deserialize, Serialize};
 
-use crate::model::{
-    ConvLayers, ModelError, Student, StudentConfig, distillation_loss, distillation_term, matrix,
-};
-
-/// How a node trains its student.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    /// Hidden layer widths of the MLP student.
-    pub hidden: Vec<usize>,
-    /// AdamW learning rate.
-    pub learning_rate: f64,
-    /// AdamW decoupled weight decay.
-    pub weight_decay: f64,
-    /// Rows per mini-batch (for both the private and the public batch of a step).
-    pub batch_size: usize,
-    /// Optimiser steps on private data alone before the first contribution.
-    pub local_steps: usize,
-    /// Optimiser steps per round on the combined loss once a target exists.
-    pub steps_per_round: usize,
-    /// Distillation temperature T (2 suits images, 4 tabular data).
-    pub temperature: f64,
-    /// Weight of the private cross-entropy in the first round.
-    pub alpha_start: f64,
-    /// Weight of the private cross-entropy in the last round (linear in between).
-    pub alpha_end: f64,
-    /// Standard deviation of Gaussian jitter added to training inputs (in standardised units);
-    /// 0 turns it off. A cheap regulariser for small data.
-    pub input_noise: f64,
-    /// Layout of image inputs (pixels row-major); enables image-wide standardisation and
-    /// random shifts of training batches. `None` for tabular data.
-    pub image: Option<ImageShape>,
-    /// With `image`: training inputs are shifted by up to this many pixels in each direction
-    /// (edge pixels repeated). 0 turns shifting off.
-    pub max_shift: usize,
-    /// Weight each public row's distillation term by the target's confidence in it
-    /// (`1 - H(p) / ln C`), so rows the target is unsure of (e.g. noise-dominated private
-    /// releases) teach little. Off by default; on for private nodes.
-    pub confidence_weighting: bool,
-    /// Seed of weight initialisation and batch sampling.
-    pub seed: u64,
-    /// The student's kind: `"mlp"` (dense layers `hidden`) or `"cnn"` (layers `cnn`, image
-    /// data only). Nodes of one federation may differ: only soft labels are exchanged.
-    pub architecture: Architecture,
-    /// The CNN student's layers (with `architecture = "cnn"`).
-    pub cnn: CnnConfig,
-    /// Dropout probability after each dense hidden layer of the student while training.
-    pub dropout: f64,
-    /// How alpha moves from `alpha_start` to `alpha_end` over the rounds.
-    pub alpha_schedule: ScheduleShape,
-    /// Temperature in the last round; unset: `temperature` throughout.
-    pub temperature_end: Option<f64>,
-    /// How the temperature moves from `temperature` to `temperature_end` over the rounds.
-    pub temperature_schedule: ScheduleShape,
-    /// The node's larger local teacher: the reference for compression, speed-up and CKA in
-    /// non-private mode, and the source of feature distillation.
-    pub teacher: LocalTeacherConfig,
-    /// Self-distillation across rounds: weight of a `T^2 * KL` term pulling the student towards
-    /// its own snapshot from the end of the previous round, on public records (0: off).
-    pub self_distillation: f64,
-}
-
-/// The kind of student network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Architecture {
-    /// Dense layers (`hidden`), any data.
-    #[default]
-    Mlp,
-    /// Convolutions, pooling and dense layers (`cnn`); needs `image`.
-    Cnn,
-}
-
-/// The layers of a CNN student.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CnnConfig {
-    /// Output channels of each same-padded convolution (ReLU after each, and a 2x2 max-pool
-    /// after each but the last).
-    pub channels: Vec<usize>,
-    /// Square kernel size (odd).
-    pub kernel: usize,
-    /// Dense hidden widths between the last maps and the classifier.
-    pub hidden: Vec<usize>,
-}
-
-impl Default for CnnConfig {
-    fn default() -> Self {
-        CnnConfig {
-            channels: vec![16, 32],
-            kernel: 3,
-            hidden: Vec::new(),
-        }
-    }
-}
-
-/// How a scheduled value moves from its start to its end over the rounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleShape {
-    /// The start value throughout.
-    Constant,
-    /// Straight line from start (first round) to end (last round).
-    #[default]
-    Linear,
-    /// Half a cosine: `end + (start - end) * (1 + cos(pi * t)) / 2`, slow at both ends.
-    Cosine,
-}
-
-impl ScheduleShape {
-    /// The value in `round` (0-based) of `rounds`.
-    pub fn value(self, start: f64, end: f64, round: u32, rounds: u32) -> f64 {
-        let t = if rounds <= 1 {
-            1.0
-        } else {
-            (round as f64 / (rounds - 1) as f64).min(1.0)
-        };
-        match self {
-            ScheduleShape::Constant => start,
-            ScheduleShape::Linear => start + (end - start) * t,
-            ScheduleShape::Cosine => {
-                end + (start - end) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
-            }
-        }
-    }
-}
-
-/// A node's larger local teacher: an MLP trained on the node's private records (and the global
-/// target, like the student). It never leaves the node and never labels for the federation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LocalTeacherConfig {
-    /// Train a local teacher at all. Without one (and without private teachers) compression
-    /// ratio, speed-up and CKA are not reported.
-    pub enabled: bool,
-    /// Hidden widths of the teacher MLP.
-    pub hidden: Vec<usize>,
-    /// Teacher steps on private data before the first round.
-    pub local_steps: usize,
-    /// Teacher steps per round once a target exists.
-    pub steps_per_round: usize,
-    /// Weight of the feature-distillation term: MSE between a learned linear projection of the
-    /// student's representation and the teacher's (0: off).
-    pub feature_weight: f64,
-    /// Weight of a `T^2 * KL(teacher_T || student_T)` term on public records (0: off).
-    pub logit_weight: f64,
-    /// Augmentation distillation: the teacher terms use perturbed public records (one-pixel
-    /// shifts for images, Gaussian jitter of `input_noise` for tabular data), the teacher
-    /// labelling the same perturbed record the student sees.
-    pub augment: bool,
-}
-
-impl LocalTeacherConfig {
-    /// Whether the student learns from the teacher (a feature or logit term is on).
-    pub fn distils(&self) -> bool {
-        self.enabled && (self.feature_weight > 0.0 || self.logit_weight > 0.0)
-    }
-}
-
-impl Default for LocalTeacherConfig {
-    fn default() -> Self {
-        LocalTeacherConfig {
-            enabled: true,
-            hidden: vec![512, 256],
-            local_steps: 200,
-            steps_per_round: 20,
-            feature_weight: 0.0,
-            logit_weight: 0.0,
-            augment: false,
-        }
-    }
-}
-
-/// Height and width of image inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageShape {
-    /// Rows of pixels.
-    pub height: usize,
-    /// Columns of pixels.
-    pub width: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            hidden: vec![256],
-            learning_rate: 1e-3,
-            weight_decay: 1e-4,
-            batch_size: 64,
-            local_steps: 300,
-            steps_per_round: 200,
-            temperature: 4.0,
-            alpha_start: 0.7,
-            alpha_end: 0.3,
-            input_noise: 0.5,
-            image: None,
-            max_shift: 0,
-            confidence_weighting: false,
-            seed: 1,
-            architecture: Architecture::Mlp,
-            cnn: CnnConfig::default(),
-            dropout: 0.0,
-            alpha_schedule: ScheduleShape::Linear,
-            temperature_end: None,
-            temperature_schedule: ScheduleShape::Constant,
-            teacher: LocalTeacherConfig::default(),
-            self_distillation: 0.0,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Checks ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let checks = [
-            (
-                self.learning_rate > 0.0 && self.learning_rate.is_finite(),
-                "learning_rate must be > 0",
-            ),
-            (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
-            (self.batch_size > 0, "batch_size must be > 0"),
-            (
-                self.temperature > 0.0 && self.temperature.is_finite(),
-                "temperature must be > 0",
-            ),
-            (
-                (0.0..=1.0).contains(&self.alpha_start),
-                "alpha_start must be in [0, 1]",
-            ),
-            (
-                (0.0..=1.0).contains(&self.alpha_end),
-                "alpha_end must be in [0, 1]",
-            ),
-            (!self.hidden.contains(&0), "hidden widths must be > 0"),
-            (
-                self.input_noise >= 0.0 && self.input_noise.is_finite(),
-                "input_noise must be >= 0",
-            ),
-            (
-                (0.0..1.0).contains(&self.dropout),
-                "dropout must be in [0, 1)",
-            ),
-            (
-                self.temperature_end
-                    .is_none_or(|t| t > 0.0 && t.is_finite()),
-                "temperature_end must be > 0",
-            ),
-            (
-                self.architecture != Architecture::Cnn || self.image.is_some(),
-                "architecture = \"cnn\" needs image data (set training.image)",
-            ),
-            (
-                !self.cnn.channels.is_empty() && !self.cnn.channels.contains(&0),
-                "cnn.channels must be a non-empty list of counts > 0",
-            ),
-            (self.cnn.kernel % 2 == 1, "cnn.kernel must be odd"),
-            (
-                !self.cnn.hidden.contains(&0),
-                "cnn.hidden widths must be > 0",
-            ),
-            (
-                !self.teacher.hidden.contains(&0),
-                "teacher.hidden widths must be > 0",
-            ),
-            (
-                self.teacher.feature_weight >= 0.0 && self.teacher.feature_weight.is_finite(),
-                "teacher.feature_weight must be >= 0",
-            ),
-            (
-                self.teacher.logit_weight >= 0.0 && self.teacher.logit_weight.is_finite(),
-                "teacher.logit_weight must be >= 0",
-            ),
-            (
-                self.teacher.enabled
-                    || (self.teacher.feature_weight == 0.0 && self.teacher.logit_weight == 0.0),
-                "teacher.feature_weight and teacher.logit_weight need teacher.enabled = true",
-            ),
-            (
-                self.self_distillation >= 0.0 && self.self_distillation.is_finite(),
-                "self_distillation must be >= 0",
-            ),
-        ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(format!("training.{msg}")),
-            None => Ok(()),
-        }
-    }
-
-    /// The cross-entropy weight in `round` of `rounds`: from `alpha_start` to `alpha_end`
-    /// along `alpha_schedule` (linear by default).
-    pub fn alpha(&self, round: u32, rounds: u32) -> f64 {
-        self.alpha_schedule
-            .value(self.alpha_start, self.alpha_end, round, rounds)
-    }
-
-    /// The temperature in `round` of `rounds`: from `temperature` to `temperature_end` along
-    /// `temperature_schedule` (constant by default).
-    pub fn temperature_at(&self, round: u32, rounds: u32) -> f64 {
-        let end = self.temperature_end.unwrap_or(self.temperature);
-        self.temperature_schedule
-            .value(self.temperature, end, round, rounds)
-    }
-
-    /// The student's architecture for data of `inputs` features and `classes` classes.
-    pub fn student_config(&self, inputs: usize, classes: usize) -> StudentConfig {
-        match (self.architecture, self.image) {
-            (Architecture::Cnn, Some(shape)) => StudentConfig {
-                inputs,
-                classes,
-                hidden: self.cnn.hidden.clone(),
-                dropout: self.dropout,
-                conv: Some(ConvLayers {
-                    height: shape.height,
-                    width: shape.width,
-                    channels: self.cnn.channels.clone(),
-                    kernel: self.cnn.kernel,
-                }),
-            },
-            _ => StudentConfig {
-                inputs,
-                classes,
-                hidden: self.hidden.clone(),
-                dropout: self.dropout,
-                conv: None,
-            },
-        }
-    }
-
-    /// The local teacher's architecture (an MLP), if one is enabled.
-    pub fn teacher_config(&self, inputs: usize, classes: usize) -> Option<StudentConfig> {
-        self.teacher.enabled.then(|| StudentConfig {
-            inputs,
-            classes,
-            hidden: self.teacher.hidden.clone(),
-            dropout: 0.0,
-            conv: None,
-        })
-    }
-}
-
-/// A labelled set as tensors.
-#[derive(Debug, Clone)]
-pub struct Labelled {
-    /// Standardised features `[n, inputs]`.
-    pub x: Tensor,
-    /// Labels as a `[n]` u32 tensor.
-    pub y: Tensor,
-    /// Labels as plain values.
-    pub labels: Vec<u32>,
-}
-
-impl Labelled {
-    /// Builds the tensors from standardised row-major features and labels.
-    pub fn new(features: Vec<f32>, width: usize, labels: Vec<u32>) -> Result<Labelled, ModelError> {
-        let y = Tensor::new(labels.as_slice(), &crate::model::device())?;
-        Ok(Labelled {
-            x: matrix(features, width)?,
-            y,
-            labels,
-        })
-    }
-
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// True when there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-}
+use crate::data::{Labelled, matrix};
+use crate::distill::augment::perturb;
+use crate::distill::config::{Architecture, LocalTeacherConfig, TrainConfig};
+use crate::distill::loss::{distillation_loss, distillation_term};
+use crate::distill::student::{ModelError, Student};
 
 /// The student, its optimiser and the node's data.
 pub struct Learner {
@@ -468,7 +100,7 @@ impl Learner {
                 let net = Student::new(tc, config.seed ^ 0x7eac_4e25)?;
                 let optimiser = adamw(net.vars(), &config)?;
                 let vars = VarMap::new();
-                let vb = VarBuilder::from_varmap(&vars, DType::F32, &crate::model::device());
+                let vb = VarBuilder::from_varmap(&vars, DType::F32, &crate::distill::device());
                 let projection = candle_nn::linear(
                     student.config().feature_width(),
                     net.config().feature_width(),
@@ -550,12 +182,12 @@ impl Learner {
             self.target = None;
             return Ok(());
         }
-        let device = crate::model::device();
+        let device = crate::distill::device();
         let ids = Tensor::new(target.query_ids.as_slice(), &device)?;
         let x = self.public.index_select(&ids, 0)?;
         let p = matrix(target.probs.clone(), target.classes as usize)?;
         self.target_weights = if self.config.confidence_weighting {
-            Some(crate::model::row_confidence(&p)?)
+            Some(crate::distill::row_confidence(&p)?)
         } else {
             None
         };
@@ -680,7 +312,7 @@ impl Learner {
     /// `logit_weight * T^2 KL(teacher_T || student_T) + feature_weight * MSE(P s, t)` on a
     /// public batch; a zero scalar without a teacher or with both weights 0.
     fn teacher_terms(&mut self, student: &Student) -> Result<Tensor, ModelError> {
-        let zero = Tensor::new(0f32, &crate::model::device())?;
+        let zero = Tensor::new(0f32, &crate::distill::device())?;
         let (feature_weight, logit_weight) = (
             self.config.teacher.feature_weight,
             self.config.teacher.logit_weight,
@@ -715,7 +347,7 @@ impl Learner {
 
     /// Standardised public rows for the given record ids.
     pub fn public_rows(&self, query_ids: &[u32]) -> Result<Tensor, ModelError> {
-        let ids = Tensor::new(query_ids, &crate::model::device())?;
+        let ids = Tensor::new(query_ids, &crate::distill::device())?;
         Ok(self.public.index_select(&ids, 0)?)
     }
 
@@ -743,57 +375,7 @@ impl Learner {
 fn batch_indices(rng: &mut StdRng, batch_size: usize, rows: usize) -> Result<Tensor, ModelError> {
     let n = batch_size.min(rows);
     let idx: Vec<u32> = (0..n).map(|_| rng.random_range(0..rows as u32)).collect();
-    Ok(Tensor::new(idx.as_slice(), &crate::model::device())?)
-}
-
-/// Random image shifts of up to `max_shift` pixels (with `image`), then Gaussian jitter of
-/// standard deviation `noise` (0: none).
-fn perturb(
-    rng: &mut StdRng,
-    x: Tensor,
-    image: Option<ImageShape>,
-    max_shift: usize,
-    noise: f64,
-) -> Result<Tensor, ModelError> {
-    let x = match image {
-        Some(shape) if max_shift > 0 => {
-            let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let shifted = shift_images(&values, shape, max_shift, rng);
-            Tensor::from_vec(shifted, x.dims(), x.device())?
-        }
-        _ => x,
-    };
-    if noise <= 0.0 {
-        return Ok(x);
-    }
-    let normal = rand_distr::Normal::new(0.0f32, noise as f32)
-        .map_err(|e| ModelError::Config(e.to_string()))?;
-    let values: Vec<f32> = (0..x.elem_count())
-        .map(|_| rand_distr::Distribution::sample(&normal, rng))
-        .collect();
-    let values = Tensor::from_vec(values, x.dims(), x.device())?;
-    Ok((x + values)?)
-}
-
-/// Shifts each image (row-major pixels of `shape`) by a random offset in `-max..=max` along each
-/// axis, repeating edge pixels into the uncovered border.
-pub fn shift_images(values: &[f32], shape: ImageShape, max: usize, rng: &mut StdRng) -> Vec<f32> {
-    let (h, w) = (shape.height, shape.width);
-    let pixels = h * w;
-    let max = max as i64;
-    let mut out = Vec::with_capacity(values.len());
-    for image in values.chunks(pixels) {
-        let dy = rng.random_range(-max..=max);
-        let dx = rng.random_range(-max..=max);
-        for y in 0..h as i64 {
-            let sy = (y - dy).clamp(0, h as i64 - 1) as usize;
-            for x in 0..w as i64 {
-                let sx = (x - dx).clamp(0, w as i64 - 1) as usize;
-                out.push(image[sy * w + sx]);
-            }
-        }
-    }
-    out
+    Ok(Tensor::new(idx.as_slice(), &crate::distill::device())?)
 }
 
 /// Trains a student on private data alone for `steps` steps: the local-only baseline.
@@ -820,6 +402,9 @@ pub fn train_local_only(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distill::augment::shift_images;
+    use crate::distill::config::{CnnConfig, ImageShape};
+    use crate::distill::schedule::ScheduleShape;
 
     #[test]
     fn alpha_falls_linearly_from_start_to_end() {

@@ -1,0 +1,262 @@
+//! [`NodeBuilder`]: the one way a config and data become a node. `fd-client` (from its TOML
+//! config and CSV files) and `fd-sim` (from its in-memory split) both build their nodes here,
+//! so a simulated node is wired exactly as a real one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fd_transport::TlsIdentity;
+
+use crate::NodeError;
+use crate::config::{PrivacyConfig, PrivacyMode};
+use crate::data::{Labelled, Standardiser, Table, matrix};
+use crate::distill::{Learner, ModelCard, ModelError, TrainConfig};
+use crate::federation::SessionPlan;
+use crate::privacy::release::{Labeller, PrivateLabeller};
+use crate::privacy::teachers::{EnsembleConfig, TeacherEnsemble, TeacherKind, default_shards};
+use crate::privacy::{Budget, PrivacyLedger};
+
+/// Mixed into the node's seed for its shard teachers, so that they draw a stream of their own
+/// rather than the student's.
+pub const TEACHER_SEED_SALT: u64 = 0x5a4d;
+
+/// How to build a node: what it learns and how it releases.
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    /// Classes of the task.
+    pub classes: usize,
+    /// The private file's label column (recorded in the model card).
+    pub label_column: String,
+    /// How the student trains, as configured (the builder adapts it to the privacy mode).
+    pub training: TrainConfig,
+    /// How labels are released.
+    pub privacy: PrivacyConfig,
+    /// Where the privacy ledger lives (private mode).
+    pub ledger: PathBuf,
+}
+
+/// A built node: everything its session needs, and what it saves afterwards.
+#[derive(Debug)]
+pub struct Node {
+    /// The student, its optimiser and the node's data.
+    pub learner: Learner,
+    /// How it labels public records (the student, or the private shard ensemble).
+    pub labeller: Labeller,
+    /// The held-out split it measures itself on.
+    pub holdout: Labelled,
+    /// The model card (columns and standardisation) to save with the student.
+    pub card: ModelCard,
+    /// Records in the private training split (public under replace-one adjacency: Hello
+    /// carries it).
+    pub private_records: usize,
+}
+
+impl NodeBuilder {
+    /// Builds a node from its private training split, its held-out split and the public set.
+    pub fn build(&self, train: &Table, holdout: &Table, public: &Table) -> Result<Node, NodeError> {
+        let training = student_training(&self.training, self.privacy.mode);
+        let prepared = prepare(
+            train,
+            holdout,
+            public,
+            self.classes,
+            &self.label_column,
+            &training,
+        )?;
+        let labeller = build_labeller(
+            &self.privacy,
+            &prepared.train,
+            &prepared.public,
+            self.classes,
+            &training,
+            &self.ledger,
+        )?;
+        tracing::info!(privacy = %labeller.statement(), "privacy of released labels");
+        let private_records = prepared.train.len();
+        let learner = Learner::new(training, self.classes, prepared.train, prepared.public)?;
+        Ok(Node {
+            learner,
+            labeller,
+            holdout: prepared.holdout,
+            card: prepared.card,
+            private_records,
+        })
+    }
+}
+
+impl Node {
+    /// The session plan for joining the coordinator at `coordinator` (whose certificate names
+    /// `server_name`) with `tls`.
+    pub fn plan(
+        &self,
+        coordinator: SocketAddr,
+        server_name: &str,
+        tls: TlsIdentity,
+    ) -> SessionPlan {
+        SessionPlan {
+            coordinator,
+            server_name: server_name.to_owned(),
+            tls,
+            private_records: self.private_records as u32,
+            holdout: self.holdout.clone(),
+            max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+/// A node's data as standardised tensors, ready to train on.
+#[derive(Debug)]
+pub struct PreparedData {
+    /// Standardised private training split.
+    pub train: Labelled,
+    /// Standardised held-out split.
+    pub holdout: Labelled,
+    /// Standardised public set `[m, inputs]`.
+    pub public: candle_core::Tensor,
+    /// The model card (columns and standardisation) to save with the student.
+    pub card: ModelCard,
+}
+
+/// Standardises (with statistics of the public set) and converts tables to tensors.
+pub fn prepare(
+    train: &Table,
+    holdout: &Table,
+    public: &Table,
+    classes: usize,
+    label_column: &str,
+    training: &TrainConfig,
+) -> Result<PreparedData, ModelError> {
+    let standardiser = match training.image {
+        Some(_) => Standardiser::fit_global(public),
+        None => Standardiser::fit(public),
+    };
+    let width = public.width();
+    Ok(PreparedData {
+        train: Labelled::new(standardiser.apply(train), width, train.labels.clone())?,
+        holdout: Labelled::new(standardiser.apply(holdout), width, holdout.labels.clone())?,
+        public: matrix(standardiser.apply(public), width)?,
+        card: ModelCard {
+            student: training.student_config(width, classes),
+            columns: public.columns.clone(),
+            label_column: label_column.to_owned(),
+            standardiser,
+        },
+    })
+}
+
+/// The student's training settings for a node in `mode`.
+///
+/// A private node's student learns from sharpened targets
+/// ([`crate::distill::target::sharpen_private_target`]): arg-max rows weighted by how clearly they
+/// stand above the noise. They are distilled at temperature 1 (cross-entropy on those rows; a
+/// high temperature would only flatten a one-hot target) and each row counts by its
+/// confidence, so rows that are noise alone teach almost nothing. This overrides any
+/// configured temperature for the student (the shard ensemble's MLP teachers keep it).
+///
+/// In private mode the shard ensemble is the reference teacher for the compression metrics,
+/// so a local teacher is trained only if the student distils from it.
+fn student_training(training: &TrainConfig, mode: PrivacyMode) -> TrainConfig {
+    let mut t = training.clone();
+    if mode == PrivacyMode::Shards {
+        t.temperature = 1.0;
+        t.temperature_end = None;
+        t.confidence_weighting = true;
+        if !t.teacher.distils() {
+            t.teacher.enabled = false;
+        }
+    }
+    t
+}
+
+/// Builds the node's labeller: the student itself (non-private), or a teacher ensemble on
+/// disjoint shards of `private` with its ledger at `ledger_path` (private).
+fn build_labeller(
+    privacy: &PrivacyConfig,
+    private: &Labelled,
+    public: &candle_core::Tensor,
+    classes: usize,
+    training: &TrainConfig,
+    ledger_path: &Path,
+) -> Result<Labeller, NodeError> {
+    if privacy.mode == PrivacyMode::None {
+        return Ok(Labeller::Student);
+    }
+    let budget = Budget {
+        epsilon: privacy.epsilon,
+        delta: privacy.delta,
+    };
+    budget.validate()?;
+    let records = private.len();
+    let teachers = if privacy.shards == 0 {
+        default_shards(records, privacy.shard_teacher)
+    } else {
+        privacy.shards
+    };
+    let shard_size = (records / teachers.max(1)).max(1);
+    let radius = match (privacy.shard_teacher, privacy.radius) {
+        (TeacherKind::Mlp, _) => None,
+        (TeacherKind::Nearest, Some(r)) => Some(r),
+        (TeacherKind::Nearest, None) => {
+            let rows = public
+                .dims2()
+                .map_err(ModelError::from)?
+                .0
+                .min(crate::privacy::teachers::RADIUS_SAMPLE);
+            let r = crate::privacy::teachers::public_radius(
+                public,
+                (rows / (2 * classes.max(1))).max(1),
+            )?;
+            tracing::info!(
+                radius = r,
+                "nearest-neighbour teachers abstain beyond this distance (read off the public set)"
+            );
+            r
+        }
+    };
+    let ensemble = TeacherEnsemble::new(
+        EnsembleConfig {
+            kind: privacy.shard_teacher,
+            radius,
+            teachers,
+            hidden: privacy.teacher_hidden,
+            inputs: private.x.dims2().map_err(ModelError::from)?.1,
+            classes,
+            learning_rate: training.learning_rate,
+            batch_size: shard_size.min(privacy.teacher_batch_size),
+            temperature: training.temperature,
+            seed: training.seed ^ TEACHER_SEED_SALT,
+        },
+        private.x.clone(),
+        private.y.clone(),
+    )?;
+    let ledger = if privacy.noiseless() {
+        None
+    } else {
+        Some(PrivacyLedger::open(ledger_path, budget)?)
+    };
+    if let Some(l) = &ledger {
+        tracing::info!(
+            ledger = %ledger_path.display(),
+            epsilon_spent = l.epsilon_spent()?,
+            budget_epsilon = budget.epsilon,
+            delta = budget.delta,
+            teachers,
+            records,
+            "privacy ledger opened (unit: one record of this node's private data)"
+        );
+    }
+    Ok(Labeller::Private(Box::new(PrivateLabeller {
+        ensemble,
+        ledger,
+        budget,
+        fixed_sigma: privacy.sigma,
+        local_steps: privacy.teacher_local_steps,
+        steps_per_round: privacy.teacher_steps_per_round,
+        sigma: None,
+        clamp_floor: privacy.clamp_floor,
+        votes: privacy.votes,
+        rows: privacy.rows,
+        balance: privacy.balances_classes(),
+        last_release: None,
+    })))
+}

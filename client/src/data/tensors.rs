@@ -1,0 +1,44 @@
+//! A node's data as candle tensors.
+
+use candle_core::Tensor;
+
+use crate::distill::student::{ModelError, device};
+
+/// A labelled set as tensors.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    /// Standardised features `[n, inputs]`.
+    pub x: Tensor,
+    /// Labels as a `[n]` u32 tensor.
+    pub y: Tensor,
+    /// Labels as plain values.
+    pub labels: Vec<u32>,
+}
+
+impl Labelled {
+    /// Builds the tensors from standardised row-major features and labels.
+    pub fn new(features: Vec<f32>, width: usize, labels: Vec<u32>) -> Result<Labelled, ModelError> {
+        let y = Tensor::new(labels.as_slice(), &crate::distill::device())?;
+        Ok(Labelled {
+            x: matrix(features, width)?,
+            y,
+            labels,
+        })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Builds a `[rows, width]` tensor from row-major values.
+pub fn matrix(values: Vec<f32>, width: usize) -> Result<Tensor, ModelError> {
+    let rows = values.len() / width.max(1);
+    Ok(Tensor::from_vec(values, (rows, width), &device())?)
+}

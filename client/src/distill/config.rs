@@ -1,0 +1,312 @@
+//! How a node trains its student: the serde configuration types of the `[training]` table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::distill::schedule::ScheduleShape;
+use crate::distill::student::{ConvLayers, StudentConfig};
+
+/// How a node trains its student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Hidden layer widths of the MLP student.
+    pub hidden: Vec<usize>,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Rows per mini-batch (for both the private and the public batch of a step).
+    pub batch_size: usize,
+    /// Optimiser steps on private data alone before the first contribution.
+    pub local_steps: usize,
+    /// Optimiser steps per round on the combined loss once a target exists.
+    pub steps_per_round: usize,
+    /// Distillation temperature T (2 suits images, 4 tabular data).
+    pub temperature: f64,
+    /// Weight of the private cross-entropy in the first round.
+    pub alpha_start: f64,
+    /// Weight of the private cross-entropy in the last round (linear in between).
+    pub alpha_end: f64,
+    /// Standard deviation of Gaussian jitter added to training inputs (in standardised units);
+    /// 0 turns it off. A cheap regulariser for small data.
+    pub input_noise: f64,
+    /// Layout of image inputs (pixels row-major); enables image-wide standardisation and
+    /// random shifts of training batches. `None` for tabular data.
+    pub image: Option<ImageShape>,
+    /// With `image`: training inputs are shifted by up to this many pixels in each direction
+    /// (edge pixels repeated). 0 turns shifting off.
+    pub max_shift: usize,
+    /// Weight each public row's distillation term by the target's confidence in it
+    /// (`1 - H(p) / ln C`), so rows the target is unsure of (e.g. noise-dominated private
+    /// releases) teach little. Off by default; on for private nodes.
+    pub confidence_weighting: bool,
+    /// Seed of weight initialisation and batch sampling.
+    pub seed: u64,
+    /// The student's kind: `"mlp"` (dense layers `hidden`) or `"cnn"` (layers `cnn`, image
+    /// data only). Nodes of one federation may differ: only soft labels are exchanged.
+    pub architecture: Architecture,
+    /// The CNN student's layers (with `architecture = "cnn"`).
+    pub cnn: CnnConfig,
+    /// Dropout probability after each dense hidden layer of the student while training.
+    pub dropout: f64,
+    /// How alpha moves from `alpha_start` to `alpha_end` over the rounds.
+    pub alpha_schedule: ScheduleShape,
+    /// Temperature in the last round; unset: `temperature` throughout.
+    pub temperature_end: Option<f64>,
+    /// How the temperature moves from `temperature` to `temperature_end` over the rounds.
+    pub temperature_schedule: ScheduleShape,
+    /// The node's larger local teacher: the reference for compression, speed-up and CKA in
+    /// non-private mode, and the source of feature distillation.
+    pub teacher: LocalTeacherConfig,
+    /// Self-distillation across rounds: weight of a `T^2 * KL` term pulling the student towards
+    /// its own snapshot from the end of the previous round, on public records (0: off).
+    pub self_distillation: f64,
+}
+
+/// The kind of student network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Dense layers (`hidden`), any data.
+    #[default]
+    Mlp,
+    /// Convolutions, pooling and dense layers (`cnn`); needs `image`.
+    Cnn,
+}
+
+/// The layers of a CNN student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CnnConfig {
+    /// Output channels of each same-padded convolution (ReLU after each, and a 2x2 max-pool
+    /// after each but the last).
+    pub channels: Vec<usize>,
+    /// Square kernel size (odd).
+    pub kernel: usize,
+    /// Dense hidden widths between the last maps and the classifier.
+    pub hidden: Vec<usize>,
+}
+
+impl Default for CnnConfig {
+    fn default() -> Self {
+        CnnConfig {
+            channels: vec![16, 32],
+            kernel: 3,
+            hidden: Vec::new(),
+        }
+    }
+}
+
+/// A node's larger local teacher: an MLP trained on the node's private records (and the global
+/// target, like the student). It never leaves the node and never labels for the federation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalTeacherConfig {
+    /// Train a local teacher at all. Without one (and without private teachers) compression
+    /// ratio, speed-up and CKA are not reported.
+    pub enabled: bool,
+    /// Hidden widths of the teacher MLP.
+    pub hidden: Vec<usize>,
+    /// Teacher steps on private data before the first round.
+    pub local_steps: usize,
+    /// Teacher steps per round once a target exists.
+    pub steps_per_round: usize,
+    /// Weight of the feature-distillation term: MSE between a learned linear projection of the
+    /// student's representation and the teacher's (0: off).
+    pub feature_weight: f64,
+    /// Weight of a `T^2 * KL(teacher_T || student_T)` term on public records (0: off).
+    pub logit_weight: f64,
+    /// Augmentation distillation: the teacher terms use perturbed public records (one-pixel
+    /// shifts for images, Gaussian jitter of `input_noise` for tabular data), the teacher
+    /// labelling the same perturbed record the student sees.
+    pub augment: bool,
+}
+
+impl LocalTeacherConfig {
+    /// Whether the student learns from the teacher (a feature or logit term is on).
+    pub fn distils(&self) -> bool {
+        self.enabled && (self.feature_weight > 0.0 || self.logit_weight > 0.0)
+    }
+}
+
+impl Default for LocalTeacherConfig {
+    fn default() -> Self {
+        LocalTeacherConfig {
+            enabled: true,
+            hidden: vec![512, 256],
+            local_steps: 200,
+            steps_per_round: 20,
+            feature_weight: 0.0,
+            logit_weight: 0.0,
+            augment: false,
+        }
+    }
+}
+
+/// Height and width of image inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageShape {
+    /// Rows of pixels.
+    pub height: usize,
+    /// Columns of pixels.
+    pub width: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            hidden: vec![256],
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            batch_size: 64,
+            local_steps: 300,
+            steps_per_round: 200,
+            temperature: 4.0,
+            alpha_start: 0.7,
+            alpha_end: 0.3,
+            input_noise: 0.5,
+            image: None,
+            max_shift: 0,
+            confidence_weighting: false,
+            seed: 1,
+            architecture: Architecture::Mlp,
+            cnn: CnnConfig::default(),
+            dropout: 0.0,
+            alpha_schedule: ScheduleShape::Linear,
+            temperature_end: None,
+            temperature_schedule: ScheduleShape::Constant,
+            teacher: LocalTeacherConfig::default(),
+            self_distillation: 0.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (
+                self.learning_rate > 0.0 && self.learning_rate.is_finite(),
+                "learning_rate must be > 0",
+            ),
+            (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
+            (self.batch_size > 0, "batch_size must be > 0"),
+            (
+                self.temperature > 0.0 && self.temperature.is_finite(),
+                "temperature must be > 0",
+            ),
+            (
+                (0.0..=1.0).contains(&self.alpha_start),
+                "alpha_start must be in [0, 1]",
+            ),
+            (
+                (0.0..=1.0).contains(&self.alpha_end),
+                "alpha_end must be in [0, 1]",
+            ),
+            (!self.hidden.contains(&0), "hidden widths must be > 0"),
+            (
+                self.input_noise >= 0.0 && self.input_noise.is_finite(),
+                "input_noise must be >= 0",
+            ),
+            (
+                (0.0..1.0).contains(&self.dropout),
+                "dropout must be in [0, 1)",
+            ),
+            (
+                self.temperature_end
+                    .is_none_or(|t| t > 0.0 && t.is_finite()),
+                "temperature_end must be > 0",
+            ),
+            (
+                self.architecture != Architecture::Cnn || self.image.is_some(),
+                "architecture = \"cnn\" needs image data (set training.image)",
+            ),
+            (
+                !self.cnn.channels.is_empty() && !self.cnn.channels.contains(&0),
+                "cnn.channels must be a non-empty list of counts > 0",
+            ),
+            (self.cnn.kernel % 2 == 1, "cnn.kernel must be odd"),
+            (
+                !self.cnn.hidden.contains(&0),
+                "cnn.hidden widths must be > 0",
+            ),
+            (
+                !self.teacher.hidden.contains(&0),
+                "teacher.hidden widths must be > 0",
+            ),
+            (
+                self.teacher.feature_weight >= 0.0 && self.teacher.feature_weight.is_finite(),
+                "teacher.feature_weight must be >= 0",
+            ),
+            (
+                self.teacher.logit_weight >= 0.0 && self.teacher.logit_weight.is_finite(),
+                "teacher.logit_weight must be >= 0",
+            ),
+            (
+                self.teacher.enabled
+                    || (self.teacher.feature_weight == 0.0 && self.teacher.logit_weight == 0.0),
+                "teacher.feature_weight and teacher.logit_weight need teacher.enabled = true",
+            ),
+            (
+                self.self_distillation >= 0.0 && self.self_distillation.is_finite(),
+                "self_distillation must be >= 0",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(format!("training.{msg}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The cross-entropy weight in `round` of `rounds`: from `alpha_start` to `alpha_end`
+    /// along `alpha_schedule` (linear by default).
+    pub fn alpha(&self, round: u32, rounds: u32) -> f64 {
+        self.alpha_schedule
+            .value(self.alpha_start, self.alpha_end, round, rounds)
+    }
+
+    /// The temperature in `round` of `rounds`: from `temperature` to `temperature_end` along
+    /// `temperature_schedule` (constant by default).
+    pub fn temperature_at(&self, round: u32, rounds: u32) -> f64 {
+        let end = self.temperature_end.unwrap_or(self.temperature);
+        self.temperature_schedule
+            .value(self.temperature, end, round, rounds)
+    }
+
+    /// The student's architecture for data of `inputs` features and `classes` classes.
+    pub fn student_config(&self, inputs: usize, classes: usize) -> StudentConfig {
+        match (self.architecture, self.image) {
+            (Architecture::Cnn, Some(shape)) => StudentConfig {
+                inputs,
+                classes,
+                hidden: self.cnn.hidden.clone(),
+                dropout: self.dropout,
+                conv: Some(ConvLayers {
+                    height: shape.height,
+                    width: shape.width,
+                    channels: self.cnn.channels.clone(),
+                    kernel: self.cnn.kernel,
+                }),
+            },
+            _ => StudentConfig {
+                inputs,
+                classes,
+                hidden: self.hidden.clone(),
+                dropout: self.dropout,
+                conv: None,
+            },
+        }
+    }
+
+    /// The local teacher's architecture (an MLP), if one is enabled.
+    pub fn teacher_config(&self, inputs: usize, classes: usize) -> Option<StudentConfig> {
+        self.teacher.enabled.then(|| StudentConfig {
+            inputs,
+            classes,
+            hidden: self.teacher.hidden.clone(),
+            dropout: 0.0,
+            conv: None,
+        })
+    }
+}

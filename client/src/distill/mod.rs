@@ -1,0 +1,19 @@
+//! Distillation on the node: the student, its loss, its schedules, augmentation, the local
+//! teacher and the learner that trains them, and what a private student makes of the target.
+//!
+//! Everything here is synchronous and CPU-bound; the federation driver runs it on a blocking
+//! thread. Nothing here sends anything: what leaves the node is made in [`crate::privacy`].
+
+pub mod augment;
+pub mod config;
+pub mod learner;
+pub mod loss;
+pub mod schedule;
+pub mod student;
+pub mod target;
+
+pub use config::{Architecture, CnnConfig, ImageShape, LocalTeacherConfig, TrainConfig};
+pub use learner::{Learner, train_local_only};
+pub use loss::{distillation_loss, distillation_rows, distillation_term, row_confidence};
+pub use schedule::ScheduleShape;
+pub use student::{ConvLayers, ModelCard, ModelError, Student, StudentConfig, device};

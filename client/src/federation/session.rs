@@ -1,0 +1,576 @@
+//! The node's side of the round protocol as a state machine without I/O.
+//!
+//! [`NodeSession`] never touches a socket, a thread or the clock: the driver
+//! ([`crate::federation::driver`]) feeds it what happened (a message, a finished piece of work,
+//! a lost connection, the time) and polls it for what to do next (a message to send, work to
+//! run, when to wake, what to tell the operator). Tests drive it on virtual time.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fd_protocol::{Contribution, Hello, Message, RoundOpen, SoftLabels, Welcome};
+use tracing::{info, warn};
+
+use crate::federation::error::SessionError;
+use crate::privacy::release::Labels;
+
+/// First wait before reconnecting; doubled after each failed attempt.
+pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(200);
+/// Longest wait between attempts.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// A node gives up when the coordinator stays unreachable this long (a restart takes seconds;
+/// the nodes' own idle timeout is a minute).
+pub const RECONNECT_FOR: Duration = Duration::from_secs(180);
+
+/// QUIC application close code of a node that leaves on purpose (done, budget spent, terms).
+pub const CLOSE_OK: u32 = 0;
+/// QUIC application close code of a node that vanishes mid-round (simulated failure).
+pub const CLOSE_VANISHED: u32 = 1;
+
+/// What a session knows before it starts: public facts about the node and the coordinator.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Coordinator address (for error messages; the driver connects).
+    pub coordinator: SocketAddr,
+    /// What the node says in Hello.
+    pub hello: Hello,
+    /// Whether the node releases without noise (it then refuses a federation that requires
+    /// privacy).
+    pub non_private: bool,
+}
+
+/// CPU work the session asks the driver to run (on a blocking thread) and report back with
+/// [`NodeSession::handle_work_done`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Train the student on the round's target, measure it, and label the round's queries.
+    Round {
+        /// The round as the coordinator opened it.
+        open: RoundOpen,
+        /// The coordinator's plan of queries for the whole run (from Welcome).
+        planned_queries: u64,
+    },
+    /// Distil from the final target and measure the student.
+    Distil {
+        /// Rounds the federation ran.
+        rounds: u32,
+        /// The final global target.
+        target: SoftLabels,
+    },
+}
+
+/// What a piece of [`Work`] produced.
+#[derive(Debug)]
+pub enum WorkResult {
+    /// A round's training and labelling.
+    Round {
+        /// The round.
+        round: u32,
+        /// Held-out accuracy after the round's training.
+        accuracy: f64,
+        /// The labels to send, or why nothing may be sent.
+        labels: Labels,
+    },
+    /// The final distillation.
+    Distilled {
+        /// Held-out accuracy of the final student.
+        accuracy: f64,
+    },
+}
+
+/// What the session tells its driver, in the order it happens.
+#[derive(Debug)]
+pub enum Event {
+    /// Open a connection to the coordinator now, then call [`NodeSession::handle_connected`]
+    /// or [`NodeSession::handle_connect_failed`].
+    Connect,
+    /// The coordinator admitted the node (first join or reconnect).
+    Admitted(Welcome),
+    /// The connection is gone; the session asks to [`Event::Connect`] again after `delay`.
+    Reconnecting {
+        /// Why the last connection or attempt failed.
+        why: String,
+        /// Wait before the next attempt.
+        delay: Duration,
+    },
+    /// Finish the stream once every polled message is written, and close the connection with
+    /// this application code and reason.
+    Close {
+        /// QUIC application close code ([`CLOSE_OK`]).
+        code: u32,
+        /// Reason sent with the close.
+        reason: &'static str,
+    },
+    /// The session is over: the federation finished and the student distilled its target.
+    Finished,
+    /// The session is over: the node left early, for this reason (its budget is spent).
+    Left(String),
+    /// The session is over: it failed.
+    Failed(SessionError),
+}
+
+/// Where the session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the driver to connect (after [`Event::Connect`]).
+    Connecting,
+    /// Connected; Hello sent, waiting for Welcome.
+    Joining,
+    /// Admitted: rounds.
+    Admitted,
+    /// The connection is lost; waiting until `retry_at` to connect again.
+    Waiting,
+    /// Ended; nothing more happens.
+    Over,
+}
+
+/// One node's session with the coordinator, as a state machine.
+///
+/// Methods, by kind (in the manner of `quinn_proto::Connection`):
+/// - getters: [`node`](Self::node), [`rounds_contributed`](Self::rounds_contributed),
+///   [`round_accuracy`](Self::round_accuracy), [`final_accuracy`](Self::final_accuracy),
+///   [`left`](Self::left), [`is_admitted`](Self::is_admitted), [`is_over`](Self::is_over);
+/// - `handle_*`: feed it what happened: [`handle`](Self::handle) (a message from the
+///   coordinator), [`handle_connected`](Self::handle_connected),
+///   [`handle_connect_failed`](Self::handle_connect_failed),
+///   [`handle_connection_lost`](Self::handle_connection_lost),
+///   [`handle_work_done`](Self::handle_work_done), [`handle_timeout`](Self::handle_timeout),
+///   [`handle_abandon`](Self::handle_abandon) (the driver gives up on its own account, e.g. a
+///   simulated vanishing node);
+/// - `poll_*`: what to do next: [`poll_transmit`](Self::poll_transmit),
+///   [`poll_event`](Self::poll_event), [`poll_work`](Self::poll_work),
+///   [`poll_timeout`](Self::poll_timeout).
+///
+/// After every `handle_*` call, the driver polls in this order: every `poll_transmit` (and
+/// writes each message on the current connection), then every `poll_event`, then
+/// `poll_work` (runs it, feeds the result back, and starts over), then `poll_timeout`
+/// (sleeps until then, calls `handle_timeout`, and starts over); with none of these it reads
+/// the next message. Messages come before events, so an [`Event::Close`] follows the last
+/// message it must not cut off. The session never reads the clock: every `now` comes from
+/// the caller.
+#[derive(Debug)]
+pub struct NodeSession {
+    config: SessionConfig,
+    phase: Phase,
+    /// Set once the node was first admitted: failures to join after that are retried.
+    welcome: Option<Welcome>,
+    /// When to stop retrying, in the current outage.
+    give_up_at: Option<Instant>,
+    /// When to try to connect again, while waiting.
+    retry_at: Option<Instant>,
+    /// The wait before the next attempt after this one fails.
+    next_delay: Duration,
+    contributed: Contributed,
+    /// The last contribution sent, so a round asked again is answered by re-sending it (a
+    /// release re-sent is post-processing and costs nothing; new noise would be charged).
+    last_contribution: Option<Contribution>,
+    round_accuracy: Vec<f64>,
+    final_accuracy: f64,
+    left: Option<String>,
+    transmits: VecDeque<Message>,
+    events: VecDeque<Event>,
+    work: VecDeque<Work>,
+}
+
+impl NodeSession {
+    /// A session that starts by asking its driver to connect.
+    pub fn new(config: SessionConfig) -> NodeSession {
+        NodeSession {
+            config,
+            phase: Phase::Connecting,
+            welcome: None,
+            give_up_at: None,
+            retry_at: None,
+            next_delay: RECONNECT_FIRST_DELAY,
+            contributed: Contributed::default(),
+            last_contribution: None,
+            round_accuracy: Vec::new(),
+            final_accuracy: 0.0,
+            left: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::from([Event::Connect]),
+            work: VecDeque::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// The node's identity as the coordinator named it (from its certificate), once admitted.
+    pub fn node(&self) -> Option<&str> {
+        self.welcome.as_ref().map(|w| w.node.as_str())
+    }
+
+    /// Rounds whose contribution the coordinator did not refuse (see [`Contributed`]).
+    pub fn rounds_contributed(&self) -> u32 {
+        self.contributed.count()
+    }
+
+    /// Held-out accuracy after each round's training.
+    pub fn round_accuracy(&self) -> &[f64] {
+        &self.round_accuracy
+    }
+
+    /// Held-out accuracy of the final student (after the final distillation, or of the last
+    /// round if the node left early).
+    pub fn final_accuracy(&self) -> f64 {
+        self.final_accuracy
+    }
+
+    /// Why the node stopped contributing early, if it did.
+    pub fn left(&self) -> Option<&str> {
+        self.left.as_deref()
+    }
+
+    /// Whether the coordinator has admitted the node on the current connection.
+    pub fn is_admitted(&self) -> bool {
+        self.phase == Phase::Admitted
+    }
+
+    /// Whether the session has ended.
+    pub fn is_over(&self) -> bool {
+        self.phase == Phase::Over
+    }
+
+    // ---- handle_* ----
+
+    /// The driver connected (after [`Event::Connect`]): Hello goes out.
+    pub fn handle_connected(&mut self, _now: Instant) {
+        if self.phase != Phase::Connecting {
+            return;
+        }
+        self.phase = Phase::Joining;
+        self.transmits
+            .push_back(Message::Hello(self.config.hello.clone()));
+    }
+
+    /// The driver could not connect: fatal on the first join, retried with back-off after.
+    pub fn handle_connect_failed(&mut self, now: Instant, why: String) {
+        if self.phase != Phase::Connecting {
+            return;
+        }
+        let addr = self.config.coordinator;
+        self.attempt_failed(now, why.clone(), || SessionError::Connect {
+            addr,
+            message: why,
+        });
+    }
+
+    /// The connection is gone (the coordinator crashed or restarted, the network failed, the
+    /// stream ended before Finished). Before Welcome this is a failed attempt to join.
+    pub fn handle_connection_lost(&mut self, now: Instant, why: String) {
+        match self.phase {
+            Phase::Joining | Phase::Connecting => {
+                let addr = self.config.coordinator;
+                self.attempt_failed(now, why.clone(), || SessionError::NotAdmitted {
+                    addr,
+                    message: why,
+                });
+            }
+            Phase::Admitted => {
+                // Whatever was queued for the old connection is lost with it; the coordinator
+                // asks again for whichever round is open once the node is back.
+                self.transmits.clear();
+                self.give_up_at = Some(now + RECONNECT_FOR);
+                self.next_delay = RECONNECT_FIRST_DELAY;
+                self.wait(now, why);
+            }
+            Phase::Waiting | Phase::Over => {}
+        }
+    }
+
+    /// A message from the coordinator.
+    pub fn handle(&mut self, _now: Instant, message: Message) {
+        match (self.phase, message) {
+            (Phase::Over, _) => {}
+            (Phase::Joining, Message::Welcome(welcome)) => self.admitted(welcome),
+            (Phase::Joining, Message::Reject { reason }) => {
+                self.fail(SessionError::Rejected(reason))
+            }
+            (Phase::Joining, other) => self.fail(SessionError::Protocol(format!(
+                "expected Welcome, got {}",
+                other.kind()
+            ))),
+            (Phase::Admitted, Message::RoundOpen(open)) => self.round_open(open),
+            (Phase::Admitted, Message::RoundClosed(closed)) => {
+                info!(
+                    round = closed.round,
+                    accepted = closed.accepted,
+                    asked = closed.asked,
+                    "round closed"
+                );
+            }
+            (Phase::Admitted, Message::Finished { rounds, target }) => {
+                match self.check_target(&target) {
+                    Ok(()) => self.work.push_back(Work::Distil { rounds, target }),
+                    Err(e) => self.fail(e),
+                }
+            }
+            (Phase::Admitted, Message::Refused { round, reason }) => {
+                // One contribution was not counted (e.g. it arrived after the deadline); the
+                // node carries on with the next round.
+                warn!(round, "contribution refused by the coordinator: {reason}");
+                self.contributed.refused(round);
+            }
+            (Phase::Admitted, Message::Error { message }) => {
+                self.fail(SessionError::Coordinator(message))
+            }
+            (Phase::Admitted, Message::Reject { reason }) => {
+                self.fail(SessionError::Rejected(reason))
+            }
+            (_, other) => self.fail(SessionError::Protocol(format!(
+                "unexpected {} from the coordinator",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// A piece of [`Work`] finished; `Err` if it failed (which ends the session).
+    pub fn handle_work_done(&mut self, _now: Instant, result: Result<WorkResult, SessionError>) {
+        if self.phase == Phase::Over {
+            return;
+        }
+        match result {
+            Err(e) => self.fail(e),
+            Ok(WorkResult::Round {
+                round,
+                accuracy,
+                labels,
+            }) => {
+                self.round_accuracy.push(accuracy);
+                self.final_accuracy = accuracy;
+                match labels {
+                    Labels::Release(labels, receipt) => {
+                        let contribution = Contribution {
+                            round,
+                            labels,
+                            receipt,
+                        };
+                        self.send_contribution(contribution);
+                    }
+                    Labels::BudgetSpent(reason) => {
+                        // Nothing was drawn or sent for this round. Tell the coordinator why
+                        // and stop; the federation goes on without this node.
+                        warn!(
+                            round,
+                            "privacy budget spent; leaving the federation: {reason}"
+                        );
+                        self.transmits.push_back(Message::Leave {
+                            reason: format!("privacy budget spent: {reason}"),
+                        });
+                        self.close("budget spent");
+                        self.left = Some(reason.clone());
+                        self.end(Event::Left(reason));
+                    }
+                }
+            }
+            Ok(WorkResult::Distilled { accuracy }) => {
+                self.final_accuracy = accuracy;
+                info!(final_accuracy = accuracy, "federation finished");
+                self.close("done");
+                self.end(Event::Finished);
+            }
+        }
+    }
+
+    /// The time is `now`: a back-off wait may be over.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Waiting && self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+            self.phase = Phase::Connecting;
+            self.events.push_back(Event::Connect);
+        }
+    }
+
+    /// The driver ends the session on its own account (a simulated node that vanishes): no
+    /// message, no close; the node counts as having left for `reason`.
+    pub fn handle_abandon(&mut self, reason: String) {
+        if self.phase == Phase::Over {
+            return;
+        }
+        self.transmits.clear();
+        self.work.clear();
+        self.left = Some(reason.clone());
+        self.end(Event::Left(reason));
+    }
+
+    // ---- poll_* ----
+
+    /// The next message to write on the current connection.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.transmits.pop_front()
+    }
+
+    /// The next thing to tell the driver.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next piece of CPU work to run.
+    #[must_use]
+    pub fn poll_work(&mut self) -> Option<Work> {
+        if self.phase == Phase::Over {
+            return None;
+        }
+        self.work.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout), if anything waits for a time.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Waiting => self.retry_at,
+            _ => None,
+        }
+    }
+
+    // ---- inside ----
+
+    fn admitted(&mut self, welcome: Welcome) {
+        if welcome.require_privacy && self.config.non_private {
+            let why = "this federation requires differential privacy; set [privacy] mode = \
+                       \"shards\" in the node config";
+            self.transmits
+                .push_back(Message::Leave { reason: why.into() });
+            self.close("terms");
+            self.fail(SessionError::Terms(why.into()));
+            return;
+        }
+        if self.welcome.is_some() {
+            info!(node = %welcome.node, "reconnected; resuming");
+        }
+        self.phase = Phase::Admitted;
+        self.give_up_at = None;
+        self.next_delay = RECONNECT_FIRST_DELAY;
+        self.welcome = Some(welcome.clone());
+        self.events.push_back(Event::Admitted(welcome));
+    }
+
+    fn round_open(&mut self, open: RoundOpen) {
+        if let Err(e) = self.check_target(&open.target) {
+            return self.fail(e);
+        }
+        let public = self.config.hello.public_records as usize;
+        if let Some(bad) = open.query_ids.iter().find(|&&q| q as usize >= public) {
+            return self.fail(SessionError::Protocol(format!(
+                "round {} asks for public record {bad}, but the public set has {public}",
+                open.round
+            )));
+        }
+        if let Some(last) = &self.last_contribution
+            && last.round == open.round
+            && last.labels.query_ids == open.query_ids
+        {
+            info!(
+                round = open.round,
+                "round asked again: re-sending its release, already paid for"
+            );
+            let again = last.clone();
+            self.send_contribution(again);
+            return;
+        }
+        let planned_queries = self.welcome.as_ref().map_or(0, |w| w.planned_queries);
+        self.work.push_back(Work::Round {
+            open,
+            planned_queries,
+        });
+    }
+
+    fn send_contribution(&mut self, contribution: Contribution) {
+        self.contributed.sent(contribution.round);
+        self.last_contribution = Some(contribution.clone());
+        self.transmits
+            .push_back(Message::Contribution(contribution));
+    }
+
+    /// Checks a target from the coordinator against the node's public set and classes.
+    fn check_target(&self, target: &SoftLabels) -> Result<(), SessionError> {
+        if target.is_empty() {
+            return Ok(());
+        }
+        let classes = usize::from(self.config.hello.classes);
+        target
+            .validate(classes)
+            .map_err(|e| SessionError::Protocol(format!("target: {e}")))?;
+        let public = self.config.hello.public_records as usize;
+        if let Some(bad) = target.query_ids.iter().find(|&&q| q as usize >= public) {
+            return Err(SessionError::Protocol(format!(
+                "target names public record {bad}, but the public set has {public}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// An attempt to connect or join failed: fatal before the first Welcome, and once the
+    /// outage has lasted [`RECONNECT_FOR`]; otherwise wait longer and try again.
+    fn attempt_failed(&mut self, now: Instant, why: String, error: impl FnOnce() -> SessionError) {
+        let retrying = self.welcome.is_some() && self.give_up_at.is_some_and(|t| now < t);
+        if !retrying {
+            return self.fail(error());
+        }
+        self.next_delay = (self.next_delay * 2).min(RECONNECT_MAX_DELAY);
+        self.wait(now, why);
+    }
+
+    /// Waits [`Self::next_delay`] before the next attempt to connect.
+    fn wait(&mut self, now: Instant, why: String) {
+        let delay = self.next_delay;
+        self.phase = Phase::Waiting;
+        self.retry_at = Some(now + delay);
+        warn!(
+            coordinator = %self.config.coordinator,
+            "connection to the coordinator lost ({why}); reconnecting in {delay:?}"
+        );
+        self.events.push_back(Event::Reconnecting { why, delay });
+    }
+
+    fn close(&mut self, reason: &'static str) {
+        self.events.push_back(Event::Close {
+            code: CLOSE_OK,
+            reason,
+        });
+    }
+
+    fn fail(&mut self, error: SessionError) {
+        self.end(Event::Failed(error));
+    }
+
+    fn end(&mut self, event: Event) {
+        self.phase = Phase::Over;
+        self.work.clear();
+        self.events.push_back(event);
+    }
+}
+
+/// The rounds this node's contributions count in, as far as the node can tell.
+///
+/// A contribution counts once sent and stops counting when the coordinator refuses it (late,
+/// duplicate, malformed): the coordinator refuses at once or accepts silently. A round asked
+/// again (the contribution was lost with a connection, or a restarted coordinator lost the
+/// round uncommitted) counts once; the coordinator never asks again for a round whose
+/// contribution it holds, so the second answer is not a refused duplicate of an accepted one.
+/// What the node cannot see: an answer sent after the last round closed, which the coordinator
+/// no longer reads once it has sent Finished, is neither refused nor counted by it.
+#[derive(Debug, Default)]
+struct Contributed {
+    rounds: BTreeSet<u32>,
+}
+
+impl Contributed {
+    /// A contribution to `round` was sent.
+    fn sent(&mut self, round: u32) {
+        self.rounds.insert(round);
+    }
+
+    /// The coordinator refused this node's contribution to `round`.
+    fn refused(&mut self, round: u32) {
+        self.rounds.remove(&round);
+    }
+
+    /// Rounds counted.
+    fn count(&self) -> u32 {
+        self.rounds.len() as u32
+    }
+}
