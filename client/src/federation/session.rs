@@ -574,3 +574,381 @@ impl Contributed {
         self.rounds.len() as u32
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUBLIC: u32 = 10;
+    const CLASSES: u16 = 2;
+
+    fn session(non_private: bool) -> NodeSession {
+        NodeSession::new(SessionConfig {
+            coordinator: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            hello: Hello {
+                public_records: PUBLIC,
+                classes: CLASSES,
+                private_records: 40,
+            },
+            non_private,
+        })
+    }
+
+    fn welcome(require_privacy: bool) -> Message {
+        Message::Welcome(Welcome {
+            node: "hospital-a".into(),
+            federation: "test".into(),
+            rounds: 3,
+            require_privacy,
+            planned_queries: 6,
+        })
+    }
+
+    fn labels(ids: &[u32]) -> SoftLabels {
+        SoftLabels {
+            classes: CLASSES,
+            query_ids: ids.to_vec(),
+            probs: ids.iter().flat_map(|_| [0.75f32, 0.25]).collect(),
+        }
+    }
+
+    fn open(round: u32, ids: &[u32], target: SoftLabels) -> Message {
+        Message::RoundOpen(RoundOpen {
+            round,
+            rounds: 3,
+            query_ids: ids.to_vec(),
+            target,
+        })
+    }
+
+    fn empty() -> SoftLabels {
+        labels(&[])
+    }
+
+    fn events(s: &mut NodeSession) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn transmits(s: &mut NodeSession) -> Vec<Message> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    /// Connects, says Hello and is welcomed at `now`.
+    fn admit(s: &mut NodeSession, now: Instant) {
+        assert!(matches!(events(s)[..], [Event::Connect]));
+        s.handle_connected(now);
+        let sent = transmits(s);
+        assert!(matches!(sent[..], [Message::Hello(ref h)] if h.public_records == PUBLIC));
+        s.handle(now, welcome(true));
+        assert!(matches!(events(s)[..], [Event::Admitted(ref w)] if w.node == "hospital-a"));
+        assert!(s.is_admitted());
+    }
+
+    /// Opens `round`, runs its work as a driver would, and returns what the node sent.
+    fn play_round(s: &mut NodeSession, now: Instant, round: u32, ids: &[u32]) -> Vec<Message> {
+        s.handle(now, open(round, ids, empty()));
+        let work = s.poll_work().expect("a round asks for work");
+        let Work::Round {
+            open,
+            planned_queries,
+        } = work
+        else {
+            panic!("expected round work, got {work:?}");
+        };
+        assert_eq!((open.round, planned_queries), (round, 6));
+        assert!(s.poll_work().is_none(), "one piece of work per round");
+        s.handle_work_done(
+            now,
+            Ok(WorkResult::Round {
+                round,
+                accuracy: 0.5 + f64::from(round) / 10.0,
+                labels: Labels::Release(labels(ids), None),
+            }),
+        );
+        transmits(s)
+    }
+
+    #[test]
+    fn admission_then_a_round_sends_one_contribution() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        assert_eq!(s.node(), Some("hospital-a"));
+        let sent = play_round(&mut s, t0, 0, &[1, 2]);
+        match &sent[..] {
+            [Message::Contribution(c)] => {
+                assert_eq!(c.round, 0);
+                assert_eq!(c.labels, labels(&[1, 2]));
+            }
+            other => panic!("expected one contribution, got {other:?}"),
+        }
+        assert_eq!(s.rounds_contributed(), 1);
+        assert_eq!(s.round_accuracy(), [0.5]);
+        assert!(s.poll_timeout().is_none() && !s.is_over());
+    }
+
+    #[test]
+    fn a_refused_contribution_stops_counting_and_the_session_goes_on() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        play_round(&mut s, t0, 0, &[1]);
+        play_round(&mut s, t0, 1, &[2]);
+        s.handle(
+            t0,
+            Message::Refused {
+                round: 0,
+                reason: "late".into(),
+            },
+        );
+        assert_eq!(s.rounds_contributed(), 1);
+        assert!(!s.is_over() && events(&mut s).is_empty());
+        // The next round is played as usual.
+        assert_eq!(play_round(&mut s, t0, 2, &[3]).len(), 1);
+        assert_eq!(s.rounds_contributed(), 2);
+    }
+
+    #[test]
+    fn a_budget_spent_mid_run_sends_leave_and_nothing_else() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        play_round(&mut s, t0, 0, &[1]);
+        s.handle(t0, open(1, &[2], labels(&[1])));
+        assert!(s.poll_work().is_some());
+        s.handle_work_done(
+            t0,
+            Ok(WorkResult::Round {
+                round: 1,
+                accuracy: 0.7,
+                labels: Labels::BudgetSpent("epsilon 2 spent".into()),
+            }),
+        );
+        let sent = transmits(&mut s);
+        assert!(
+            matches!(&sent[..], [Message::Leave { reason }] if reason.contains("epsilon 2 spent")),
+            "{sent:?}"
+        );
+        let ev = events(&mut s);
+        assert!(
+            matches!(&ev[..], [Event::Close { code: CLOSE_OK, .. }, Event::Left(r)] if r == "epsilon 2 spent"),
+            "{ev:?}"
+        );
+        assert!(s.is_over());
+        assert_eq!(s.left(), Some("epsilon 2 spent"));
+        assert_eq!(s.final_accuracy(), 0.7);
+        // Whatever arrives afterwards is ignored: no work, no message.
+        s.handle(t0, open(2, &[3], empty()));
+        assert!(s.poll_work().is_none() && s.poll_transmit().is_none());
+        assert_eq!(s.rounds_contributed(), 1);
+    }
+
+    #[test]
+    fn a_lost_connection_backs_off_doubling_and_resumes() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        play_round(&mut s, t0, 0, &[1]);
+        s.handle_connection_lost(t0, "reset".into());
+        assert!(!s.is_admitted());
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Reconnecting { delay, .. }] if delay == RECONNECT_FIRST_DELAY
+        ));
+        assert_eq!(s.poll_timeout(), Some(t0 + RECONNECT_FIRST_DELAY));
+        // Too early: nothing happens.
+        s.handle_timeout(t0 + RECONNECT_FIRST_DELAY / 2);
+        assert!(events(&mut s).is_empty());
+        let t1 = t0 + RECONNECT_FIRST_DELAY;
+        s.handle_timeout(t1);
+        assert!(matches!(events(&mut s)[..], [Event::Connect]));
+        assert!(s.poll_timeout().is_none());
+        // The coordinator is still down: the next wait is twice as long.
+        s.handle_connect_failed(t1, "refused".into());
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Reconnecting { delay, .. }] if delay == 2 * RECONNECT_FIRST_DELAY
+        ));
+        let t2 = t1 + 2 * RECONNECT_FIRST_DELAY;
+        assert_eq!(s.poll_timeout(), Some(t2));
+        s.handle_timeout(t2);
+        admit(&mut s, t2);
+        // Resumed: the next round is played and counted.
+        assert_eq!(play_round(&mut s, t2, 1, &[2]).len(), 1);
+        assert_eq!(s.rounds_contributed(), 2);
+    }
+
+    #[test]
+    fn back_off_is_capped_and_gives_up_after_reconnect_for() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        s.handle_connection_lost(t0, "reset".into());
+        let mut now = t0;
+        let mut delays = Vec::new();
+        loop {
+            let mut ended = None;
+            for e in events(&mut s) {
+                match e {
+                    Event::Reconnecting { delay, .. } => delays.push(delay),
+                    Event::Connect => {}
+                    Event::Failed(err) => ended = Some(err),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if let Some(err) = ended {
+                assert!(matches!(err, SessionError::Connect { .. }), "{err}");
+                break;
+            }
+            now = s.poll_timeout().expect("waiting to retry");
+            s.handle_timeout(now);
+            assert!(matches!(events(&mut s)[..], [Event::Connect]));
+            s.handle_connect_failed(now, "refused".into());
+        }
+        assert!(s.is_over());
+        assert!(
+            now >= t0 + RECONNECT_FOR - RECONNECT_MAX_DELAY,
+            "gave up too early"
+        );
+        assert!(
+            now < t0 + RECONNECT_FOR + RECONNECT_MAX_DELAY,
+            "gave up too late"
+        );
+        assert_eq!(
+            delays[..4],
+            [200, 400, 800, 1600].map(Duration::from_millis)
+        );
+        assert!(delays.iter().all(|&d| d <= RECONNECT_MAX_DELAY));
+        assert_eq!(delays.last(), Some(&RECONNECT_MAX_DELAY));
+    }
+
+    #[test]
+    fn a_round_asked_again_is_resent_without_new_work() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        let first = play_round(&mut s, t0, 0, &[1, 2]);
+        s.handle_connection_lost(t0, "reset".into());
+        let _ = events(&mut s);
+        let t1 = s.poll_timeout().expect("retry");
+        s.handle_timeout(t1);
+        admit(&mut s, t1);
+        // The restarted coordinator asks for round 0 again.
+        s.handle(t1, open(0, &[1, 2], empty()));
+        assert!(s.poll_work().is_none(), "no new training or release");
+        assert_eq!(transmits(&mut s), first, "the same contribution again");
+        assert_eq!(s.rounds_contributed(), 1);
+        // A different question for the same round is new work.
+        s.handle(t1, open(0, &[3], empty()));
+        assert!(s.poll_work().is_some());
+    }
+
+    #[test]
+    fn finished_distils_then_closes() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        play_round(&mut s, t0, 0, &[1]);
+        s.handle(
+            t0,
+            Message::Finished {
+                rounds: 3,
+                target: labels(&[1]),
+            },
+        );
+        let work = s.poll_work();
+        assert!(
+            matches!(&work, Some(Work::Distil { rounds: 3, target }) if *target == labels(&[1])),
+            "{work:?}"
+        );
+        s.handle_work_done(t0, Ok(WorkResult::Distilled { accuracy: 0.9 }));
+        assert!(s.poll_transmit().is_none());
+        let ev = events(&mut s);
+        assert!(
+            matches!(
+                &ev[..],
+                [
+                    Event::Close {
+                        code: CLOSE_OK,
+                        reason: "done"
+                    },
+                    Event::Finished
+                ]
+            ),
+            "{ev:?}"
+        );
+        assert!(s.is_over());
+        assert_eq!(s.final_accuracy(), 0.9);
+        assert_eq!(s.round_accuracy(), [0.5]);
+        assert_eq!(s.left(), None);
+    }
+
+    #[test]
+    fn the_first_join_is_not_retried() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        let _ = events(&mut s);
+        s.handle_connect_failed(t0, "no route".into());
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Failed(SessionError::Connect { .. })]
+        ));
+        // A connection closed before Welcome is a refusal to admit.
+        let mut s = session(false);
+        let _ = events(&mut s);
+        s.handle_connected(t0);
+        let _ = transmits(&mut s);
+        s.handle_connection_lost(t0, "closed".into());
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Failed(SessionError::NotAdmitted { .. })]
+        ));
+    }
+
+    #[test]
+    fn a_non_private_node_leaves_a_federation_that_requires_privacy() {
+        let t0 = Instant::now();
+        let mut s = session(true);
+        let _ = events(&mut s);
+        s.handle_connected(t0);
+        let _ = transmits(&mut s);
+        s.handle(t0, welcome(true));
+        assert!(matches!(transmits(&mut s)[..], [Message::Leave { .. }]));
+        assert!(matches!(
+            events(&mut s)[..],
+            [
+                Event::Close {
+                    reason: "terms",
+                    ..
+                },
+                Event::Failed(SessionError::Terms(_))
+            ]
+        ));
+    }
+
+    #[test]
+    fn out_of_range_queries_and_bad_targets_are_protocol_violations() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        s.handle(t0, open(0, &[PUBLIC], empty()));
+        assert!(s.poll_work().is_none());
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Failed(SessionError::Protocol(ref m))] if m.contains("public record 10")
+        ));
+        // A target with the wrong number of classes.
+        let mut s = session(false);
+        admit(&mut s, t0);
+        let bad = SoftLabels {
+            classes: 3,
+            query_ids: vec![1],
+            probs: vec![0.2, 0.3, 0.5],
+        };
+        s.handle(t0, open(0, &[1], bad));
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Failed(SessionError::Protocol(_))]
+        ));
+    }
+}
