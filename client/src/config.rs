@@ -128,7 +128,7 @@ pub struct PrivacyConfig {
     pub rows: ReleaseRows,
     /// Undo the class imbalance of the federation's private data in the target before the
     /// student learns from it (`rows = "vote-mass"` only; see
-    /// `labeller::balance_classes`). Post-processing: costs no privacy.
+    /// `distill::target::balance_classes`). Post-processing: costs no privacy.
     pub balance_classes: bool,
 }
 

@@ -218,7 +218,7 @@ pub struct SimResult {
     /// Accuracy of the final global target's arg-max on the public records' true labels
     /// (a diagnostic only the simulator can compute).
     pub target_acc: f64,
-    /// The same after `labeller::balance_classes`, which private students apply before they
+    /// The same after `distill::target::balance_classes`, which private students apply before they
     /// learn from the target (`None` when they do not).
     pub balanced_target_acc: Option<f64>,
     /// Per-client results.

@@ -1,15 +1,16 @@
 //! `fd-sim`: run a whole federation on this machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use fd_client::config::{PrivacyMode, ReleaseRows};
+use fd_client::config::{PrivacyConfig, PrivacyMode, ReleaseRows};
+use fd_client::distill::TrainConfig;
 use fd_client::privacy::teachers::{TeacherKind, Votes};
 use fd_coordinator::aggregate::AggregatorKind;
-use fd_sim::datasets::DatasetKind;
+use fd_sim::datasets::{DatasetKind, SyntheticSpec};
 use fd_sim::faults::Attack;
-use fd_sim::federation::{self, SimConfig};
+use fd_sim::federation::{self, SimConfig, SimResult};
 use fd_sim::report::{AggregatorRow, SweepRow};
 
 /// Simulate a federated knowledge-distillation run on one machine.
@@ -185,7 +186,7 @@ struct Args {
     #[arg(long)]
     clamp_floor: Option<f64>,
     /// Private students learn from the target as released, without first undoing the class
-    /// imbalance of the federation's private data (see `labeller::balance_classes`).
+    /// imbalance of the federation's private data (see `distill::target::balance_classes`).
     #[arg(long)]
     no_balance: bool,
     /// Public records asked per round [default: all every round without privacy; with privacy
@@ -306,49 +307,117 @@ fn single_threaded_kernels() {
 
 fn main() -> anyhow::Result<()> {
     single_threaded_kernels();
+    init_tracing();
+    let args = Args::parse();
+    let config = build_config(&args)?;
+    anyhow::ensure!(
+        !(args.compare_aggregators && args.epsilon.len() > 1),
+        "--compare-aggregators and an epsilon sweep cannot be combined"
+    );
+    let epsilons = parse_epsilons(&args.epsilon, config.privacy.mode)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    if args.compare_aggregators {
+        return compare_aggregators(&runtime, config, epsilons[0], args.json);
+    }
+    run_epsilons(&runtime, config, &epsilons, args.json.as_deref())
+}
+
+/// Logs to stderr, at the level `RUST_LOG` asks for (`warn` by default).
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
-    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    anyhow::ensure!(
-        args.beta > 0.0 && args.beta.is_finite(),
-        "--beta must be > 0"
-    );
+}
+
+/// Builds the simulation's configuration from the arguments, checking them on the way.
+fn build_config(args: &Args) -> anyhow::Result<SimConfig> {
+    check_run_args(args)?;
     let mut config = SimConfig::new(args.dataset);
     config.clients = args.clients;
     config.rounds = args.rounds;
     config.beta = args.beta;
     config.seed = args.seed;
     if args.dataset == DatasetKind::Synthetic {
-        anyhow::ensure!(
-            args.records_per_client >= 1,
-            "--records-per-client must be at least 1"
-        );
-        anyhow::ensure!(args.features >= 1, "--features must be at least 1");
-        anyhow::ensure!(args.classes >= 2, "--classes must be at least 2");
-        anyhow::ensure!(
-            args.public_records >= 1,
-            "--public-records must be at least 1"
-        );
-        anyhow::ensure!(args.separation > 0.0, "--separation must be > 0");
-        let spec = &mut config.synthetic;
-        spec.records_per_client = args.records_per_client;
-        spec.features = args.features;
-        spec.classes = args.classes;
-        spec.public_records = args.public_records;
-        spec.separation = args.separation;
-        anyhow::ensure!(args.modes >= 1, "--modes must be at least 1");
-        spec.modes = args.modes;
+        apply_synthetic_args(args, &mut config.synthetic)?;
     }
-    let t = &mut config.training;
-    if let Some(v) = args.hidden {
-        t.hidden = v;
+    apply_model_args(args, &mut config.training);
+    apply_optimisation_args(args, &mut config.training);
+    apply_schedule_args(args, &mut config.training);
+    apply_student_args(args, &mut config)?;
+    config.queries_per_round = args.queries_per_round;
+    config.aggregator = args.aggregator;
+    apply_fault_args(args, &mut config)?;
+    apply_privacy_args(args, &mut config.privacy);
+    Ok(config)
+}
+
+/// Checks the number of clients, the number of rounds and the Dirichlet beta.
+fn check_run_args(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    anyhow::ensure!(
+        args.beta > 0.0 && args.beta.is_finite(),
+        "--beta must be > 0"
+    );
+    Ok(())
+}
+
+/// Checks the synthetic-data arguments and copies them into `spec`.
+fn apply_synthetic_args(args: &Args, spec: &mut SyntheticSpec) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.records_per_client >= 1,
+        "--records-per-client must be at least 1"
+    );
+    anyhow::ensure!(args.features >= 1, "--features must be at least 1");
+    anyhow::ensure!(args.classes >= 2, "--classes must be at least 2");
+    anyhow::ensure!(
+        args.public_records >= 1,
+        "--public-records must be at least 1"
+    );
+    anyhow::ensure!(args.separation > 0.0, "--separation must be > 0");
+    spec.records_per_client = args.records_per_client;
+    spec.features = args.features;
+    spec.classes = args.classes;
+    spec.public_records = args.public_records;
+    spec.separation = args.separation;
+    anyhow::ensure!(args.modes >= 1, "--modes must be at least 1");
+    spec.modes = args.modes;
+    Ok(())
+}
+
+/// Copies the student architecture and local-teacher arguments that were given into `t`.
+fn apply_model_args(args: &Args, t: &mut TrainConfig) {
+    if let Some(v) = &args.hidden {
+        t.hidden.clone_from(v);
     }
+    if let Some(v) = &args.cnn_channels {
+        t.cnn.channels.clone_from(v);
+    }
+    if let Some(v) = &args.cnn_hidden {
+        t.cnn.hidden.clone_from(v);
+    }
+    if let Some(v) = &args.teacher_hidden {
+        t.teacher.hidden.clone_from(v);
+    }
+    t.teacher.enabled = !args.no_teacher;
+    if let Some(v) = args.feature_weight {
+        t.teacher.feature_weight = v;
+    }
+    if let Some(v) = args.teacher_logit_weight {
+        t.teacher.logit_weight = v;
+    }
+    t.teacher.augment = args.augment;
+}
+
+/// Copies the optimiser, batching, augmentation and regularisation arguments that were given
+/// into `t`.
+fn apply_optimisation_args(args: &Args, t: &mut TrainConfig) {
     if let Some(v) = args.local_steps {
         t.local_steps = v;
     }
@@ -361,12 +430,6 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.batch_size {
         t.batch_size = v;
     }
-    if let Some(v) = args.alpha_start {
-        t.alpha_start = v;
-    }
-    if let Some(v) = args.alpha_end {
-        t.alpha_end = v;
-    }
     if let Some(v) = args.input_noise {
         t.input_noise = v;
     }
@@ -376,20 +439,24 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.weight_decay {
         t.weight_decay = v;
     }
-    if let Some(v) = args.temperature {
-        t.temperature = v;
-    }
-    if let Some(v) = args.cnn_channels {
-        t.cnn.channels = v;
-    }
-    if let Some(v) = args.cnn_hidden {
-        t.cnn.hidden = v;
-    }
     if let Some(v) = args.dropout {
         t.dropout = v;
     }
+}
+
+/// Copies the alpha, temperature and self-distillation arguments that were given into `t`.
+fn apply_schedule_args(args: &Args, t: &mut TrainConfig) {
+    if let Some(v) = args.alpha_start {
+        t.alpha_start = v;
+    }
+    if let Some(v) = args.alpha_end {
+        t.alpha_end = v;
+    }
     if let Some(v) = args.alpha_schedule {
         t.alpha_schedule = v.into();
+    }
+    if let Some(v) = args.temperature {
+        t.temperature = v;
     }
     if let Some(v) = args.temperature_end {
         t.temperature_end = Some(v);
@@ -397,30 +464,28 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.temperature_schedule {
         t.temperature_schedule = v.into();
     }
-    if let Some(v) = args.teacher_hidden {
-        t.teacher.hidden = v;
-    }
-    t.teacher.enabled = !args.no_teacher;
-    if let Some(v) = args.feature_weight {
-        t.teacher.feature_weight = v;
-    }
-    if let Some(v) = args.teacher_logit_weight {
-        t.teacher.logit_weight = v;
-    }
-    t.teacher.augment = args.augment;
     if let Some(v) = args.self_distillation {
         t.self_distillation = v;
     }
+}
+
+/// Checks that the student mix suits the data, sets it and validates the training settings.
+fn apply_student_args(args: &Args, config: &mut SimConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.student == fd_sim::students::StudentMix::Mlp || t.image.is_some(),
+        args.student == fd_sim::students::StudentMix::Mlp || config.training.image.is_some(),
         "--student {} needs image data: use --dataset digits",
         format!("{:?}", args.student).to_lowercase()
     );
     config.students = args.student;
-    t.validate()
+    config
+        .training
+        .validate()
         .map_err(|m| anyhow::anyhow!("invalid training settings: {m}"))?;
-    config.queries_per_round = args.queries_per_round;
-    config.aggregator = args.aggregator;
+    Ok(())
+}
+
+/// Copies the byzantine, dropout and straggler arguments into `config` and validates them.
+fn apply_fault_args(args: &Args, config: &mut SimConfig) -> anyhow::Result<()> {
     config.faults.byzantine = args.byzantine;
     config.faults.attack = args.attack;
     config.faults.drop_rate = args.drop_rate;
@@ -440,105 +505,130 @@ fn main() -> anyhow::Result<()> {
         .faults
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid fault settings: {m}"))?;
-    anyhow::ensure!(
-        !(args.compare_aggregators && args.epsilon.len() > 1),
-        "--compare-aggregators and an epsilon sweep cannot be combined"
-    );
-    config.privacy.mode = match args.privacy {
+    Ok(())
+}
+
+/// Copies the privacy arguments that were given into `p` (all but the epsilon budget).
+fn apply_privacy_args(args: &Args, p: &mut PrivacyConfig) {
+    p.mode = match args.privacy {
         PrivacyArg::None => PrivacyMode::None,
         PrivacyArg::Shards => PrivacyMode::Shards,
     };
-    config.privacy.delta = args.delta;
-    config.privacy.shards = args.shards;
+    p.delta = args.delta;
+    p.shards = args.shards;
     if let Some(v) = args.clamp_floor {
-        config.privacy.clamp_floor = v;
+        p.clamp_floor = v;
     }
-    config.privacy.balance_classes = !args.no_balance;
+    p.balance_classes = !args.no_balance;
     if let Some(v) = args.votes {
-        config.privacy.votes = match v {
+        p.votes = match v {
             VotesArg::Soft => Votes::Soft,
             VotesArg::Hard => Votes::Hard,
         };
     }
     if let Some(v) = args.shard_teacher {
-        config.privacy.shard_teacher = match v {
+        p.shard_teacher = match v {
             TeacherArg::Mlp => TeacherKind::Mlp,
             TeacherArg::Nearest => TeacherKind::Nearest,
         };
     }
     if args.radius.is_some() {
-        config.privacy.radius = args.radius;
+        p.radius = args.radius;
     }
     if let Some(v) = args.rows {
-        config.privacy.rows = match v {
+        p.rows = match v {
             RowsArg::VoteMass => ReleaseRows::VoteMass,
             RowsArg::Normalised => ReleaseRows::Normalised,
         };
     }
     if let Some(v) = args.shard_teacher_hidden {
-        config.privacy.teacher_hidden = v;
+        p.teacher_hidden = v;
     }
     if let Some(v) = args.shard_teacher_local_steps {
-        config.privacy.teacher_local_steps = v;
+        p.teacher_local_steps = v;
     }
     if let Some(v) = args.shard_teacher_steps_per_round {
-        config.privacy.teacher_steps_per_round = v;
+        p.teacher_steps_per_round = v;
     }
-    let epsilons = args
-        .epsilon
+}
+
+/// Parses the `--epsilon` list; more than one value (a sweep) needs `--privacy shards`.
+fn parse_epsilons(texts: &[String], mode: PrivacyMode) -> anyhow::Result<Vec<f64>> {
+    let epsilons = texts
         .iter()
         .map(|t| parse_epsilon(t))
         .collect::<anyhow::Result<Vec<f64>>>()?;
     anyhow::ensure!(
-        epsilons.len() == 1 || config.privacy.mode == PrivacyMode::Shards,
+        epsilons.len() == 1 || mode == PrivacyMode::Shards,
         "an epsilon sweep needs --privacy shards"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    if args.compare_aggregators {
-        return compare_aggregators(&runtime, config, epsilons[0], args.json);
-    }
+    Ok(epsilons)
+}
+
+/// Runs the federation once per epsilon, printing each table, then the sweep table (if more
+/// than one) and writing the last result (and the sweep) as JSON.
+fn run_epsilons(
+    runtime: &tokio::runtime::Runtime,
+    mut config: SimConfig,
+    epsilons: &[f64],
+    json: Option<&Path>,
+) -> anyhow::Result<()> {
+    let sweep = epsilons.len() > 1;
     let mut rows = Vec::new();
     let mut last = None;
-    for &epsilon in &epsilons {
-        config.privacy.epsilon = epsilon;
-        config
-            .privacy
-            .validate()
-            .map_err(|m| anyhow::anyhow!("invalid privacy settings: {m}"))?;
+    for &epsilon in epsilons {
+        set_epsilon(&mut config, epsilon)?;
         let result = runtime.block_on(federation::run(&config))?;
         print!("{}", fd_sim::report::table(&result));
-        rows.push(SweepRow {
-            epsilon: epsilon.is_finite().then_some(epsilon),
-            federated_mean_acc: result.federated_mean_acc,
-            local_only_mean_acc: result.local_only_mean_acc,
-            max_epsilon_spent: result
-                .clients
-                .iter()
-                .filter_map(|c| c.epsilon_spent)
-                .reduce(f64::max),
-            sigma: result.clients.first().and_then(|c| c.sigma),
-        });
+        rows.push(sweep_row(epsilon, &result));
         last = Some(result);
-        if epsilons.len() > 1 {
+        if sweep {
             println!();
         }
     }
-    if epsilons.len() > 1 {
+    if sweep {
         println!("accuracy against epsilon (per record of each node's private data):");
         print!("{}", fd_sim::report::sweep_table(&rows));
     }
-    if let (Some(path), Some(result)) = (args.json, last) {
-        let mut json = serde_json::to_value(&result)?;
-        if epsilons.len() > 1 {
-            json["sweep"] = serde_json::to_value(&rows)?;
+    if let (Some(path), Some(result)) = (json, last) {
+        let mut value = serde_json::to_value(&result)?;
+        if sweep {
+            value["sweep"] = serde_json::to_value(&rows)?;
         }
-        let text = serde_json::to_string_pretty(&json)?;
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        println!("results written to {}", path.display());
+        write_json(path, &value)?;
     }
+    Ok(())
+}
+
+/// Sets the epsilon budget and validates the privacy settings.
+fn set_epsilon(config: &mut SimConfig, epsilon: f64) -> anyhow::Result<()> {
+    config.privacy.epsilon = epsilon;
+    config
+        .privacy
+        .validate()
+        .map_err(|m| anyhow::anyhow!("invalid privacy settings: {m}"))
+}
+
+/// The sweep-table row of one run at `epsilon`.
+fn sweep_row(epsilon: f64, result: &SimResult) -> SweepRow {
+    SweepRow {
+        epsilon: epsilon.is_finite().then_some(epsilon),
+        federated_mean_acc: result.federated_mean_acc,
+        local_only_mean_acc: result.local_only_mean_acc,
+        max_epsilon_spent: result
+            .clients
+            .iter()
+            .filter_map(|c| c.epsilon_spent)
+            .reduce(f64::max),
+        sigma: result.clients.first().and_then(|c| c.sigma),
+    }
+}
+
+/// Writes `value` as pretty-printed JSON to `path` and says so.
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("results written to {}", path.display());
     Ok(())
 }
 
@@ -549,11 +639,7 @@ fn compare_aggregators(
     epsilon: f64,
     json: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    config.privacy.epsilon = epsilon;
-    config
-        .privacy
-        .validate()
-        .map_err(|m| anyhow::anyhow!("invalid privacy settings: {m}"))?;
+    set_epsilon(&mut config, epsilon)?;
     let mut rows = Vec::new();
     let mut last = None;
     for kind in AggregatorKind::ALL {
@@ -569,9 +655,7 @@ fn compare_aggregators(
     if let (Some(path), Some(result)) = (json, last) {
         let mut value = serde_json::to_value(&result)?;
         value["aggregators"] = serde_json::to_value(&rows)?;
-        let text = serde_json::to_string_pretty(&value)?;
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        println!("results written to {}", path.display());
+        write_json(&path, &value)?;
     }
     Ok(())
 }

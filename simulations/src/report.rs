@@ -2,11 +2,24 @@
 
 use std::fmt::Write;
 
-use crate::federation::SimResult;
+use crate::federation::{ClientResult, SimResult};
 
 /// Renders the per-client table and the summary lines.
 pub fn table(r: &SimResult) -> String {
     let mut s = String::new();
+    let private = r.clients.iter().any(|c| c.epsilon_spent.is_some());
+    write_header(&mut s, r, private);
+    for c in &r.clients {
+        write_client_row(&mut s, c, private);
+    }
+    write_mean_row(&mut s, r);
+    write_teacher_line(&mut s, r);
+    write_footer(&mut s, r);
+    s
+}
+
+/// Writes the run's description, its privacy statement and the column headings.
+fn write_header(s: &mut String, r: &SimResult, private: bool) {
     let _ = writeln!(
         s,
         "dataset {} | {} clients | {} rounds | Dirichlet beta {} | seed {}",
@@ -21,7 +34,6 @@ pub fn table(r: &SimResult) -> String {
         "privacy: {} (unit: {})",
         r.privacy.statement, r.privacy.unit
     );
-    let private = r.clients.iter().any(|c| c.epsilon_spent.is_some());
     let _ = write!(
         s,
         "{:<12} {:>8} {:>12} {:>12}",
@@ -36,44 +48,63 @@ pub fn table(r: &SimResult) -> String {
         let _ = write!(s, " {:>9} {:>9} {:>8}", "teachers", "sigma", "epsilon");
     }
     let _ = writeln!(s);
-    for c in &r.clients {
-        let _ = write!(
-            s,
-            "{:<12} {:>8} {:>12.4} {:>12.4}",
-            c.node, c.records, c.local_only_acc, c.federated_acc
-        );
-        let opt =
-            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
-        let _ = write!(
-            s,
-            " {:>8.4} {:<16} {:>8} {:>8} {:>8} {:>6}",
-            c.metrics.macro_f1,
-            c.metrics.student,
-            c.metrics.student_parameters,
-            opt(c.metrics.compression_ratio, 2),
-            opt(c.metrics.speedup, 2),
-            opt(c.metrics.cka, 3)
-        );
-        if private {
-            let _ = write!(
-                s,
-                " {:>9} {:>9.2} {:>8.4}",
-                c.teachers.unwrap_or(0),
-                c.sigma.unwrap_or(f64::NAN),
-                c.epsilon_spent.unwrap_or(f64::NAN)
-            );
-        }
-        if let Some(w) = c.weight {
-            let _ = write!(s, "  weight {w:.4}");
-        }
-        if let Some(fault) = &c.fault {
-            let _ = write!(s, "  [{fault}]");
-        }
-        if let Some(why) = &c.left {
-            let _ = write!(s, "  (left early: {why})");
-        }
-        let _ = writeln!(s);
+}
+
+/// Writes one client's row: accuracies, student metrics, privacy columns and notes.
+fn write_client_row(s: &mut String, c: &ClientResult, private: bool) {
+    let _ = write!(
+        s,
+        "{:<12} {:>8} {:>12.4} {:>12.4}",
+        c.node, c.records, c.local_only_acc, c.federated_acc
+    );
+    let _ = write!(
+        s,
+        " {:>8.4} {:<16} {:>8} {:>8} {:>8} {:>6}",
+        c.metrics.macro_f1,
+        c.metrics.student,
+        c.metrics.student_parameters,
+        opt(c.metrics.compression_ratio, 2),
+        opt(c.metrics.speedup, 2),
+        opt(c.metrics.cka, 3)
+    );
+    if private {
+        write_privacy_columns(s, c);
     }
+    write_client_notes(s, c);
+    let _ = writeln!(s);
+}
+
+/// Formats `v` with `digits` decimals, or `-` when there is none.
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// Writes a client's teachers, noise sigma and epsilon spent.
+fn write_privacy_columns(s: &mut String, c: &ClientResult) {
+    let _ = write!(
+        s,
+        " {:>9} {:>9.2} {:>8.4}",
+        c.teachers.unwrap_or(0),
+        c.sigma.unwrap_or(f64::NAN),
+        c.epsilon_spent.unwrap_or(f64::NAN)
+    );
+}
+
+/// Writes a client's aggregation weight, fault and early leaving, where there are any.
+fn write_client_notes(s: &mut String, c: &ClientResult) {
+    if let Some(w) = c.weight {
+        let _ = write!(s, "  weight {w:.4}");
+    }
+    if let Some(fault) = &c.fault {
+        let _ = write!(s, "  [{fault}]");
+    }
+    if let Some(why) = &c.left {
+        let _ = write!(s, "  (left early: {why})");
+    }
+}
+
+/// Writes the row of total records and mean accuracies.
+fn write_mean_row(s: &mut String, r: &SimResult) {
     let _ = writeln!(
         s,
         "{:<12} {:>8} {:>12.4} {:>12.4}",
@@ -82,32 +113,41 @@ pub fn table(r: &SimResult) -> String {
         r.local_only_mean_acc,
         r.federated_mean_acc
     );
+}
+
+/// Writes the local teacher and its mean test accuracy, if the clients trained one.
+fn write_teacher_line(s: &mut String, r: &SimResult) {
     let mut teachers: Vec<&str> = r
         .clients
         .iter()
         .filter_map(|c| c.metrics.teacher.as_deref())
         .collect();
     teachers.dedup();
-    if let Some(&first) = teachers.first() {
-        let teacher = if teachers.len() == 1 {
-            first
-        } else {
-            "per client (clients[i].teacher in the JSON)"
-        };
-        let accs: Vec<f64> = r
-            .clients
-            .iter()
-            .filter_map(|c| c.metrics.teacher_accuracy)
-            .collect();
-        let _ = writeln!(
-            s,
-            "teacher: {teacher}, mean test accuracy {:.4} (compr. = teacher / student parameters; \
-             speed-up measured: teacher / student wall-clock over the public set, median of {} \
-             alternating passes; CKA: linear, student vs teacher representation of the public set)",
-            accs.iter().sum::<f64>() / accs.len().max(1) as f64,
-            fd_client::evaluate::compare::TIMING_REPETITIONS
-        );
-    }
+    let Some(&first) = teachers.first() else {
+        return;
+    };
+    let teacher = if teachers.len() == 1 {
+        first
+    } else {
+        "per client (clients[i].teacher in the JSON)"
+    };
+    let accs: Vec<f64> = r
+        .clients
+        .iter()
+        .filter_map(|c| c.metrics.teacher_accuracy)
+        .collect();
+    let _ = writeln!(
+        s,
+        "teacher: {teacher}, mean test accuracy {:.4} (compr. = teacher / student parameters; \
+         speed-up measured: teacher / student wall-clock over the public set, median of {} \
+         alternating passes; CKA: linear, student vs teacher representation of the public set)",
+        accs.iter().sum::<f64>() / accs.len().max(1) as f64,
+        fd_client::evaluate::compare::TIMING_REPETITIONS
+    );
+}
+
+/// Writes the centralised bound, the target's accuracy, the rounds and the traffic.
+fn write_footer(s: &mut String, r: &SimResult) {
     let _ = writeln!(
         s,
         "centralised upper bound (all private records): {:.4}",
@@ -135,7 +175,6 @@ pub fn table(r: &SimResult) -> String {
         "test records {} | public records {} | bytes up {} | bytes down {} | wall {:.1} s",
         r.test_records, r.public_records, r.bytes_up, r.bytes_down, r.wall_seconds
     );
-    s
 }
 
 /// One row of an epsilon sweep.

@@ -51,7 +51,7 @@ pub struct NodeReport {
     pub student: StudentConfig,
     /// The student's parameter count.
     pub student_parameters: usize,
-    /// The student against its teacher (see [`crate::compression`]): accuracy and macro-F1 on
+    /// The student against its teacher (see [`crate::evaluate::compare`]): accuracy and macro-F1 on
     /// the held-out split, compression ratio, measured speed-up and CKA.
     pub student_metrics: StudentMetrics,
 }

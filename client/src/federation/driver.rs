@@ -207,28 +207,26 @@ struct Driver {
 }
 
 impl Driver {
-    /// Feeds and polls the session until it ends (see [`NodeSession`] for the poll order).
+    /// Feeds and polls the session until it ends, in the order [`NodeSession`] states: after
+    /// every step (a message written, an event acted on, work run, a timeout) it starts over
+    /// from the messages, so nothing the step queued waits behind a blocking read.
     async fn run(&mut self) -> Result<(), SessionError> {
         loop {
-            while let Some(message) = self.session.poll_transmit() {
+            if let Some(message) = self.session.poll_transmit() {
                 self.transmit(message).await?;
-            }
-            while let Some(event) = self.session.poll_event() {
+            } else if let Some(event) = self.session.poll_event() {
                 if let Some(ending) = self.on_event(event).await {
                     return ending;
                 }
-            }
-            if let Some(work) = self.session.poll_work() {
+            } else if let Some(work) = self.session.poll_work() {
                 let result = self.work(work).await;
                 self.session.handle_work_done(Instant::now(), result);
-                continue;
-            }
-            if let Some(at) = self.session.poll_timeout() {
+            } else if let Some(at) = self.session.poll_timeout() {
                 tokio::time::sleep_until(at.into()).await;
                 self.session.handle_timeout(Instant::now());
-                continue;
+            } else {
+                self.receive().await?;
             }
-            self.receive().await?;
         }
     }
 
@@ -294,7 +292,7 @@ impl Driver {
                         link.connection.close(CLOSE_VANISHED.into(), b"vanished");
                     }
                     let why = format!("vanished in round {} (simulated)", c.round);
-                    self.session.handle_abandon(why);
+                    self.session.handle_abandon(why, Some(c.round));
                     return Ok(());
                 }
             }

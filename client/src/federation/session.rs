@@ -142,13 +142,13 @@ enum Phase {
 ///   [`poll_event`](Self::poll_event), [`poll_work`](Self::poll_work),
 ///   [`poll_timeout`](Self::poll_timeout).
 ///
-/// After every `handle_*` call, the driver polls in this order: every `poll_transmit` (and
-/// writes each message on the current connection), then every `poll_event`, then
-/// `poll_work` (runs it, feeds the result back, and starts over), then `poll_timeout`
-/// (sleeps until then, calls `handle_timeout`, and starts over); with none of these it reads
-/// the next message. Messages come before events, so an [`Event::Close`] follows the last
-/// message it must not cut off. The session never reads the clock: every `now` comes from
-/// the caller.
+/// The driver polls in this order, and starts over from the top after every step it takes:
+/// `poll_transmit` (write the message on the current connection), `poll_event` (act on it),
+/// `poll_work` (run it and feed the result back), `poll_timeout` (sleep until then and call
+/// `handle_timeout`); with nothing from any of them it reads the next message. Messages come
+/// before events, so an [`Event::Close`] follows the last message it must not cut off, and a
+/// Hello queued by `handle_connected` goes out before the driver waits for Welcome. The
+/// session never reads the clock: every `now` comes from /// the caller.
 #[derive(Debug)]
 pub struct NodeSession {
     config: SessionConfig,
@@ -383,10 +383,15 @@ impl NodeSession {
     }
 
     /// The driver ends the session on its own account (a simulated node that vanishes): no
-    /// message, no close; the node counts as having left for `reason`.
-    pub fn handle_abandon(&mut self, reason: String) {
+    /// message, no close; the node counts as having left for `reason`. `unsent_round` names
+    /// the round whose contribution the driver had polled but dropped instead of sending: it
+    /// does not count.
+    pub fn handle_abandon(&mut self, reason: String, unsent_round: Option<u32>) {
         if self.phase == Phase::Over {
             return;
+        }
+        if let Some(round) = unsent_round {
+            self.contributed.refused(round);
         }
         self.transmits.clear();
         self.work.clear();
@@ -881,6 +886,21 @@ mod tests {
         assert_eq!(s.final_accuracy(), 0.9);
         assert_eq!(s.round_accuracy(), [0.5]);
         assert_eq!(s.left(), None);
+    }
+
+    #[test]
+    fn a_node_that_vanishes_does_not_count_the_round_it_dropped() {
+        let t0 = Instant::now();
+        let mut s = session(false);
+        admit(&mut s, t0);
+        play_round(&mut s, t0, 0, &[1]);
+        play_round(&mut s, t0, 1, &[2]);
+        assert_eq!(s.rounds_contributed(), 2);
+        // The driver polled round 1's contribution and dropped the connection instead.
+        s.handle_abandon("vanished in round 1 (simulated)".into(), Some(1));
+        assert!(matches!(&events(&mut s)[..], [Event::Left(r)] if r.contains("vanished")));
+        assert_eq!(s.rounds_contributed(), 1);
+        assert!(s.is_over() && s.poll_transmit().is_none());
     }
 
     #[test]
