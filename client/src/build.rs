@@ -15,10 +15,7 @@ use crate::federation::SessionPlan;
 use crate::privacy::release::{Labeller, PrivateLabeller};
 use crate::privacy::teachers::{EnsembleConfig, TeacherEnsemble, TeacherKind, default_shards};
 use crate::privacy::{Budget, PrivacyLedger};
-
-/// Mixed into the node's seed for its shard teachers, so that they draw a stream of their own
-/// rather than the student's.
-pub const TEACHER_SEED_SALT: u64 = 0x5a4d;
+use crate::seeds::Stream;
 
 /// How to build a node: what it learns and how it releases.
 #[derive(Debug, Clone)]
@@ -224,7 +221,7 @@ fn build_labeller(
             learning_rate: training.learning_rate,
             batch_size: shard_size.min(privacy.teacher_batch_size),
             temperature: training.temperature,
-            seed: training.seed ^ TEACHER_SEED_SALT,
+            seed: Stream::ShardTeachers.seed(training.seed),
         },
         private.x.clone(),
         private.y.clone(),

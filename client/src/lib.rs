@@ -16,6 +16,7 @@
 //!   runs it over QUIC.
 //! - [`evaluate`]: metrics, the student against its teacher, the node's report.
 //! - [`node`]: a whole run from a [`config::NodeConfig`]; [`predict`]: a saved student on a CSV.
+//! - [`seeds`]: the named random streams derived from a node's seed.
 
 #![warn(missing_docs)]
 
@@ -29,4 +30,5 @@ pub mod federation;
 pub mod node;
 pub mod predict;
 pub mod privacy;
+pub mod seeds;
 pub use error::NodeError;

@@ -13,6 +13,7 @@ use crate::distill::augment::perturb;
 use crate::distill::config::{Architecture, LocalTeacherConfig, TrainConfig};
 use crate::distill::loss::{distillation_loss, distillation_term};
 use crate::distill::student::{ModelError, Student};
+use crate::seeds::Stream;
 
 /// The student, its optimiser and the node's data.
 pub struct Learner {
@@ -93,11 +94,14 @@ impl Learner {
                 "training.architecture = \"cnn\" needs image data: set training.image".into(),
             ));
         }
-        let student = Student::new(config.student_config(inputs, classes), config.seed)?;
+        let student = Student::new(
+            config.student_config(inputs, classes),
+            Stream::StudentWeights.seed(config.seed),
+        )?;
         let mut student_vars = student.vars();
         let teacher = match config.teacher_config(inputs, classes) {
             Some(tc) => {
-                let net = Student::new(tc, config.seed ^ 0x7eac_4e25)?;
+                let net = Student::new(tc, Stream::TeacherWeights.seed(config.seed))?;
                 let optimiser = adamw(net.vars(), &config)?;
                 let vars = VarMap::new();
                 let vb = VarBuilder::from_varmap(&vars, DType::F32, &crate::distill::device());
@@ -112,7 +116,7 @@ impl Learner {
                 Some(LocalTeacher {
                     net,
                     optimiser,
-                    rng: StdRng::seed_from_u64(config.seed ^ 0x7eac),
+                    rng: StdRng::seed_from_u64(Stream::TeacherBatches.seed(config.seed)),
                     projection,
                     _projection_vars: vars,
                 })
@@ -130,7 +134,7 @@ impl Learner {
             teacher,
             previous: None,
             temperature: config.temperature,
-            rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
+            rng: StdRng::seed_from_u64(Stream::StudentBatches.seed(config.seed)),
             config,
         })
     }

@@ -24,6 +24,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 
 use crate::distill::{ModelError, device, distillation_term};
+use crate::seeds::Stream;
 
 /// What each teacher contributes to a query's sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -200,7 +201,7 @@ impl TeacherEnsemble {
             )));
         }
         let shards = shard_assignment(n, config.teachers, config.seed);
-        let mut rng = StdRng::seed_from_u64(config.seed ^ 0x7eac_4e25);
+        let mut rng = StdRng::seed_from_u64(Stream::TeacherWeights.seed(config.seed));
         let (k, i, h, c) = (
             config.teachers,
             config.inputs,
