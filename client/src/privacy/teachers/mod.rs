@@ -19,12 +19,15 @@
 //! its own slice of the weights and its own batch, and AdamW updates every parameter from its
 //! own gradient alone.
 
-use candle_core::{D, DType, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use candle_core::{D, DType, Tensor};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
-use crate::distill::{ModelError, device, distillation_term};
-use crate::seeds::Stream;
+use crate::distill::{ModelError, device};
+
+mod mlp;
+mod nearest;
+
+use mlp::MlpTeachers;
 
 /// What each teacher contributes to a query's sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -157,15 +160,13 @@ pub fn shard_assignment(records: usize, k: usize, seed: u64) -> Vec<Vec<u32>> {
 /// `k` teachers on disjoint shards.
 pub struct TeacherEnsemble {
     config: EnsembleConfig,
-    w1: Var,
-    b1: Var,
-    w2: Var,
-    b2: Var,
-    optimiser: AdamW,
     shards: Vec<Vec<u32>>,
     x: Tensor,
     y: Tensor,
-    rng: StdRng,
+    /// The MLP teachers' weights; `None` for nearest-neighbour teachers, which have none (with
+    /// one teacher per record, `k` MLPs' worth of weights and optimiser state would dwarf the
+    /// data).
+    mlp: Option<MlpTeachers>,
 }
 
 impl std::fmt::Debug for TeacherEnsemble {
@@ -174,16 +175,6 @@ impl std::fmt::Debug for TeacherEnsemble {
             .field("config", &self.config)
             .finish()
     }
-}
-
-fn uniform(rng: &mut StdRng, dims: &[usize], bound: f32) -> Result<Var, ModelError> {
-    let n = dims.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-    Ok(Var::from_tensor(&Tensor::from_vec(
-        values,
-        dims,
-        &device(),
-    )?)?)
 }
 
 impl TeacherEnsemble {
@@ -201,44 +192,16 @@ impl TeacherEnsemble {
             )));
         }
         let shards = shard_assignment(n, config.teachers, config.seed);
-        let mut rng = StdRng::seed_from_u64(Stream::TeacherWeights.seed(config.seed));
-        let (k, i, h, c) = (
-            config.teachers,
-            config.inputs,
-            config.hidden,
-            config.classes,
-        );
-        // Nearest-neighbour teachers have no weights: allocate none (with one teacher per
-        // record, `k` MLPs' worth of weights and optimiser state would dwarf the data).
-        let k = if config.kind == TeacherKind::Mlp {
-            k
-        } else {
-            0
+        let mlp = match config.kind {
+            TeacherKind::Mlp => Some(MlpTeachers::new(&config)?),
+            TeacherKind::Nearest => None,
         };
-        // PyTorch's nn.Linear default: uniform in +-1/sqrt(fan_in) for weights and biases.
-        let w1 = uniform(&mut rng, &[k, i, h], 1.0 / (i as f32).sqrt())?;
-        let b1 = uniform(&mut rng, &[k, 1, h], 1.0 / (i as f32).sqrt())?;
-        let w2 = uniform(&mut rng, &[k, h, c], 1.0 / (h as f32).sqrt())?;
-        let b2 = uniform(&mut rng, &[k, 1, c], 1.0 / (h as f32).sqrt())?;
-        let optimiser = AdamW::new(
-            vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()],
-            ParamsAdamW {
-                lr: config.learning_rate,
-                weight_decay: 0.0,
-                ..ParamsAdamW::default()
-            },
-        )?;
         Ok(TeacherEnsemble {
             config,
-            w1,
-            b1,
-            w2,
-            b2,
-            optimiser,
             shards,
             x,
             y,
-            rng,
+            mlp,
         })
     }
 
@@ -250,12 +213,9 @@ impl TeacherEnsemble {
     /// Total parameters of all teachers. A nearest-neighbour teacher's model is its shard, so
     /// the ensemble holds every record's features and label.
     pub fn parameters(&self) -> usize {
-        match self.config.kind {
-            TeacherKind::Nearest => self.x.elem_count() + self.y.elem_count(),
-            TeacherKind::Mlp => [&self.w1, &self.b1, &self.w2, &self.b2]
-                .iter()
-                .map(|v| v.elem_count())
-                .sum(),
+        match &self.mlp {
+            None => self.x.elem_count() + self.y.elem_count(),
+            Some(mlp) => mlp.parameters(),
         }
     }
 
@@ -268,77 +228,11 @@ impl TeacherEnsemble {
         }
     }
 
-    /// Logits `[k, b, classes]` for inputs `[k, b, inputs]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let h = x
-            .matmul(self.w1.as_tensor())?
-            .broadcast_add(self.b1.as_tensor())?
-            .relu()?;
-        Ok(h.matmul(self.w2.as_tensor())?
-            .broadcast_add(self.b2.as_tensor())?)
-    }
-
-    /// For nearest-neighbour teachers: calls `vote(t, q, class)` for every teacher `t` that
-    /// does not abstain on query row `q` of `x` `[m, inputs]`, with the label of the record of
-    /// its shard closest to the query (abstaining: farther than the radius).
-    ///
-    /// Distances are computed for `block` queries at a time ([`Self::query_block`] keeps
-    /// memory near [`DISTANCE_BLOCK`] values however many records and queries there are).
-    fn nearest_votes(
-        &self,
-        x: &Tensor,
-        block: usize,
-        mut vote: impl FnMut(usize, usize, u32),
-    ) -> Result<(), ModelError> {
-        let limit = self.config.radius.map_or(f32::INFINITY, |r| (r * r) as f32);
-        let m = x.dims2()?.0;
-        let labels: Vec<u32> = self.y.to_vec1()?;
-        let r2 = self.x.sqr()?.sum_keepdim(1)?.t()?;
-        let block = block.max(1);
-        let mut first = 0;
-        while first < m {
-            let len = block.min(m - first);
-            let xb = x.narrow(0, first, len)?;
-            // Squared distances |q|^2 + |r|^2 - 2 q.r for the block's queries: [len, n].
-            let q2 = xb.sqr()?.sum_keepdim(1)?;
-            let d: Vec<Vec<f32>> = xb
-                .matmul(&self.x.t()?)?
-                .affine(-2.0, 0.0)?
-                .broadcast_add(&q2)?
-                .broadcast_add(&r2)?
-                .to_vec2()?;
-            for (t, shard) in self.shards.iter().enumerate() {
-                for (offset, row) in d.iter().enumerate() {
-                    // Shards are stored in shuffled order; ties go to the lower position.
-                    let mut best = (f32::INFINITY, u32::MAX);
-                    for &r in shard {
-                        let v = row[r as usize];
-                        if v < best.0 || (v == best.0 && r < best.1) {
-                            best = (v, r);
-                        }
-                    }
-                    if best.0 <= limit
-                        && let Some(&class) = labels.get(best.1 as usize)
-                    {
-                        vote(t, first + offset, class);
-                    }
-                }
-            }
-            first += len;
-        }
-        Ok(())
-    }
-
-    /// Queries per block of distances: [`DISTANCE_BLOCK`] over the number of records.
-    fn query_block(&self) -> usize {
-        DISTANCE_BLOCK / self.y.elem_count().max(1)
-    }
-
     /// Every teacher's probabilities for rows `x` `[m, inputs]`: `[k, m, classes]` (one-hot
     /// for nearest-neighbour teachers, zero where they abstain). This holds `k * m * classes`
     /// values: what labels and reports use is [`TeacherEnsemble::vote_sums`], which does not.
     pub fn teacher_probabilities(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        if self.config.kind == TeacherKind::Nearest {
+        let Some(mlp) = &self.mlp else {
             let (k, c) = (self.config.teachers, self.config.classes);
             let m = x.dims2()?.0;
             let mut p = vec![0f32; k * m * c];
@@ -346,13 +240,8 @@ impl TeacherEnsemble {
                 p[(t * m + q) * c + class as usize] = 1.0;
             })?;
             return Ok(Tensor::from_vec(p, (k, m, c), &device())?);
-        }
-        let (m, i) = x.dims2()?;
-        let xs = x
-            .unsqueeze(0)?
-            .broadcast_as((self.config.teachers, m, i))?
-            .contiguous()?;
-        Ok(candle_nn::ops::softmax_last_dim(&self.forward(&xs)?)?)
+        };
+        mlp.probabilities(x, self.config.teachers)
     }
 
     /// Every teacher's hidden activations for rows `x` `[m, inputs]`, side by side:
@@ -360,22 +249,16 @@ impl TeacherEnsemble {
     /// Nearest-neighbour teachers have no hidden layer: the ensemble's vote sums `[m, classes]`
     /// stand in (with one teacher per record, one column per teacher would not fit in memory).
     pub fn hidden_features(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let (m, i) = x.dims2()?;
-        if self.config.kind == TeacherKind::Nearest {
+        let Some(mlp) = &self.mlp else {
+            let m = x.dims2()?.0;
             let sums: Vec<f32> = self
                 .vote_sums(x, Votes::Hard)?
                 .into_iter()
                 .map(|v| v as f32)
                 .collect();
             return Ok(Tensor::from_vec(sums, (m, self.config.classes), &device())?);
-        }
-        let (k, h) = (self.config.teachers, self.config.hidden);
-        let xs = x.unsqueeze(0)?.broadcast_as((k, m, i))?.contiguous()?;
-        let hidden = xs
-            .matmul(self.w1.as_tensor())?
-            .broadcast_add(self.b1.as_tensor())?
-            .relu()?;
-        Ok(hidden.transpose(0, 1)?.contiguous()?.reshape((m, k * h))?)
+        };
+        mlp.hidden(x, &self.config)
     }
 
     /// Sum over teachers of their votes for rows `x`: `[m * classes]`, row-major.
@@ -385,7 +268,7 @@ impl TeacherEnsemble {
     /// vote for a query is a point of the simplex, so replacing it moves the sum by at most
     /// `sqrt(2)` in L2, and the mechanism's sensitivity is the same.
     pub fn vote_sums(&self, x: &Tensor, votes: Votes) -> Result<Vec<f64>, ModelError> {
-        if self.config.kind == TeacherKind::Nearest {
+        if self.mlp.is_none() {
             // A nearest-neighbour teacher's vote is one-hot whatever `votes` says.
             let c = self.config.classes;
             let mut counts = vec![0f64; x.dims2()?.0 * c];
@@ -420,48 +303,18 @@ impl TeacherEnsemble {
         alpha: f64,
         target: Option<(&Tensor, &Tensor)>,
     ) -> Result<(), ModelError> {
-        if self.config.kind == TeacherKind::Nearest {
-            return Ok(());
+        match self.mlp.as_mut() {
+            // Nearest-neighbour teachers have nothing to train.
+            None => Ok(()),
+            Some(mlp) => mlp.train(
+                &self.config,
+                &self.shards,
+                (&self.x, &self.y),
+                steps,
+                alpha,
+                target,
+            ),
         }
-        let (k, c) = (self.config.teachers, self.config.classes);
-        let inputs = self.config.inputs;
-        let b = self.config.batch_size.max(1);
-        for _ in 0..steps {
-            let mut idx = Vec::with_capacity(k * b);
-            for shard in &self.shards {
-                for _ in 0..b {
-                    idx.push(shard[self.rng.random_range(0..shard.len())]);
-                }
-            }
-            let idx = Tensor::new(idx.as_slice(), &device())?;
-            let x = self.x.index_select(&idx, 0)?.reshape((k, b, inputs))?;
-            let y = self.y.index_select(&idx, 0)?;
-            let logits = self.forward(&x)?.reshape((k * b, c))?;
-            // The mean over all k*b rows times k is the sum of the per-teacher means.
-            let mut loss = (candle_nn::loss::cross_entropy(&logits, &y)? * k as f64)?;
-            if let (Some((tx, tp)), true) = (target, alpha < 1.0) {
-                let rows = tx.dims2()?.0;
-                let pidx: Vec<u32> = (0..b)
-                    .map(|_| self.rng.random_range(0..rows as u32))
-                    .collect();
-                let pidx = Tensor::new(pidx.as_slice(), &device())?;
-                let px = tx.index_select(&pidx, 0)?;
-                let pt = tp.index_select(&pidx, 0)?;
-                let px = px
-                    .unsqueeze(0)?
-                    .broadcast_as((k, b, inputs))?
-                    .contiguous()?;
-                let pt = pt
-                    .unsqueeze(0)?
-                    .broadcast_as((k, b, c))?
-                    .reshape((k * b, c))?;
-                let plogits = self.forward(&px)?.reshape((k * b, c))?;
-                let kd = distillation_term(&plogits, &pt, self.config.temperature)?;
-                loss = ((loss * alpha)? + (kd * ((1.0 - alpha) * k as f64))?)?;
-            }
-            self.optimiser.backward_step(&loss)?;
-        }
-        Ok(())
     }
 
     /// Mean accuracy of the individual teachers on a labelled set (for reports).
@@ -485,6 +338,7 @@ impl TeacherEnsemble {
 mod tests {
     use super::*;
     use crate::data::matrix;
+    use rand::RngExt;
 
     fn blobs(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
         let mut rng = StdRng::seed_from_u64(seed);
