@@ -30,6 +30,9 @@ pub enum ModelError {
     /// The config is unusable.
     #[error("invalid student config: {0}")]
     Config(String),
+    /// A thread panicked while it held the model's variables; the model cannot be trusted.
+    #[error("the model's variables were left half-updated by a thread that panicked")]
+    Poisoned,
 }
 
 /// Architecture of a student: an MLP, or (with `conv`) a small CNN for images.
@@ -217,7 +220,7 @@ impl Student {
             .varmap
             .data()
             .lock()
-            .map_err(|_| ModelError::Config("variable map poisoned".into()))?;
+            .map_err(|_| ModelError::Poisoned)?;
         let mut names: Vec<&String> = data.keys().collect();
         names.sort();
         for name in names {
@@ -254,7 +257,7 @@ impl Student {
     /// An independent copy of the current weights (later training does not change it).
     pub fn snapshot(&self) -> Result<Student, ModelError> {
         let copy = Student::new(self.config.clone(), 0)?;
-        let poisoned = || ModelError::Config("variable map poisoned".into());
+        let poisoned = || ModelError::Poisoned;
         let from = self.varmap.data().lock().map_err(|_| poisoned())?;
         let to = copy.varmap.data().lock().map_err(|_| poisoned())?;
         for (name, var) in from.iter() {

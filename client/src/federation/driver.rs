@@ -155,7 +155,7 @@ impl Worker {
                 };
                 learner.train(steps, alpha)?;
                 let accuracy = learner.accuracy(holdout)?;
-                let labels = labeller.label_round(
+                let answer = labeller.label_round(
                     learner,
                     open.round,
                     open.rounds,
@@ -170,7 +170,7 @@ impl Worker {
                 Ok(WorkResult::Round {
                     round: open.round,
                     accuracy,
-                    labels,
+                    answer,
                 })
             }
             Work::Distil { rounds, target } => {

@@ -13,7 +13,7 @@ use fd_protocol::{Contribution, Hello, Message, RoundOpen, SoftLabels, Welcome};
 use tracing::{info, warn};
 
 use crate::federation::error::SessionError;
-use crate::privacy::release::Labels;
+use crate::privacy::release::Answer;
 
 /// First wait before reconnecting; doubled after each failed attempt.
 pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(200);
@@ -70,7 +70,7 @@ pub enum WorkResult {
         /// Held-out accuracy after the round's training.
         accuracy: f64,
         /// The labels to send, or why nothing may be sent.
-        labels: Labels,
+        answer: Answer,
     },
     /// The final distillation.
     Distilled {
@@ -335,12 +335,12 @@ impl NodeSession {
             Ok(WorkResult::Round {
                 round,
                 accuracy,
-                labels,
+                answer,
             }) => {
                 self.round_accuracy.push(accuracy);
                 self.final_accuracy = accuracy;
-                match labels {
-                    Labels::Release(labels, receipt) => {
+                match answer {
+                    Answer::Release(labels, receipt) => {
                         let contribution = Contribution {
                             round,
                             labels,
@@ -348,7 +348,7 @@ impl NodeSession {
                         };
                         self.send_contribution(contribution);
                     }
-                    Labels::BudgetSpent(reason) => {
+                    Answer::BudgetSpent(reason) => {
                         // Nothing was drawn or sent for this round. Tell the coordinator why
                         // and stop; the federation goes on without this node.
                         warn!(
@@ -667,7 +667,7 @@ mod tests {
             Ok(WorkResult::Round {
                 round,
                 accuracy: 0.5 + f64::from(round) / 10.0,
-                labels: Labels::Release(labels(ids), None),
+                answer: Answer::Release(labels(ids), None),
             }),
         );
         transmits(s)
@@ -726,7 +726,7 @@ mod tests {
             Ok(WorkResult::Round {
                 round: 1,
                 accuracy: 0.7,
-                labels: Labels::BudgetSpent("epsilon 2 spent".into()),
+                answer: Answer::BudgetSpent("epsilon 2 spent".into()),
             }),
         );
         let sent = transmits(&mut s);

@@ -29,9 +29,9 @@ pub enum LabelError {
     Privacy(#[from] PrivacyError),
 }
 
-/// The result of labelling a round's queries.
+/// What a node answers a round with: the result of labelling its queries.
 #[derive(Debug)]
-pub enum Labels {
+pub enum Answer {
     /// Labels to send, with their receipt in private mode.
     Release(SoftLabels, Option<PrivacyReceipt>),
     /// The budget cannot pay for this release: nothing was drawn, nothing may be sent.
@@ -166,9 +166,9 @@ impl Labeller {
         rounds: u32,
         query_ids: &[u32],
         planned_queries: u64,
-    ) -> Result<Labels, LabelError> {
+    ) -> Result<Answer, LabelError> {
         let p = match self {
-            Labeller::Student => return Ok(Labels::Release(learner.label(query_ids)?, None)),
+            Labeller::Student => return Ok(Answer::Release(learner.label(query_ids)?, None)),
             Labeller::Private(p) => p,
         };
         if let Some((r, labels, receipt)) = &p.last_release
@@ -179,10 +179,10 @@ impl Labeller {
                 round,
                 "round asked again: re-sending its release, already paid for"
             );
-            return Ok(Labels::Release(labels.clone(), receipt.clone()));
+            return Ok(Answer::Release(labels.clone(), receipt.clone()));
         }
         let labels = p.release(learner, round, rounds, query_ids, planned_queries)?;
-        if let Labels::Release(l, receipt) = &labels {
+        if let Answer::Release(l, receipt) = &labels {
             p.last_release = Some((round, l.clone(), receipt.clone()));
         }
         Ok(labels)
@@ -198,7 +198,7 @@ impl PrivateLabeller {
         rounds: u32,
         query_ids: &[u32],
         planned_queries: u64,
-    ) -> Result<Labels, LabelError> {
+    ) -> Result<Answer, LabelError> {
         let p = self;
         let target = learner.target();
         let (steps, alpha) = match &target {
@@ -217,7 +217,7 @@ impl PrivateLabeller {
             // Infinite budget: no noise, nothing to account.
             let probs =
                 projection(rows_kind, teachers, clamp_floor, classes, 0.0).apply(&sums, classes);
-            return Ok(Labels::Release(
+            return Ok(Answer::Release(
                 soft_labels(query_ids, classes, probs),
                 None,
             ));
@@ -264,12 +264,12 @@ impl PrivateLabeller {
                     delta = r.delta,
                     "release charged to the ledger"
                 );
-                Ok(Labels::Release(
+                Ok(Answer::Release(
                     soft_labels(query_ids, classes, probs),
                     Some(receipt),
                 ))
             }
-            Err(e @ PrivacyError::BudgetExceeded { .. }) => Ok(Labels::BudgetSpent(e.to_string())),
+            Err(e @ PrivacyError::BudgetExceeded { .. }) => Ok(Answer::BudgetSpent(e.to_string())),
             Err(e) => Err(e.into()),
         }
     }
@@ -350,8 +350,8 @@ mod tests {
             .label_round(&learner, round, 3, &[0, 1, 2], 9)
             .unwrap()
         {
-            Labels::Release(labels, receipt) => (labels, receipt.unwrap()),
-            Labels::BudgetSpent(why) => panic!("{why}"),
+            Answer::Release(labels, receipt) => (labels, receipt.unwrap()),
+            Answer::BudgetSpent(why) => panic!("{why}"),
         };
         let charges = |l: &Labeller| match l {
             Labeller::Private(p) => p.ledger.as_ref().unwrap().charges().unwrap().len(),
