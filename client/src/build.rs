@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use fd_transport::TlsIdentity;
 
@@ -83,12 +84,13 @@ impl NodeBuilder {
 
 impl Node {
     /// The session plan for joining the coordinator at `coordinator` (whose certificate names
-    /// `server_name`) with `tls`.
+    /// `server_name`) with `tls`, retrying an unreachable coordinator for `join_retry` at first.
     pub fn plan(
         &self,
         coordinator: SocketAddr,
         server_name: &str,
         tls: TlsIdentity,
+        join_retry: Duration,
     ) -> SessionPlan {
         SessionPlan {
             coordinator,
@@ -97,6 +99,7 @@ impl Node {
             private_records: self.private_records as u32,
             holdout: self.holdout.clone(),
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+            join_retry,
         }
     }
 }

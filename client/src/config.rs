@@ -54,6 +54,11 @@ pub struct NodeConfig {
     /// Seed for the holdout split, weight initialisation and batches.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// How long the first join keeps retrying a coordinator it cannot reach, in seconds, with
+    /// the same back-off as reconnects (default 60; 0: give up at once). A coordinator that
+    /// refuses the node is not retried.
+    #[serde(default = "default_join_retry")]
+    pub join_retry_secs: u64,
     /// Training schedule and student architecture.
     #[serde(default)]
     pub training: TrainConfig,
@@ -243,6 +248,17 @@ fn default_seed() -> u64 {
     1
 }
 
+fn default_join_retry() -> u64 {
+    DEFAULT_JOIN_RETRY_SECS
+}
+
+/// How long a node's first join retries by default, in seconds.
+pub const DEFAULT_JOIN_RETRY_SECS: u64 = 60;
+
+/// The longest first-join retry accepted, in seconds (a day): beyond it a wait is a
+/// misconfiguration, and it keeps every deadline far from overflowing the clock.
+pub const MAX_JOIN_RETRY_SECS: u64 = 86_400;
+
 impl NodeConfig {
     /// Reads and validates a TOML config; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
@@ -294,6 +310,12 @@ impl NodeConfig {
                 "classes must be <= {}, got {}",
                 u16::MAX,
                 self.classes
+            ));
+        }
+        if self.join_retry_secs > MAX_JOIN_RETRY_SECS {
+            return Err(format!(
+                "join_retry_secs must be at most {MAX_JOIN_RETRY_SECS} (a day), got {}",
+                self.join_retry_secs
             ));
         }
         if !(0.0..1.0).contains(&self.holdout_fraction) {
@@ -378,6 +400,22 @@ mod tests {
         std::fs::write(&path, format!("{base}architecture = \"cnn\"\n")).unwrap();
         let msg = NodeConfig::load(&path).unwrap_err().to_string();
         assert!(msg.contains("architecture"), "{msg}");
+    }
+
+    #[test]
+    fn join_retry_defaults_to_a_minute_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let base = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
+                    private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 2\n";
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().join_retry_secs, 60);
+        std::fs::write(&path, format!("{base}join_retry_secs = 0\n")).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().join_retry_secs, 0);
+        // A wait past a day is refused, naming the field (it would also overflow deadlines).
+        std::fs::write(&path, format!("{base}join_retry_secs = 100000\n")).unwrap();
+        let msg = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("join_retry_secs"), "{msg}");
     }
 
     #[test]

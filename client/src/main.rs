@@ -115,6 +115,10 @@ struct Args {
     /// The delta of the budget [default: 1e-5].
     #[arg(long)]
     delta: Option<f64>,
+    /// How long the first join keeps retrying an unreachable coordinator, in seconds
+    /// [default: 60; 0: give up at once].
+    #[arg(long)]
+    join_retry_secs: Option<u64>,
 }
 
 fn parse_mode(s: &str) -> Result<PrivacyMode, String> {
@@ -182,6 +186,7 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
                 holdout_fraction: 0.2,
                 output_dir: "fd-node-out".into(),
                 seed: 1,
+                join_retry_secs: fd_client::config::DEFAULT_JOIN_RETRY_SECS,
                 training: TrainConfig::default(),
                 privacy: PrivacyConfig::default(),
             }
@@ -192,6 +197,9 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = args.server_name {
         config.server_name = v;
+    }
+    if let Some(v) = args.join_retry_secs {
+        config.join_retry_secs = v;
     }
     if let Some(v) = args.ca {
         config.ca = v;

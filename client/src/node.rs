@@ -49,7 +49,12 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
             .unwrap_or_else(|| config.output_dir.join("privacy-ledger.sqlite")),
     };
     let node = builder.build(&train, &holdout, &public)?;
-    let plan = node.plan(config.coordinator, &config.server_name, tls);
+    let plan = node.plan(
+        config.coordinator,
+        &config.server_name,
+        tls,
+        std::time::Duration::from_secs(config.join_retry_secs),
+    );
     let card = node.card;
     let outcome = run_session(plan, node.learner, node.labeller).await?;
     let student = outcome.learner.student();

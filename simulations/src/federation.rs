@@ -63,6 +63,9 @@ pub struct SimConfig {
     pub round_timeout_secs: Option<u64>,
 }
 
+/// How long a simulated node's first join retries the in-process coordinator.
+const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Most public records a private run releases by default. Measured on the synthetic data (10
 /// nodes of 5000 records, epsilon 2, one teacher per record, class-balanced targets, one run
 /// each): releasing 100, 200, 300, 400 and 500 records gave federated accuracies of 0.791,
@@ -283,7 +286,9 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             cert_pem: id.cert_pem,
             key_pem: id.key_pem,
         };
-        let plan = node.plan(addr, "localhost", tls);
+        // The coordinator is already listening: a node that cannot reach it retries for a
+        // few seconds, not a minute.
+        let plan = node.plan(addr, "localhost", tls, JOIN_RETRY);
         let fault = fault_plan.faults.get(i).copied().flatten();
         let hook = fault.map(|f| {
             Box::new(FaultHook::new(f, config.seed.wrapping_add(i as u64)))

@@ -38,6 +38,8 @@ pub struct SessionPlan {
     pub holdout: Labelled,
     /// Maximum frame size accepted.
     pub max_frame_len: usize,
+    /// How long the first join retries an unreachable coordinator.
+    pub join_retry: Duration,
 }
 
 /// What a finished session produced.
@@ -95,6 +97,7 @@ pub async fn run_session_with_hook(
             private_records: plan.private_records,
         },
         non_private: matches!(labeller, Labeller::Student),
+        join_retry: plan.join_retry,
     });
     let mut driver = Driver {
         endpoint,

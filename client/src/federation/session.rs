@@ -38,6 +38,10 @@ pub struct SessionConfig {
     /// Whether the node releases without noise (it then refuses a federation that requires
     /// privacy).
     pub non_private: bool,
+    /// How long the first join keeps retrying a coordinator it cannot reach (with the same
+    /// back-off as reconnects); zero: the first failure is final. A coordinator that refuses
+    /// the node (its certificate, its terms) is never retried before it was once admitted.
+    pub join_retry: Duration,
 }
 
 /// CPU work the session asks the driver to run (on a blocking thread) and report back with
@@ -244,13 +248,15 @@ impl NodeSession {
             .push_back(Message::Hello(self.config.hello.clone()));
     }
 
-    /// The driver could not connect: fatal on the first join, retried with back-off after.
+    /// The driver could not connect (the coordinator is unreachable, or the handshake timed
+    /// out): retried with back-off, on the first join for [`SessionConfig::join_retry`] and
+    /// after it for [`RECONNECT_FOR`].
     pub fn handle_connect_failed(&mut self, now: Instant, why: String) {
         if self.phase != Phase::Connecting {
             return;
         }
         let addr = self.config.coordinator;
-        self.attempt_failed(now, why.clone(), || SessionError::Connect {
+        self.attempt_failed(now, why.clone(), true, || SessionError::Connect {
             addr,
             message: why,
         });
@@ -262,7 +268,7 @@ impl NodeSession {
         match self.phase {
             Phase::Joining | Phase::Connecting => {
                 let addr = self.config.coordinator;
-                self.attempt_failed(now, why.clone(), || SessionError::NotAdmitted {
+                self.attempt_failed(now, why.clone(), false, || SessionError::NotAdmitted {
                     addr,
                     message: why,
                 });
@@ -508,14 +514,32 @@ impl NodeSession {
         Ok(())
     }
 
-    /// An attempt to connect or join failed: fatal before the first Welcome, and once the
-    /// outage has lasted [`RECONNECT_FOR`]; otherwise wait longer and try again.
-    fn attempt_failed(&mut self, now: Instant, why: String, error: impl FnOnce() -> SessionError) {
-        let retrying = self.welcome.is_some() && self.give_up_at.is_some_and(|t| now < t);
-        if !retrying {
+    /// An attempt to connect or join failed. Before the first Welcome only an unreachable
+    /// coordinator (`retry_first_join`) is retried, for [`SessionConfig::join_retry`]; after
+    /// it, any failure is retried until the outage has lasted [`RECONNECT_FOR`]. Each wait is
+    /// twice the one before, up to [`RECONNECT_MAX_DELAY`].
+    fn attempt_failed(
+        &mut self,
+        now: Instant,
+        why: String,
+        retry_first_join: bool,
+        error: impl FnOnce() -> SessionError,
+    ) {
+        let first_join = self.welcome.is_none();
+        if first_join && !retry_first_join {
             return self.fail(error());
         }
-        self.next_delay = (self.next_delay * 2).min(RECONNECT_MAX_DELAY);
+        let fresh = first_join && self.give_up_at.is_none();
+        if fresh {
+            self.give_up_at = Some(now + self.config.join_retry);
+            self.next_delay = RECONNECT_FIRST_DELAY;
+        }
+        if self.give_up_at.is_none_or(|t| now >= t) {
+            return self.fail(error());
+        }
+        if !fresh {
+            self.next_delay = (self.next_delay * 2).min(RECONNECT_MAX_DELAY);
+        }
         self.wait(now, why);
     }
 
@@ -524,10 +548,17 @@ impl NodeSession {
         let delay = self.next_delay;
         self.phase = Phase::Waiting;
         self.retry_at = Some(now + delay);
-        warn!(
-            coordinator = %self.config.coordinator,
-            "connection to the coordinator lost ({why}); reconnecting in {delay:?}"
-        );
+        if self.welcome.is_none() {
+            warn!(
+                coordinator = %self.config.coordinator,
+                "cannot reach the coordinator ({why}); trying again in {delay:?}"
+            );
+        } else {
+            warn!(
+                coordinator = %self.config.coordinator,
+                "connection to the coordinator lost ({why}); reconnecting in {delay:?}"
+            );
+        }
         self.events.push_back(Event::Reconnecting { why, delay });
     }
 
@@ -588,7 +619,12 @@ mod tests {
     const CLASSES: u16 = 2;
 
     fn session(non_private: bool) -> NodeSession {
+        session_retrying(non_private, Duration::ZERO)
+    }
+
+    fn session_retrying(non_private: bool, join_retry: Duration) -> NodeSession {
         NodeSession::new(SessionConfig {
+            join_retry,
             coordinator: SocketAddr::from(([127, 0, 0, 1], 4433)),
             hello: Hello {
                 public_records: PUBLIC,
@@ -904,7 +940,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_join_is_not_retried() {
+    fn without_join_retry_the_first_join_is_not_retried() {
         let t0 = Instant::now();
         let mut s = session(false);
         let _ = events(&mut s);
@@ -913,8 +949,48 @@ mod tests {
             events(&mut s)[..],
             [Event::Failed(SessionError::Connect { .. })]
         ));
-        // A connection closed before Welcome is a refusal to admit.
-        let mut s = session(false);
+    }
+
+    #[test]
+    fn the_first_join_retries_an_unreachable_coordinator_for_join_retry() {
+        let t0 = Instant::now();
+        let retry = Duration::from_secs(3);
+        let mut s = session_retrying(false, retry);
+        let _ = events(&mut s);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        loop {
+            s.handle_connect_failed(now, "handshake timed out".into());
+            match &events(&mut s)[..] {
+                [Event::Reconnecting { delay, .. }] => delays.push(*delay),
+                [Event::Failed(SessionError::Connect { .. })] => break,
+                other => panic!("unexpected {other:?}"),
+            }
+            now = s.poll_timeout().expect("waiting to retry");
+            s.handle_timeout(now);
+            assert!(matches!(events(&mut s)[..], [Event::Connect]));
+        }
+        assert!(s.is_over());
+        // 200 + 400 + 800 + 1600 ms = 3 s: the attempt at 3 s is the first past the window.
+        assert_eq!(delays, [200, 400, 800, 1600].map(Duration::from_millis));
+        assert_eq!(now, t0 + retry);
+
+        // The coordinator comes up in time: the node is admitted and plays as usual.
+        let mut s = session_retrying(false, retry);
+        let _ = events(&mut s);
+        s.handle_connect_failed(t0, "refused".into());
+        let _ = events(&mut s);
+        let t1 = s.poll_timeout().expect("retry");
+        s.handle_timeout(t1);
+        admit(&mut s, t1);
+        assert_eq!(play_round(&mut s, t1, 0, &[1]).len(), 1);
+    }
+
+    #[test]
+    fn a_refusal_before_the_first_welcome_is_final_even_with_join_retry() {
+        // A connection closed before Welcome is a refusal to admit (e.g. a foreign CA).
+        let t0 = Instant::now();
+        let mut s = session_retrying(false, Duration::from_secs(60));
         let _ = events(&mut s);
         s.handle_connected(t0);
         let _ = transmits(&mut s);
