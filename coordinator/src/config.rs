@@ -71,6 +71,10 @@ pub struct FederationConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+/// The longest join or round timeout accepted, in seconds (30 days): beyond it a wait is a
+/// misconfiguration, and every deadline stays far from overflowing the clock.
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+
 fn default_name() -> String {
     "federation".into()
 }
@@ -140,8 +144,15 @@ impl FederationConfig {
                 self.queries_per_round, self.public_records
             ));
         }
-        if self.round_timeout_secs == 0 || self.join_timeout_secs == 0 {
-            return Err("round_timeout_secs and join_timeout_secs must be >= 1".into());
+        for (field, secs) in [
+            ("join_timeout_secs", self.join_timeout_secs),
+            ("round_timeout_secs", self.round_timeout_secs),
+        ] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                return Err(format!(
+                    "{field} must be between 1 and {MAX_TIMEOUT_SECS} (30 days), got {secs}"
+                ));
+            }
         }
         if self.quorum == 0 || self.quorum > self.nodes {
             return Err(format!(
@@ -149,7 +160,66 @@ impl FederationConfig {
                 self.nodes, self.quorum
             ));
         }
-        self.aggregation.validate()
+        self.aggregation.validate()?;
+        self.check_round_open_fits()
+    }
+
+    /// Checks that the largest message the coordinator sends, a RoundOpen asking this many
+    /// queries with a target over every public record, fits in a frame
+    /// ([`fd_protocol::DEFAULT_MAX_FRAME_LEN`]); otherwise the run would fail in the round
+    /// whose target first outgrew it.
+    fn check_round_open_fits(&self) -> Result<(), String> {
+        let max = fd_protocol::DEFAULT_MAX_FRAME_LEN;
+        let too_big = |bytes: String| {
+            Err(format!(
+                "public_records ({}) x classes ({}) makes a RoundOpen of {bytes} bytes, over the \
+                 frame limit of {max} bytes; use fewer public records",
+                self.public_records, self.classes
+            ))
+        };
+        // Four bytes per probability alone: refuse without building a message that large.
+        let probs = self.public_records as u64 * u64::from(self.classes);
+        if probs.saturating_mul(4) > max as u64 {
+            return too_big(format!("more than {}", probs.saturating_mul(4)));
+        }
+        let all: Vec<u32> = (0..self.public_records).collect();
+        let open = fd_protocol::Message::RoundOpen(fd_protocol::RoundOpen {
+            round: self.rounds.saturating_sub(1),
+            rounds: self.rounds,
+            query_ids: self.queries(0),
+            target: fd_protocol::SoftLabels {
+                classes: self.classes,
+                query_ids: all,
+                probs: vec![1.0 / f32::from(self.classes); probs as usize],
+            },
+        });
+        match fd_protocol::codec::encode_frame(&open, usize::MAX) {
+            Ok(frame) if frame.len() <= max => Ok(()),
+            Ok(frame) => too_big(frame.len().to_string()),
+            Err(e) => Err(format!("cannot encode a RoundOpen of this size: {e}")),
+        }
+    }
+
+    /// Checks that the summary file can be written (its directory exists and takes a file),
+    /// so that a run is not lost to a typo in the path only once it has finished.
+    pub fn check_outputs(&self) -> Result<(), String> {
+        let Some(path) = &self.summary_json else {
+            return Ok(());
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let probe = dir.join(format!(".fd-summary-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                format!(
+                    "summary_json {}: cannot write into {}: {e}",
+                    path.display(),
+                    dir.display()
+                )
+            })
     }
 
     /// Labels asked of each node over the whole run: the sum of every round's query count.
@@ -214,6 +284,89 @@ mod tests {
             round_timeout_secs: 1,
             ..test_config(3, 4, 5)
         }
+    }
+
+    #[test]
+    fn timeouts_past_thirty_days_or_zero_are_refused_by_name() {
+        for (join, round, field) in [
+            (u64::MAX, 1, "join_timeout_secs"),
+            (MAX_TIMEOUT_SECS + 1, 1, "join_timeout_secs"),
+            (0, 1, "join_timeout_secs"),
+            (1, u64::MAX, "round_timeout_secs"),
+            (1, 0, "round_timeout_secs"),
+        ] {
+            let c = FederationConfig {
+                join_timeout_secs: join,
+                round_timeout_secs: round,
+                ..config()
+            };
+            let msg = c.validate().unwrap_err();
+            assert!(msg.starts_with(field), "{join}/{round}: {msg}");
+        }
+        let longest = FederationConfig {
+            join_timeout_secs: MAX_TIMEOUT_SECS,
+            round_timeout_secs: MAX_TIMEOUT_SECS,
+            ..config()
+        };
+        assert_eq!(longest.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_round_open_that_cannot_fit_a_frame_is_refused_at_start() {
+        // 40,000 x 10 probabilities (1.6 MB) fit in 32 MiB.
+        let fits = FederationConfig {
+            public_records: 40_000,
+            classes: 10,
+            ..config()
+        };
+        assert_eq!(fits.validate(), Ok(()));
+        // 1,000,000 x 10 f32 probabilities are 40 MB before any header: over 32 MiB.
+        let big = FederationConfig {
+            public_records: 1_000_000,
+            ..fits.clone()
+        };
+        let msg = big.validate().unwrap_err();
+        assert!(msg.contains("public_records (1000000)"), "{msg}");
+        assert!(msg.contains("frame limit"), "{msg}");
+        // Under the limit by the probabilities alone (4,194,000 x 2 x 4 bytes = 33,552,000 <
+        // 33,554,432), over it once the query ids are encoded too (the round asks for every
+        // record and the target names each): the encoded size is reported.
+        let edge = FederationConfig {
+            public_records: 4_194_000,
+            classes: 2,
+            ..fits
+        };
+        let msg = edge.validate().unwrap_err();
+        let bytes: usize = msg
+            .split("RoundOpen of ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exact size in: {msg}"));
+        assert!(bytes > fd_protocol::DEFAULT_MAX_FRAME_LEN, "{msg}");
+    }
+
+    #[test]
+    fn an_unwritable_summary_is_refused_before_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = FederationConfig {
+            summary_json: Some(dir.path().join("summary.json")),
+            ..config()
+        };
+        assert_eq!(ok.check_outputs(), Ok(()));
+        assert!(
+            !dir.path().join("summary.json").exists(),
+            "the check leaves no file"
+        );
+        let missing = FederationConfig {
+            summary_json: Some(dir.path().join("no-such-dir").join("summary.json")),
+            ..config()
+        };
+        let msg = missing.check_outputs().unwrap_err();
+        assert!(
+            msg.contains("summary_json") && msg.contains("no-such-dir"),
+            "{msg}"
+        );
     }
 
     #[test]

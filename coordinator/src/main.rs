@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     }
     config
         .validate()
+        .and_then(|()| config.check_outputs())
         .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
     // A restart on a state directory comes back on the address the nodes know, unless the
     // config names a fixed port.

@@ -791,6 +791,26 @@ mod tests {
         }
     }
 
+    /// The longest timeouts a config may hold make deadlines without overflowing the clock:
+    /// the join deadline at start and the round deadline once every node has joined.
+    #[test]
+    fn the_longest_timeouts_accepted_make_deadlines_without_panicking() {
+        let max = crate::config::MAX_TIMEOUT_SECS;
+        let config = FederationConfig {
+            join_timeout_secs: max,
+            round_timeout_secs: max,
+            ..config()
+        };
+        config.validate().unwrap();
+        let mut sim = Sim::new(config);
+        assert_eq!(sim.rounds.poll_timeout(), Some(sim.at(max)));
+        for n in ["a", "b", "c"] {
+            sim.join(1, n);
+        }
+        assert!(sim.sent().contains(&("a".into(), "RoundOpen")));
+        assert_eq!(sim.rounds.poll_timeout(), Some(sim.at(1 + max)));
+    }
+
     fn started() -> Sim {
         let mut sim = Sim::new(config());
         for n in ["a", "b", "c"] {
