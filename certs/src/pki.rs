@@ -275,7 +275,10 @@ impl Ca {
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.subject_alt_names = sans;
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints extension at all: a leaf that states `cA: FALSE` encodes a
+        // DEFAULT value, which DER forbids and strict parsers (Python's `cryptography`, and so
+        // aioquic) refuse; without the extension the certificate is an end entity anyway.
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
@@ -564,6 +567,120 @@ mod tests {
     fn parse(pem: &str) -> (Vec<u8>, CertificateDer<'static>) {
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM certificate");
         (der.to_vec(), der)
+    }
+
+    /// Every BOOLEAN with value FALSE in `der`, descending into constructed values and into
+    /// OCTET STRINGs that hold DER (extension values do). In an X.509 certificate every
+    /// BOOLEAN (an extension's `critical`, basicConstraints' `cA`) is `DEFAULT FALSE`, and DER
+    /// forbids encoding a default: any FALSE found is a strictness violation.
+    fn encoded_false_booleans(der: &[u8]) -> Option<usize> {
+        let mut found = 0;
+        let mut rest = der;
+        while !rest.is_empty() {
+            let tag = rest[0];
+            let first = *rest.get(1)?;
+            let (len, header) = if first < 0x80 {
+                (usize::from(first), 2)
+            } else {
+                let n = usize::from(first & 0x7f);
+                let bytes = rest.get(2..2 + n)?;
+                (
+                    bytes.iter().fold(0usize, |l, &b| (l << 8) | usize::from(b)),
+                    2 + n,
+                )
+            };
+            let content = rest.get(header..header + len)?;
+            if tag == 0x01 && content == [0x00] {
+                found += 1;
+            } else if tag & 0x20 != 0 {
+                found += encoded_false_booleans(content)?;
+            } else if tag == 0x04 {
+                // Not every OCTET STRING holds DER (key identifiers do not): count only those
+                // that parse whole.
+                found += encoded_false_booleans(content).unwrap_or(0);
+            }
+            rest = &rest[header + len..];
+        }
+        Some(found)
+    }
+
+    #[test]
+    fn certificates_are_strict_der_without_encoded_defaults() {
+        let ca = Ca::generate("test").expect("CA");
+        let node = ca.issue_node("hospital-a").expect("node");
+        let server = ca
+            .issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])
+            .expect("server");
+        for (what, pem) in [
+            ("CA", ca.cert_pem()),
+            ("node", node.cert_pem.clone()),
+            ("server", server.cert_pem.clone()),
+        ] {
+            let (bytes, _) = parse(&pem);
+            assert_eq!(
+                encoded_false_booleans(&bytes),
+                Some(0),
+                "the {what} certificate encodes a DEFAULT FALSE (or is not DER)"
+            );
+            let (rest, x509) = x509_parser::parse_x509_certificate(&bytes).expect("X.509");
+            assert!(rest.is_empty(), "{what}: trailing bytes");
+            // Leaves carry no basicConstraints at all; the CA states cA: TRUE.
+            let bc = x509.basic_constraints().expect("basicConstraints parses");
+            assert_eq!(
+                bc.map(|b| b.value.ca),
+                (what == "CA").then_some(true),
+                "{what}"
+            );
+        }
+        // The bytes a strict parser refused before: basicConstraints { cA: FALSE }.
+        assert_eq!(
+            encoded_false_booleans(&[0x30, 0x03, 0x01, 0x01, 0x00]),
+            Some(1)
+        );
+    }
+
+    /// Python's `cryptography` (the parser behind aioquic) refuses any DER violation; where
+    /// it is installed, it must read every certificate fd-certs makes. The DER check above
+    /// runs everywhere.
+    #[test]
+    fn python_cryptography_reads_the_certificates_where_installed() {
+        let probe = std::process::Command::new("python3")
+            .args(["-c", "import cryptography"])
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!("python3 with cryptography not installed: strict DER checked above only");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::generate("test").expect("CA");
+        let node = ca.issue_node("hospital-a").expect("node");
+        let server = ca
+            .issue_server("coordinator", &["localhost".into()])
+            .expect("server");
+        let mut files = Vec::new();
+        for (name, pem) in [
+            ("ca", ca.cert_pem()),
+            ("node", node.cert_pem),
+            ("server", server.cert_pem),
+        ] {
+            let path = dir.path().join(format!("{name}.pem"));
+            std::fs::write(&path, pem).expect("write");
+            files.push(path);
+        }
+        let script = "import sys\nfrom cryptography import x509\nfor f in sys.argv[1:]:\n    \
+                      c = x509.load_pem_x509_certificate(open(f, 'rb').read())\n    \
+                      [e.value for e in c.extensions]\nprint('ok')";
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(&files)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "cryptography refused a certificate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -195,7 +195,7 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<PeerEvent>) {
             return;
         }
     };
-    let name = match fd_transport::tls::peer_name(&connection) {
+    let name = match fd_transport::tls::node_name(&connection) {
         Ok(n) => n,
         Err(e) => {
             warn!(%remote, "refused: no usable node name in the certificate: {e}");

@@ -38,4 +38,21 @@ pub enum TlsError {
         /// What is wrong with the certificate.
         reason: String,
     },
+    /// A certificate is not for what it is used for (its extended key usage lacks the
+    /// purpose): a node certificate as the coordinator's, a server certificate as a node's, or
+    /// a certificate with no extended key usage at all.
+    #[error(
+        "{what} is not a {needs} certificate (its extended key usage lacks {purpose}); issue it \
+         with `fd-certs issue{flag}`"
+    )]
+    WrongUsage {
+        /// Which certificate, e.g. "the coordinator's certificate".
+        what: String,
+        /// "node" or "server".
+        needs: &'static str,
+        /// The missing purpose: "clientAuth" or "serverAuth".
+        purpose: &'static str,
+        /// The `fd-certs issue` flag that makes the right kind ("" or " --server").
+        flag: &'static str,
+    },
 }

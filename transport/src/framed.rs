@@ -327,9 +327,14 @@ mod tests {
         let ca = Ca::generate("federation").expect("CA");
         // A node that tries to pose as the coordinator with its own (client-only) certificate.
         let impostor = ca.issue_node("localhost").expect("node cert");
+        // Our own server_config refuses it at start...
+        let err = server_config(&identity(&ca, &impostor)).expect_err("refused at start");
+        assert!(matches!(err, crate::TlsError::WrongUsage { .. }), "{err}");
+        // ...and a node refuses an impostor that built its configuration by other means.
         let server = server_endpoint(
             "127.0.0.1:0".parse().expect("addr"),
-            server_config(&identity(&ca, &impostor)).expect("server config"),
+            crate::tls::unchecked_server_config(&identity(&ca, &impostor))
+                .expect("impostor's config"),
         )
         .expect("server endpoint");
         let addr = server.local_addr().expect("server addr");

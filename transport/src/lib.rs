@@ -23,4 +23,4 @@ pub use endpoint::{
 };
 pub use error::TlsError;
 pub use framed::{TransportError, read_message, write_message};
-pub use tls::{TlsIdentity, client_config, peer_name, server_config};
+pub use tls::{TlsIdentity, client_config, node_name, peer_name, server_config};

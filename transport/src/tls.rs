@@ -85,7 +85,20 @@ impl TlsIdentity {
 
 /// The coordinator's QUIC server configuration: presents `id`'s server certificate and
 /// requires every client to present a certificate signed by `id`'s CA.
+///
+/// Refuses, before any node connects, a certificate that is not a server certificate (see
+/// [`TlsError::WrongUsage`]).
 pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> {
+    let chain = parse_certs(&id.cert_pem, "the server certificate")?;
+    if let Some(leaf) = chain.first() {
+        check_usage(leaf, Usage::Server, "the coordinator's certificate")?;
+    }
+    unchecked_server_config(id)
+}
+
+/// [`server_config`] without the usage check: what an impostor could build, for tests that
+/// show nodes refuse it.
+pub(crate) fn unchecked_server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let roots = Arc::new(root_store(&id.ca_pem)?);
     // Client certificate REQUIRED: the builder's default rejects anonymous clients.
@@ -121,6 +134,9 @@ pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> 
 pub fn client_config(id: &TlsIdentity) -> Result<quinn::ClientConfig, TlsError> {
     let roots = root_store(&id.ca_pem)?;
     let chain = parse_certs(&id.cert_pem, "the node certificate")?;
+    if let Some(leaf) = chain.first() {
+        check_usage(leaf, Usage::Node, "this node's certificate")?;
+    }
     let key = parse_key(&id.key_pem, "the node private key")?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -156,6 +172,59 @@ pub fn peer_name(conn: &quinn::Connection) -> Result<String, TlsError> {
         })?;
     let leaf = chain.first().ok_or(TlsError::NoPeerCertificate)?;
     name_in_certificate(leaf)
+}
+
+/// The name of the node at the other end of `conn` ([`peer_name`]), once its certificate is
+/// known to be a node certificate (client-authentication usage): what the coordinator admits.
+pub fn node_name(conn: &quinn::Connection) -> Result<String, TlsError> {
+    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::PeerIdentity {
+            reason: "the connection's peer identity is not an X.509 certificate chain".into(),
+        })?;
+    let leaf = chain.first().ok_or(TlsError::NoPeerCertificate)?;
+    check_usage(leaf, Usage::Node, "the peer's certificate")?;
+    name_in_certificate(leaf)
+}
+
+/// What a certificate of the federation is for, by its extended key usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Usage {
+    /// A node: TLS client authentication.
+    Node,
+    /// The coordinator: TLS server authentication.
+    Server,
+}
+
+/// Checks that the leaf certificate `der` carries the extended key usage of `usage`. webpki
+/// accepts a certificate without the extension for any purpose; the federation does not, so
+/// that only certificates `fd-certs` issued for the role can play it.
+fn check_usage(der: &[u8], usage: Usage, what: &str) -> Result<(), TlsError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::PeerIdentity {
+            reason: format!("{what} is not a valid X.509 certificate ({e})"),
+        })?;
+    let eku = cert.extended_key_usage().ok().flatten().map(|e| e.value);
+    let (ok, needs, purpose, flag) = match usage {
+        Usage::Node => (eku.is_some_and(|e| e.client_auth), "node", "clientAuth", ""),
+        Usage::Server => (
+            eku.is_some_and(|e| e.server_auth),
+            "server",
+            "serverAuth",
+            " --server",
+        ),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TlsError::WrongUsage {
+            what: what.to_owned(),
+            needs,
+            purpose,
+            flag,
+        })
+    }
 }
 
 /// The first DNS subject alternative name in a DER certificate, checked like a node name.
@@ -280,6 +349,58 @@ mod tests {
             ..id(&node)
         };
         assert!(client_config(&mismatched).is_err());
+    }
+
+    #[test]
+    fn each_role_needs_its_certificate_kind() {
+        let ca = Ca::generate("test").expect("CA");
+        let server = ca
+            .issue_server("coordinator", &["localhost".into()])
+            .expect("server");
+        let node = ca.issue_node("hospital-a").expect("node");
+        let id = |i: &fd_certs::pki::Identity| TlsIdentity {
+            ca_pem: ca.cert_pem(),
+            cert_pem: i.cert_pem.clone(),
+            key_pem: i.key_pem.clone(),
+        };
+        // A coordinator started with a node certificate fails at once, saying what to do.
+        let err = server_config(&id(&node)).expect_err("node cert as the server's");
+        assert!(
+            matches!(
+                err,
+                TlsError::WrongUsage {
+                    needs: "server",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--server"), "{err}");
+        // A node with a server certificate is refused on its own side...
+        let err = client_config(&id(&server)).expect_err("server cert as a node's");
+        assert!(
+            matches!(err, TlsError::WrongUsage { needs: "node", .. }),
+            "{err}"
+        );
+        // ...and by the coordinator, which reads the peer's certificate the same way.
+        let der = CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).expect("PEM");
+        assert!(check_usage(&der, Usage::Node, "the peer's certificate").is_err());
+        let der = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).expect("PEM");
+        assert!(check_usage(&der, Usage::Node, "the peer's certificate").is_ok());
+    }
+
+    /// webpki accepts a certificate with no extended key usage for any purpose; the
+    /// federation does not admit one as a node.
+    #[test]
+    fn a_certificate_without_extended_key_usage_is_no_node() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["hospital-a".to_owned()]).expect("params");
+        params.extended_key_usages = Vec::new();
+        let cert = params.self_signed(&key).expect("self-signed");
+        let err =
+            check_usage(cert.der(), Usage::Node, "the peer's certificate").expect_err("no EKU");
+        assert!(err.to_string().contains("clientAuth"), "{err}");
     }
 
     #[test]
