@@ -1,10 +1,17 @@
 //! The coordinator's QUIC server: the thin I/O shell around [`crate::rounds::Rounds`].
 //!
 //! Tasks: one accepts connections and admits peers (TLS has already checked the certificate
-//! against the federation CA; the node's name is taken from that certificate); one per admitted
-//! node reads its messages; and the driver, which owns the round state machine, receives
-//! everything as [`PeerEvent`]s on one channel, feeds them to it with the current time, commits
-//! closed rounds to the store and sends what the state machine asks for.
+//! against the federation CA; the node's name is taken from that certificate); two per admitted
+//! node, one reading its messages and one writing what is queued for it; and the driver, which
+//! owns the round state machine, receives everything as [`PeerEvent`]s on one channel, feeds
+//! them to it with the time each arrived, commits closed rounds to the store and queues what
+//! the state machine asks to send.
+//!
+//! The driver never waits on a node: each connection has its own writer with a bounded queue
+//! ([`SEND_QUEUE`]) and a send deadline (the round timeout). A node that does not take its
+//! messages (its QUIC receive window stays full) stalls only its own writer; when the queue
+//! fills or a write misses the deadline, the node is closed with [`CLOSE_TOO_SLOW`] and leaves
+//! the round like any departed node.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,6 +29,10 @@ use crate::summary::{RoundRecord, Summary};
 
 /// How long a peer that passed the TLS handshake has to open its stream and send Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest Hello frame read. A Hello is three numbers (a few dozen bytes); a peer that
+/// announces more is refused before anything is allocated for it, so connections that have
+/// not said Hello cannot pin the full frame maximum each.
+const HELLO_MAX_FRAME_LEN: usize = 4096;
 /// How long, in all, the driver waits after the last round for the nodes sent Finished to close
 /// their connections, so the last frame is delivered before the endpoint goes away.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,7 +40,7 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// nodes before it closes regardless.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refused peer's connection is held open for it to read the Error or Reject just
-/// written to it (see [`hold_until_read`]).
+/// written to it (see [`Outbound::FinishAndHold`]).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// QUIC close code: the federation is over (the endpoint closes at the end of the run).
@@ -42,6 +53,12 @@ const CLOSE_NOT_HELLO: VarInt = VarInt::from_u32(2);
 const CLOSE_NO_HELLO: VarInt = VarInt::from_u32(3);
 /// QUIC close code: the node connected again and its newer connection replaces this one.
 const CLOSE_REPLACED: VarInt = VarInt::from_u32(4);
+/// QUIC close code: the node did not take its messages in time (see [`SEND_QUEUE`]).
+const CLOSE_TOO_SLOW: VarInt = VarInt::from_u32(5);
+
+/// Messages a node's writer may hold. A round queues a few (RoundClosed, RoundOpen, a Refused
+/// or two), so a node this far behind has stopped reading; it is closed rather than let grow.
+const SEND_QUEUE: usize = 64;
 
 /// Why the coordinator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +128,9 @@ enum PeerEvent {
         conn: u64,
         message: Message,
         bytes: u64,
+        /// When the frame was read: deadlines are judged by arrival, not by when the driver
+        /// got round to it.
+        at: Instant,
     },
     Gone {
         node: String,
@@ -120,10 +140,22 @@ enum PeerEvent {
     },
 }
 
+/// An admitted (or arriving) node's connection and the queue of its writer ([`write_loop`]).
 struct Peer {
     conn: u64,
     connection: quinn::Connection,
-    send: quinn::SendStream,
+    outbox: mpsc::Sender<Outbound>,
+}
+
+/// What a node's writer is asked to do.
+enum Outbound {
+    /// Write one encoded frame.
+    Frame(Vec<u8>),
+    /// Finish the stream (after Finished); the driver waits for the node to close.
+    Finish,
+    /// Finish the stream and keep the connection until the node has read it (after an Error
+    /// or a Reject), for [`READ_TIMEOUT`] at most.
+    FinishAndHold,
 }
 
 /// Runs the federation on an already-open endpoint (the simulator binds port 0 and passes it).
@@ -205,7 +237,7 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<PeerEvent>) {
     };
     let hello = async {
         let (send, mut recv) = connection.accept_bi().await.map_err(TransportError::from)?;
-        let read = transport::read_message(&mut recv, fd_protocol::DEFAULT_MAX_FRAME_LEN).await?;
+        let read = transport::read_message(&mut recv, HELLO_MAX_FRAME_LEN).await?;
         Ok::<_, TransportError>((send, recv, read))
     };
     match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
@@ -225,7 +257,10 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<PeerEvent>) {
             warn!(%remote, node = %name, "refused: expected Hello, got {got}");
             connection.close(CLOSE_NOT_HELLO, b"expected Hello");
         }
-        Ok(Err(e)) => warn!(%remote, node = %name, "refused: {e}"),
+        Ok(Err(e)) => {
+            warn!(%remote, node = %name, "refused before Hello: {e}");
+            connection.close(CLOSE_NOT_HELLO, b"expected a Hello frame");
+        }
         Err(_) => {
             let secs = HELLO_TIMEOUT.as_secs();
             warn!(%remote, node = %name, "refused: no Hello within {secs} s");
@@ -250,6 +285,7 @@ async fn read_loop(
                     conn,
                     message,
                     bytes: bytes as u64,
+                    at: Instant::now(),
                 };
                 if events.send(event).await.is_err() {
                     return;
@@ -277,6 +313,52 @@ async fn read_loop(
         .await;
 }
 
+/// Writes one node's queued frames, each within `deadline`; reports the node gone (and closes
+/// it, if it was too slow) when a write fails or misses the deadline.
+async fn write_loop(
+    node: String,
+    conn: u64,
+    mut send: quinn::SendStream,
+    connection: quinn::Connection,
+    mut outbox: mpsc::Receiver<Outbound>,
+    events: mpsc::Sender<PeerEvent>,
+    deadline: Duration,
+) {
+    while let Some(out) = outbox.recv().await {
+        let frame = match out {
+            Outbound::Frame(frame) => frame,
+            Outbound::Finish => {
+                let _ = send.finish();
+                return;
+            }
+            Outbound::FinishAndHold => {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(READ_TIMEOUT, send.stopped()).await;
+                return;
+            }
+        };
+        let reason = match tokio::time::timeout(deadline, send.write_all(&frame)).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => format!("cannot send to it: {e}"),
+            Err(_) => {
+                connection.close(CLOSE_TOO_SLOW, b"did not take its messages in time");
+                format!(
+                    "did not take its messages within {} s; closed",
+                    deadline.as_secs()
+                )
+            }
+        };
+        let gone = PeerEvent::Gone {
+            node,
+            conn,
+            reason,
+            misbehaved: false,
+        };
+        let _ = events.send(gone).await;
+        return;
+    }
+}
+
 struct Driver {
     config: FederationConfig,
     events: mpsc::Sender<PeerEvent>,
@@ -299,6 +381,26 @@ struct Io {
     /// Connections sent Finished, whose close we wait for at the end.
     finishing: Vec<quinn::Connection>,
     max_frame_len: usize,
+}
+
+impl Io {
+    /// Queues `frame` for `peer`'s writer; `Err` when the node has stopped taking its
+    /// messages (its queue is full: it is closed) or its writer has ended.
+    fn enqueue(peer: &Peer, frame: Vec<u8>) -> Result<(), String> {
+        match peer.outbox.try_send(Outbound::Frame(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                peer.connection
+                    .close(CLOSE_TOO_SLOW, b"did not take its messages in time");
+                Err(format!(
+                    "{SEND_QUEUE} messages wait for it: it does not read them; closed"
+                ))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err("its connection is gone (the writer stopped)".into())
+            }
+        }
+    }
 }
 
 /// What [`settle`] does with the state machine's output. A trait so that the order of commits
@@ -400,7 +502,9 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // Events first: one that arrived before a deadline is handled before it fires.
             let event = tokio::select! {
+                biased;
                 e = inbox.recv() => e,
                 () = sleep => None,
             };
@@ -412,10 +516,11 @@ impl Driver {
                     conn,
                     message,
                     bytes,
+                    at,
                 }) => {
                     if self.io.is_current(&node, conn) {
                         self.rounds.handle(
-                            now,
+                            at,
                             Input::Received {
                                 node,
                                 message,
@@ -477,10 +582,20 @@ impl Driver {
             self.events.clone(),
             self.io.max_frame_len,
         ));
+        let (outbox, queued) = mpsc::channel(SEND_QUEUE);
+        tokio::spawn(write_loop(
+            name.clone(),
+            conn,
+            send,
+            connection.clone(),
+            queued,
+            self.events.clone(),
+            Duration::from_secs(self.config.round_timeout_secs),
+        ));
         let peer = Peer {
             conn,
             connection,
-            send,
+            outbox,
         };
         // The state machine answers this Hello first, with Welcome or Reject, before the driver
         // takes another event; `Io::transmit` then admits or turns away this connection.
@@ -534,27 +649,34 @@ impl Effects for Io {
                 Some(message @ Message::Reject { .. }) => {
                     // Only the new connection is turned away; an older one stays, and so does
                     // the node. A failure to deliver the Reject is no reason to drop it either.
-                    let Some((_, mut peer)) = self.arriving.take() else {
+                    let Some((_, peer)) = self.arriving.take() else {
                         return Ok(None);
                     };
-                    let sent =
-                        transport::write_message(&mut peer.send, message, self.max_frame_len)
-                            .await
-                            .ok()
-                            .map(|n| n as u64);
-                    hold_until_read(peer);
+                    let sent = fd_protocol::codec::encode_frame(message, self.max_frame_len)
+                        .ok()
+                        .and_then(|frame| {
+                            let n = frame.len() as u64;
+                            Io::enqueue(&peer, frame).ok().map(|()| n)
+                        });
+                    let _ = peer.outbox.try_send(Outbound::FinishAndHold);
                     return Ok(sent);
                 }
                 _ => {}
             }
         }
-        let Some(peer) = self.peers.get_mut(&t.node) else {
+        let Some(peer) = self.peers.get(&t.node) else {
             return Ok(None);
         };
         let mut sent = None;
         if let Some(message) = &t.message {
-            match transport::write_message(&mut peer.send, message, self.max_frame_len).await {
-                Ok(n) => sent = Some(n as u64),
+            let queued = fd_protocol::codec::encode_frame(message, self.max_frame_len)
+                .map_err(|e| e.to_string())
+                .and_then(|frame| {
+                    let n = frame.len() as u64;
+                    Io::enqueue(peer, frame).map(|()| n)
+                });
+            match queued {
+                Ok(n) => sent = Some(n),
                 Err(e) => {
                     self.peers.remove(&t.node);
                     return Err(format!("cannot send {}: {e}", message.kind()));
@@ -562,30 +684,17 @@ impl Effects for Io {
             }
         }
         if t.after == After::Close
-            && let Some(mut peer) = self.peers.remove(&t.node)
+            && let Some(peer) = self.peers.remove(&t.node)
         {
             if matches!(t.message, Some(Message::Finished { .. })) {
-                let _ = peer.send.finish();
+                let _ = peer.outbox.try_send(Outbound::Finish);
                 self.finishing.push(peer.connection);
             } else {
-                hold_until_read(peer);
+                let _ = peer.outbox.try_send(Outbound::FinishAndHold);
             }
         }
         Ok(sent)
     }
-}
-
-/// Finishes the peer's stream and lets its connection go once the node has read it.
-///
-/// Dropping the last handle would close the connection at once and could discard the Error or
-/// Reject just written: hold it until the node has read the stream or gone, for a few seconds
-/// at most.
-fn hold_until_read(mut peer: Peer) {
-    let _ = peer.send.finish();
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(READ_TIMEOUT, peer.send.stopped()).await;
-        drop(peer.connection);
-    });
 }
 
 #[cfg(test)]

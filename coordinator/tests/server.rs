@@ -92,6 +92,17 @@ fn start(
     SocketAddr,
     tokio::task::JoinHandle<Result<Summary, CoordinatorError>>,
 ) {
+    start_with(ca, |c| FederationConfig { nodes, ..c })
+}
+
+/// Starts a coordinator whose config `adjust` makes from the one-round default of [`start`].
+fn start_with(
+    ca: &Ca,
+    adjust: impl FnOnce(FederationConfig) -> FederationConfig,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<Result<Summary, CoordinatorError>>,
+) {
     let server = ca
         .issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])
         .unwrap();
@@ -112,7 +123,7 @@ fn start(
         ca: "<memory>".into(),
         cert: "<memory>".into(),
         key: "<memory>".into(),
-        nodes,
+        nodes: 1,
         rounds: 1,
         public_records: 2,
         classes: 2,
@@ -125,7 +136,132 @@ fn start(
         aggregation: AggregationConfig::default(),
         state_dir: None,
     };
+    let config = adjust(config);
+    config.validate().unwrap();
     (addr, tokio::spawn(fd_coordinator::run(config, endpoint)))
+}
+
+/// Connects as `name` and says Hello for `public` records of `classes` classes; reads nothing.
+async fn connect_quietly(ca: &Ca, name: &str, addr: SocketAddr, public: u32, classes: u16) -> Node {
+    let id = ca.issue_node(name).unwrap();
+    let tls = TlsIdentity {
+        ca_pem: ca.cert_pem(),
+        cert_pem: id.cert_pem,
+        key_pem: id.key_pem,
+    };
+    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
+    let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let hello = Message::Hello(Hello {
+        public_records: public,
+        classes,
+        private_records: 5,
+    });
+    write_message(&mut send, &hello, DEFAULT_MAX_FRAME_LEN)
+        .await
+        .unwrap();
+    Node {
+        _endpoint: endpoint,
+        connection,
+        send,
+        recv,
+    }
+}
+
+/// A peer with a valid certificate that announces a 32 MiB frame instead of Hello is closed
+/// at once, with a reason, before the coordinator reads (or allocates) any of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_first_frame_is_refused_before_hello() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start(&ca, 1);
+    let id = ca.issue_node("greedy").unwrap();
+    let tls = TlsIdentity {
+        ca_pem: ca.cert_pem(),
+        cert_pem: id.cert_pem,
+        key_pem: id.key_pem,
+    };
+    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
+    let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&(DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes())
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), connection.closed())
+        .await
+        .expect("closed before the Hello timeout");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(2));
+            assert!(!close.reason.is_empty(), "a reason is given");
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    coordinator.abort();
+}
+
+/// An honest node: answers every RoundOpen with a uniform contribution until Finished.
+async fn play_honestly(mut node: Node, classes: u16) {
+    loop {
+        match node.read().await {
+            Message::RoundOpen(open) => {
+                let c = Message::Contribution(Contribution {
+                    round: open.round,
+                    labels: SoftLabels {
+                        classes,
+                        probs: vec![
+                            1.0 / f32::from(classes);
+                            open.query_ids.len() * usize::from(classes)
+                        ],
+                        query_ids: open.query_ids,
+                    },
+                    receipt: None,
+                });
+                write_message(&mut node.send, &c, DEFAULT_MAX_FRAME_LEN)
+                    .await
+                    .unwrap();
+            }
+            Message::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    node.finish().await;
+}
+
+/// A node that joins and then never reads: once its QUIC receive window is full (the target
+/// of 20,000 records x 10 classes is 800 KB a RoundOpen), writes to it block. Its own writer
+/// waits out the send deadline and drops it; the driver and the honest nodes never wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_reads_freezes_nothing() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (public, classes) = (20_000u32, 10u16);
+    let (addr, coordinator) = start_with(&ca, |c| FederationConfig {
+        nodes: 3,
+        rounds: 4,
+        public_records: public,
+        classes,
+        round_timeout_secs: 3,
+        ..c
+    });
+    let deaf = connect_quietly(&ca, "deaf", addr, public, classes).await;
+    let mut honest = Vec::new();
+    for name in ["honest-a", "honest-b"] {
+        let node = connect_quietly(&ca, name, addr, public, classes).await;
+        honest.push(tokio::spawn(play_honestly(node, classes)));
+    }
+    // Four rounds of at most 3 s each, and the final wait for closes: a frozen driver would
+    // hold on as long as the deaf node does, that is past this bound.
+    let summary = tokio::time::timeout(std::time::Duration::from_secs(60), coordinator)
+        .await
+        .expect("the federation finished in time")
+        .unwrap()
+        .unwrap();
+    for h in honest {
+        h.await.unwrap();
+    }
+    assert_eq!(summary.rounds, 4);
+    // Every honest contribution counted in every round.
+    assert_eq!(summary.accepted_per_round, [2, 2, 2, 2]);
+    drop(deaf);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
