@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::distill::TrainConfig;
+pub use crate::privacy::release::ReleaseRows;
 use crate::privacy::teachers::{TeacherKind, Votes};
 
 /// A config that could not be used; the message names the file and the field.
@@ -135,17 +136,6 @@ pub struct PrivacyConfig {
     /// student learns from it (`rows = "vote-mass"` only; see
     /// `distill::target::balance_classes`). Post-processing: costs no privacy.
     pub balance_classes: bool,
-}
-
-/// How noisy vote sums become the probability rows a private node releases (post-processing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReleaseRows {
-    /// Affine in the votes with one scale for all rows (`privacy::Projection::vote_mass`).
-    #[default]
-    VoteMass,
-    /// Clamped and renormalised row by row.
-    Normalised,
 }
 
 impl Default for PrivacyConfig {

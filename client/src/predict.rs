@@ -13,7 +13,7 @@ use crate::evaluate::metrics::{accuracy, macro_f1};
 pub fn predict_csv(model_dir: &Path, input: &Path, output: &Path) -> Result<usize, NodeError> {
     let (student, card) = Student::load(model_dir)?;
     let table = data::read_public_csv(input, &card.columns)?;
-    let x = matrix(card.standardiser.apply(&table), table.width())?;
+    let x = matrix(card.standardiser.apply(&table), table.width()).map_err(ModelError::from)?;
     let probs = student.probabilities(&x)?;
     let classes = card.student.classes;
     let out = |source| NodeError::Output {
@@ -42,7 +42,7 @@ pub fn evaluate_csv(model_dir: &Path, input: &Path) -> Result<(usize, f64, f64),
     let (student, card) = Student::load(model_dir)?;
     let table = data::read_labelled_csv(input, &card.label_column, card.student.classes)?
         .reorder(&card.columns, input)?;
-    let x = matrix(card.standardiser.apply(&table), table.width())?;
+    let x = matrix(card.standardiser.apply(&table), table.width()).map_err(ModelError::from)?;
     let predicted: Vec<u32> = student
         .forward(&x)?
         .argmax(candle_core::D::Minus1)

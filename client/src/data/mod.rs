@@ -9,7 +9,7 @@
 
 mod tensors;
 
-pub use tensors::{Labelled, matrix};
+pub use tensors::{Labelled, device, matrix};
 
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,6 @@
 //! A node's data as candle tensors.
 
-use candle_core::Tensor;
-
-use crate::distill::student::{ModelError, device};
+use candle_core::{Device, Tensor};
 
 /// A labelled set as tensors.
 #[derive(Debug, Clone)]
@@ -17,8 +15,12 @@ pub struct Labelled {
 
 impl Labelled {
     /// Builds the tensors from standardised row-major features and labels.
-    pub fn new(features: Vec<f32>, width: usize, labels: Vec<u32>) -> Result<Labelled, ModelError> {
-        let y = Tensor::new(labels.as_slice(), &crate::distill::device())?;
+    pub fn new(
+        features: Vec<f32>,
+        width: usize,
+        labels: Vec<u32>,
+    ) -> candle_core::Result<Labelled> {
+        let y = Tensor::new(labels.as_slice(), &device())?;
         Ok(Labelled {
             x: matrix(features, width)?,
             y,
@@ -38,7 +40,12 @@ impl Labelled {
 }
 
 /// Builds a `[rows, width]` tensor from row-major values.
-pub fn matrix(values: Vec<f32>, width: usize) -> Result<Tensor, ModelError> {
+pub fn matrix(values: Vec<f32>, width: usize) -> candle_core::Result<Tensor> {
     let rows = values.len() / width.max(1);
-    Ok(Tensor::from_vec(values, (rows, width), &device())?)
+    Tensor::from_vec(values, (rows, width), &device())
+}
+
+/// The device: students are small and run on the CPU.
+pub fn device() -> Device {
+    Device::Cpu
 }

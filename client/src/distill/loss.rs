@@ -73,7 +73,7 @@ pub fn distillation_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distill::student::device;
+    use crate::data::device;
 
     fn scalar(t: &Tensor) -> f64 {
         t.to_scalar::<f32>().unwrap() as f64

@@ -12,8 +12,9 @@ pub mod schedule;
 pub mod student;
 pub mod target;
 
+pub use crate::data::device;
 pub use config::{Architecture, CnnConfig, ImageShape, LocalTeacherConfig, TrainConfig};
 pub use learner::{Learner, train_local_only};
 pub use loss::{distillation_loss, distillation_rows, distillation_term, row_confidence};
 pub use schedule::ScheduleShape;
-pub use student::{ConvLayers, ModelCard, ModelError, Student, StudentConfig, device};
+pub use student::{ConvLayers, ModelCard, ModelError, Student, StudentConfig};

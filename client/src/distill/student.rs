@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarBuilder, VarMap};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::data::Standardiser;
+use crate::data::{Standardiser, device};
 
 /// Errors of model building, training and persistence.
 #[derive(Debug, thiserror::Error)]
@@ -166,11 +166,6 @@ impl std::fmt::Debug for Student {
             .field("config", &self.config)
             .finish()
     }
-}
-
-/// The device: students are small and run on the CPU.
-pub fn device() -> Device {
-    Device::Cpu
 }
 
 impl Student {

@@ -6,9 +6,9 @@
 //! The session sends the labels only after this module returns them.
 
 use fd_protocol::{PrivacyReceipt, SoftLabels};
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::config::ReleaseRows;
 use crate::distill::Learner;
 use crate::distill::ModelError;
 use crate::distill::target::{balance_classes, sharpen_private_target};
@@ -27,6 +27,17 @@ pub enum LabelError {
     /// The privacy machinery failed (other than an exhausted budget, which is an outcome).
     #[error(transparent)]
     Privacy(#[from] PrivacyError),
+}
+
+/// How noisy vote sums become the probability rows a private node releases (post-processing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseRows {
+    /// Affine in the votes with one scale for all rows (`privacy::Projection::vote_mass`).
+    #[default]
+    VoteMass,
+    /// Clamped and renormalised row by row.
+    Normalised,
 }
 
 /// What a node answers a round with: the result of labelling its queries.
