@@ -28,29 +28,7 @@ impl Node {
     /// Connects as `name` with a fresh certificate, says Hello predicting `classes` classes,
     /// and returns the coordinator's answer.
     async fn connect(ca: &Ca, name: &str, addr: SocketAddr, classes: u16) -> (Node, Message) {
-        let id = ca.issue_node(name).unwrap();
-        let tls = TlsIdentity {
-            ca_pem: ca.cert_pem(),
-            cert_pem: id.cert_pem,
-            key_pem: id.key_pem,
-        };
-        let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
-        let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-        let (mut send, recv) = connection.open_bi().await.unwrap();
-        let hello = Message::Hello(Hello {
-            public_records: 2,
-            classes,
-            private_records: 5,
-        });
-        write_message(&mut send, &hello, DEFAULT_MAX_FRAME_LEN)
-            .await
-            .unwrap();
-        let mut node = Node {
-            _endpoint: endpoint,
-            connection,
-            send,
-            recv,
-        };
+        let mut node = connect_quietly(ca, name, addr, 2, classes).await;
         let answer = node.read().await;
         (node, answer)
     }

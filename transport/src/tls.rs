@@ -164,28 +164,26 @@ pub fn client_config(id: &TlsIdentity) -> Result<quinn::ClientConfig, TlsError> 
 /// Only meaningful on connections made with [`server_config`] / [`client_config`], where the
 /// handshake has already verified the certificate against the federation CA.
 pub fn peer_name(conn: &quinn::Connection) -> Result<String, TlsError> {
+    name_in_certificate(&peer_leaf(conn)?)
+}
+
+/// The end-entity certificate `conn`'s peer presented.
+fn peer_leaf(conn: &quinn::Connection) -> Result<CertificateDer<'static>, TlsError> {
     let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
     let chain = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| TlsError::PeerIdentity {
             reason: "the connection's peer identity is not an X.509 certificate chain".into(),
         })?;
-    let leaf = chain.first().ok_or(TlsError::NoPeerCertificate)?;
-    name_in_certificate(leaf)
+    chain.first().cloned().ok_or(TlsError::NoPeerCertificate)
 }
 
 /// The name of the node at the other end of `conn` ([`peer_name`]), once its certificate is
 /// known to be a node certificate (client-authentication usage): what the coordinator admits.
 pub fn node_name(conn: &quinn::Connection) -> Result<String, TlsError> {
-    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
-    let chain = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| TlsError::PeerIdentity {
-            reason: "the connection's peer identity is not an X.509 certificate chain".into(),
-        })?;
-    let leaf = chain.first().ok_or(TlsError::NoPeerCertificate)?;
-    check_usage(leaf, Usage::Node, "the peer's certificate")?;
-    name_in_certificate(leaf)
+    let leaf = peer_leaf(conn)?;
+    check_usage(&leaf, Usage::Node, "the peer's certificate")?;
+    name_in_certificate(&leaf)
 }
 
 /// What a certificate of the federation is for, by its extended key usage.
