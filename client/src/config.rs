@@ -323,6 +323,10 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    /// The keys a node config cannot do without, classes aside.
+    const REQUIRED: &str = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\n\
+                            key = \"c\"\nprivate_csv = \"d\"\npublic_csv = \"e\"\n";
+
     /// Balancing reads vote counts: only private nodes with vote-mass rows do it, and the
     /// setting turns it off.
     #[test]
@@ -369,8 +373,7 @@ mod tests {
     fn image_data_defaults_to_temperature_two_unless_set() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        let base = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
-                    private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 10\n[training]\n";
+        let base = format!("{REQUIRED}classes = 10\n[training]\n");
         std::fs::write(
             &path,
             format!("{base}image = {{ height = 8, width = 8 }}\n"),
@@ -384,7 +387,7 @@ mod tests {
         .unwrap();
         assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 3.0);
         // Tabular data keeps 4.
-        std::fs::write(&path, base).unwrap();
+        std::fs::write(&path, &base).unwrap();
         assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 4.0);
         // A CNN student without image data is refused, naming the field.
         std::fs::write(&path, format!("{base}architecture = \"cnn\"\n")).unwrap();
@@ -396,9 +399,8 @@ mod tests {
     fn join_retry_defaults_to_a_minute_and_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        let base = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
-                    private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 2\n";
-        std::fs::write(&path, base).unwrap();
+        let base = format!("{REQUIRED}classes = 2\n");
+        std::fs::write(&path, &base).unwrap();
         assert_eq!(NodeConfig::load(&path).unwrap().join_retry_secs, 60);
         std::fs::write(&path, format!("{base}join_retry_secs = 0\n")).unwrap();
         assert_eq!(NodeConfig::load(&path).unwrap().join_retry_secs, 0);
@@ -425,8 +427,7 @@ mod tests {
     fn privacy_table_is_parsed_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        let base = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
-                    private_csv = \"d\"\npublic_csv = \"e\"\nclasses = 3\n";
+        let base = format!("{REQUIRED}classes = 3\n");
         std::fs::write(
             &path,
             format!("{base}[privacy]\nmode = \"shards\"\nepsilon = 4.0\nledger = \"l.db\"\n"),

@@ -119,8 +119,8 @@ fn start_with(
     (addr, tokio::spawn(fd_coordinator::run(config, endpoint)))
 }
 
-/// Connects as `name` and says Hello for `public` records of `classes` classes; reads nothing.
-async fn connect_quietly(ca: &Ca, name: &str, addr: SocketAddr, public: u32, classes: u16) -> Node {
+/// Connects as `name` with a fresh node certificate and opens the stream; says nothing.
+async fn open(ca: &Ca, name: &str, addr: SocketAddr) -> Node {
     let id = ca.issue_node(name).unwrap();
     let tls = TlsIdentity {
         ca_pem: ca.cert_pem(),
@@ -129,15 +129,7 @@ async fn connect_quietly(ca: &Ca, name: &str, addr: SocketAddr, public: u32, cla
     };
     let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
     let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut send, recv) = connection.open_bi().await.unwrap();
-    let hello = Message::Hello(Hello {
-        public_records: public,
-        classes,
-        private_records: 5,
-    });
-    write_message(&mut send, &hello, DEFAULT_MAX_FRAME_LEN)
-        .await
-        .unwrap();
+    let (send, recv) = connection.open_bi().await.unwrap();
     Node {
         _endpoint: endpoint,
         connection,
@@ -146,27 +138,38 @@ async fn connect_quietly(ca: &Ca, name: &str, addr: SocketAddr, public: u32, cla
     }
 }
 
+/// Connects as `name` and says Hello for `public` records of `classes` classes; reads nothing.
+async fn connect_quietly(ca: &Ca, name: &str, addr: SocketAddr, public: u32, classes: u16) -> Node {
+    let mut node = open(ca, name, addr).await;
+    let hello = Message::Hello(Hello {
+        public_records: public,
+        classes,
+        private_records: 5,
+    });
+    write_message(&mut node.send, &hello, DEFAULT_MAX_FRAME_LEN)
+        .await
+        .unwrap();
+    node
+}
+
 /// A peer with a valid certificate that announces a 32 MiB frame instead of Hello is closed
 /// at once, with a reason, before the coordinator reads (or allocates) any of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_first_frame_is_refused_before_hello() {
     let ca = Ca::generate("server-test").unwrap();
     let (addr, coordinator) = start(&ca, 1);
-    let id = ca.issue_node("greedy").unwrap();
-    let tls = TlsIdentity {
-        ca_pem: ca.cert_pem(),
-        cert_pem: id.cert_pem,
-        key_pem: id.key_pem,
-    };
-    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
-    let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut send, _recv) = connection.open_bi().await.unwrap();
-    send.write_all(&(DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes())
+    let mut greedy = open(&ca, "greedy", addr).await;
+    greedy
+        .send
+        .write_all(&(DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes())
         .await
         .unwrap();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), connection.closed())
-        .await
-        .expect("closed before the Hello timeout");
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        greedy.connection.closed(),
+    )
+    .await
+    .expect("closed before the Hello timeout");
     match closed {
         quinn::ConnectionError::ApplicationClosed(close) => {
             assert_eq!(close.error_code, quinn::VarInt::from_u32(2));
