@@ -69,6 +69,11 @@ pub struct FederationConfig {
     /// simulator), so a restart begins again from round 0.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Most connections held at once, admitted or still saying Hello; a connection attempt
+    /// beyond it is refused at once (the node retries). Must be at least `nodes`: the default
+    /// holds 10,000 nodes with room for reconnects overlapping their old connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// The longest join or round timeout accepted, in seconds (30 days): beyond it a wait is a
@@ -93,6 +98,17 @@ fn default_round_timeout() -> u64 {
 fn default_quorum() -> usize {
     1
 }
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+/// Default [`FederationConfig::max_connections`]: 10,000 nodes and a fifth more for
+/// reconnects that overlap the connection they replace.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 12_000;
+
+/// The largest `max_connections` accepted: each connection costs a few tens of KiB even idle,
+/// so beyond a million the limit protects nothing.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
 
 impl FederationConfig {
     /// Reads and validates a TOML config; relative paths become relative to its directory.
@@ -158,6 +174,12 @@ impl FederationConfig {
             return Err(format!(
                 "quorum must be between 1 and nodes ({}), got {}",
                 self.nodes, self.quorum
+            ));
+        }
+        if !(self.nodes..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(format!(
+                "max_connections must be between nodes ({}) and {MAX_CONNECTIONS}, got {}",
+                self.nodes, self.max_connections
             ));
         }
         self.aggregation.validate()?;
@@ -271,6 +293,7 @@ pub(crate) fn test_config(nodes: usize, rounds: u32, public_records: u32) -> Fed
         quorum: 1,
         aggregation: AggregationConfig::default(),
         state_dir: None,
+        max_connections: DEFAULT_MAX_CONNECTIONS,
     }
 }
 
@@ -309,6 +332,24 @@ mod tests {
             ..config()
         };
         assert_eq!(longest.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_connection_limit_below_the_nodes_or_absurdly_high_is_refused_by_name() {
+        // config() expects 3 nodes.
+        for bad in [0, 2, MAX_CONNECTIONS + 1] {
+            let c = FederationConfig {
+                max_connections: bad,
+                ..config()
+            };
+            let err = c.validate().expect_err("refused");
+            assert!(err.starts_with("max_connections must be"), "{bad}: {err}");
+        }
+        let exact = FederationConfig {
+            max_connections: 3,
+            ..config()
+        };
+        assert_eq!(exact.validate(), Ok(()));
     }
 
     #[test]

@@ -29,5 +29,5 @@ pub mod store;
 pub mod summary;
 
 pub use config::FederationConfig;
-pub use server::{CoordinatorError, bind, run, serve};
+pub use server::{CoordinatorError, bind, run, run_until, serve};
 pub use summary::Summary;

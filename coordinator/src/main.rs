@@ -15,6 +15,9 @@ use fd_coordinator::FederationConfig;
 /// records, validate, aggregate into the global target, send it back), sends Finished, prints a
 /// summary and exits 0.
 ///
+/// SIGTERM or Ctrl-C stops it cleanly: closed rounds are already committed, the open round is
+/// dropped, nodes are told to reconnect, and a restart on the same state directory continues.
+///
 /// Settings come from a TOML file; flags override it.
 #[derive(Debug, Parser)]
 #[command(name = "fd-coordinator", version)]
@@ -46,6 +49,36 @@ struct Args {
     /// dynamic (confidence x reputation, the default).
     #[arg(long)]
     aggregator: Option<fd_coordinator::aggregate::AggregatorKind>,
+}
+
+/// Completes on SIGTERM (what service managers send) or Ctrl-C; the coordinator then stops
+/// with its closed rounds committed and tells the nodes to reconnect to its restart.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
 }
 
 #[tokio::main]
@@ -98,7 +131,10 @@ async fn main() -> anyhow::Result<()> {
     // Machine-readable first line: with `listen = "127.0.0.1:0"` this is how callers learn the port.
     println!("fd-coordinator listening on {addr}");
     std::io::Write::flush(&mut std::io::stdout())?;
-    let summary = fd_coordinator::run(config, endpoint).await?;
+    let summary = fd_coordinator::run_until(config, endpoint, shutdown_signal()).await?;
+    if let Some(why) = &summary.ended_early {
+        println!("federation '{}' stopped early: {why}", summary.federation);
+    }
     println!(
         "federation '{}' finished: {} rounds in {:.1} s, target covers {} public records",
         summary.federation, summary.rounds, summary.wall_seconds, summary.target_records

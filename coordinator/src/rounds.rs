@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::aggregate::{Aggregator, Input as AggregateInput, Target};
 use crate::config::FederationConfig;
-use crate::summary::{NodeSpending, NodeSummary, Summary};
+use crate::summary::{NodeSpending, NodeSummary, RoundBrief, Summary};
 
 // The records of closed rounds live with the summary that logs them; they stay reachable here,
 // where the state machine emits them.
@@ -138,7 +138,9 @@ pub struct Rounds {
     target: Target,
     present: BTreeSet<String>,
     nodes: BTreeMap<String, NodeSummary>,
-    records: Vec<RoundRecord>,
+    /// Closed rounds in brief; their full records go out as [`Event::RoundClosed`] (to the
+    /// store) and are not kept, so memory stays flat however many rounds run.
+    log: Vec<RoundBrief>,
     ended_early: Option<String>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -183,7 +185,7 @@ impl Rounds {
             aggregator,
             present: BTreeSet::new(),
             nodes,
-            records: resume.records,
+            log: resume.records.iter().map(RoundBrief::of).collect(),
             ended_early: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -297,14 +299,10 @@ impl Rounds {
         Summary {
             federation: self.config.name.clone(),
             aggregator: self.aggregator.kind().to_string(),
-            rounds: self.records.len() as u32,
+            rounds: self.log.len() as u32,
             ended_early: self.ended_early.clone(),
-            accepted_per_round: self
-                .records
-                .iter()
-                .map(|r| r.accepted.len() as u32)
-                .collect(),
-            round_log: self.records.clone(),
+            accepted_per_round: self.log.iter().map(|r| r.accepted).collect(),
+            round_log: self.log.clone(),
             target_records: labels.len(),
             bytes_up: nodes.iter().map(|n| n.bytes_up).sum(),
             bytes_down: nodes.iter().map(|n| n.bytes_down).sum(),
@@ -617,7 +615,7 @@ impl Rounds {
             accepted: record.accepted.len() as u32,
             asked: record.asked.len() as u32,
         });
-        self.records.push(record.clone());
+        self.log.push(RoundBrief::of(&record));
         self.events.push_back(Event::RoundClosed(Box::new(record)));
         for node in self.present.clone() {
             self.send(&node, closed.clone(), After::Continue);
@@ -637,7 +635,7 @@ impl Rounds {
 
     fn finish(&mut self) {
         let message = Message::Finished {
-            rounds: self.records.len() as u32,
+            rounds: self.log.len() as u32,
             target: self.target.to_labels(),
         };
         for node in self.present.clone() {

@@ -12,11 +12,22 @@
 //! messages (its QUIC receive window stays full) stalls only its own writer; when the queue
 //! fills or a write misses the deadline, the node is closed with [`CLOSE_TOO_SLOW`] and leaves
 //! the round like any departed node.
+//!
+//! Admission is bounded: at most `max_connections` connections are held (more are refused before
+//! the handshake), a Hello is read with a 4 KiB limit and a timeout, and a node name holds one
+//! connection at a time: a newer one replaces the older (a node reconnecting after a failure the
+//! coordinator has not noticed yet must not be locked out), and the older is told why.
+//!
+//! [`run_until`] stops on a shutdown signal: closed rounds are already committed (each is,
+//! before anything announces it), the open round is dropped, and every node is closed with
+//! [`close::SHUTDOWN`] so it reconnects to the restarted coordinator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fd_protocol::{Hello, Message};
+use fd_protocol::{Hello, Message, close};
 use fd_transport::{self as transport, TransportError};
 use quinn::VarInt;
 use tokio::sync::mpsc;
@@ -43,18 +54,18 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// written to it (see [`Outbound::FinishAndHold`]).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// QUIC close code: the federation is over (the endpoint closes at the end of the run).
-const CLOSE_DONE: VarInt = VarInt::from_u32(0);
-/// QUIC close code: the peer's certificate carries no usable node name.
-const CLOSE_NO_NAME: VarInt = VarInt::from_u32(1);
-/// QUIC close code: the peer's first message was not Hello.
-const CLOSE_NOT_HELLO: VarInt = VarInt::from_u32(2);
-/// QUIC close code: the peer sent no Hello within [`HELLO_TIMEOUT`].
-const CLOSE_NO_HELLO: VarInt = VarInt::from_u32(3);
-/// QUIC close code: the node connected again and its newer connection replaces this one.
-const CLOSE_REPLACED: VarInt = VarInt::from_u32(4);
-/// QUIC close code: the node did not take its messages in time (see [`SEND_QUEUE`]).
-const CLOSE_TOO_SLOW: VarInt = VarInt::from_u32(5);
+// QUIC close codes (their meaning, for nodes too, is in `fd_protocol::close`).
+const CLOSE_DONE: VarInt = VarInt::from_u32(close::DONE);
+const CLOSE_NO_NAME: VarInt = VarInt::from_u32(close::NO_NAME);
+const CLOSE_NOT_HELLO: VarInt = VarInt::from_u32(close::NOT_HELLO);
+const CLOSE_NO_HELLO: VarInt = VarInt::from_u32(close::NO_HELLO);
+const CLOSE_REPLACED: VarInt = VarInt::from_u32(close::REPLACED);
+const CLOSE_TOO_SLOW: VarInt = VarInt::from_u32(close::TOO_SLOW);
+const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(close::SHUTDOWN);
+const CLOSE_REFUSED: VarInt = VarInt::from_u32(close::REFUSED);
+
+/// What a replaced connection is told (see [`close::REPLACED`]).
+const REPLACED_REASON: &[u8] = b"replaced by a newer connection under the same node name";
 
 /// Messages a node's writer may hold. A round queues a few (RoundClosed, RoundOpen, a Refused
 /// or two), so a node this far behind has stopped reading; it is closed rather than let grow.
@@ -154,7 +165,7 @@ enum Outbound {
     /// Finish the stream (after Finished); the driver waits for the node to close.
     Finish,
     /// Finish the stream and keep the connection until the node has read it (after an Error
-    /// or a Reject), for [`READ_TIMEOUT`] at most.
+    /// or a Reject), for [`READ_TIMEOUT`] at most; then close it with [`CLOSE_REFUSED`].
     FinishAndHold,
 }
 
@@ -163,8 +174,23 @@ pub async fn run(
     config: FederationConfig,
     endpoint: quinn::Endpoint,
 ) -> Result<Summary, CoordinatorError> {
+    run_until(config, endpoint, std::future::pending()).await
+}
+
+/// Like [`run`], until `shutdown` completes (fd-coordinator passes SIGTERM or Ctrl-C): then the
+/// open round is dropped, every node is closed with [`close::SHUTDOWN`], and the summary so far
+/// comes back with `ended_early` saying so. Closed rounds are in the store already.
+pub async fn run_until(
+    config: FederationConfig,
+    endpoint: quinn::Endpoint,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, CoordinatorError> {
     let (events, mut inbox) = mpsc::channel::<PeerEvent>(1024);
-    let accept_task = tokio::spawn(accept_loop(endpoint.clone(), events.clone()));
+    let accept_task = tokio::spawn(accept_loop(
+        endpoint.clone(),
+        events.clone(),
+        config.max_connections,
+    ));
     let aggregator = config.aggregation.build();
     let (rounds, store) = match &config.state_dir {
         Some(dir) => {
@@ -202,7 +228,7 @@ pub async fn run(
         },
         rounds,
     };
-    let result = driver.drive(&mut inbox).await;
+    let result = driver.drive(&mut inbox, shutdown).await;
     accept_task.abort();
     // Let Finished and closes reach the nodes, but never hang on a silent one.
     let _ = tokio::time::timeout(IDLE_TIMEOUT, endpoint.wait_idle()).await;
@@ -210,17 +236,53 @@ pub async fn run(
     result
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, events: mpsc::Sender<PeerEvent>) {
+/// Connections that passed TLS and are saying Hello, by node name, each with its admission
+/// number: a newer one under a name replaces the older ([`close::REPLACED`]).
+type Hellos = Arc<Mutex<HashMap<String, (u64, quinn::Connection)>>>;
+
+/// Accepts connections while fewer than `max_connections` are open, and refuses the rest before
+/// any handshake work (a refused node retries).
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    events: mpsc::Sender<PeerEvent>,
+    max_connections: usize,
+) {
+    let hellos = Hellos::default();
+    let mut admitted = 0u64;
+    let mut refused = 0u64;
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(admit(incoming, events.clone()));
+        let remote = incoming.remote_address();
+        if endpoint.open_connections() >= max_connections {
+            refused += 1;
+            // A line at the 1st, 2nd, 4th, 8th... refusal: a flood does not flood the log.
+            if refused.is_power_of_two() {
+                warn!(%remote, max_connections, refused, "connection refused: limit reached");
+            }
+            incoming.refuse();
+            continue;
+        }
+        // Accepted here, not in the task, so the count above includes it at once.
+        match incoming.accept() {
+            Ok(connecting) => {
+                admitted += 1;
+                let admit = admit(remote, connecting, admitted, hellos.clone(), events.clone());
+                tokio::spawn(admit);
+            }
+            Err(e) => warn!(%remote, "refused connection: {e}"),
+        }
     }
 }
 
 /// Completes the handshake and reads Hello. Refusals here are logged and the peer dropped;
 /// nothing reaches the driver from a peer that failed TLS.
-async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<PeerEvent>) {
-    let remote = incoming.remote_address();
-    let connection = match incoming.await {
+async fn admit(
+    remote: std::net::SocketAddr,
+    connecting: quinn::Connecting,
+    number: u64,
+    hellos: Hellos,
+    events: mpsc::Sender<PeerEvent>,
+) {
+    let connection = match connecting.await {
         Ok(c) => c,
         Err(e) => {
             warn!(%remote, "refused connection: {e}");
@@ -235,6 +297,34 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<PeerEvent>) {
             return;
         }
     };
+    let older = lock(&hellos).insert(name.clone(), (number, connection.clone()));
+    if let Some((_, older)) = older {
+        warn!(node = %name, %remote, older = %older.remote_address(),
+            "a newer connection under the same name replaces one still saying Hello");
+        older.close(CLOSE_REPLACED, REPLACED_REASON);
+    }
+    admit_hello(remote, name.clone(), connection, events).await;
+    let mut hellos = lock(&hellos);
+    if hellos.get(&name).is_some_and(|(n, _)| *n == number) {
+        hellos.remove(&name);
+    }
+}
+
+/// The map of connections saying Hello; a panic elsewhere while it was held leaves it usable.
+fn lock(hellos: &Hellos) -> std::sync::MutexGuard<'_, HashMap<String, (u64, quinn::Connection)>> {
+    hellos
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reads the Hello of `connection` (named `name` by its certificate) and hands the peer to the
+/// driver, or closes it with the reason.
+async fn admit_hello(
+    remote: std::net::SocketAddr,
+    name: String,
+    connection: quinn::Connection,
+    events: mpsc::Sender<PeerEvent>,
+) {
     let hello = async {
         let (send, mut recv) = connection.accept_bi().await.map_err(TransportError::from)?;
         let read = transport::read_message(&mut recv, HELLO_MAX_FRAME_LEN).await?;
@@ -257,6 +347,8 @@ async fn admit(incoming: quinn::Incoming, events: mpsc::Sender<PeerEvent>) {
             warn!(%remote, node = %name, "refused: expected Hello, got {got}");
             connection.close(CLOSE_NOT_HELLO, b"expected Hello");
         }
+        // Replaced by a newer connection under the same name (logged there).
+        Ok(Err(_)) if connection.close_reason().is_some() => {}
         Ok(Err(e)) => {
             warn!(%remote, node = %name, "refused before Hello: {e}");
             connection.close(CLOSE_NOT_HELLO, b"expected a Hello frame");
@@ -292,14 +384,16 @@ async fn read_loop(
                 }
             }
             Ok(None) => break ("closed its stream".to_owned(), false),
-            // A frame we refuse to read (too large, malformed, wrong version) is the node's
-            // fault and it is told so; a lost connection is not.
+            // A frame we refuse to read (too large, malformed, wrong version) or a stream the
+            // node ended mid-frame is the node's fault and it is told so; a lost connection is
+            // not.
             Err(TransportError::Codec(e)) => {
                 break (
                     format!("message refused, closing the connection: {e}"),
                     true,
                 );
             }
+            Err(e @ TransportError::Truncated { .. }) => break (e.to_string(), true),
             Err(e) => break (e.to_string(), false),
         }
     };
@@ -334,6 +428,7 @@ async fn write_loop(
             Outbound::FinishAndHold => {
                 let _ = send.finish();
                 let _ = tokio::time::timeout(READ_TIMEOUT, send.stopped()).await;
+                connection.close(CLOSE_REFUSED, b"refused; the last message said why");
                 return;
             }
         };
@@ -480,8 +575,10 @@ impl Driver {
     async fn drive(
         &mut self,
         inbox: &mut mpsc::Receiver<PeerEvent>,
+        shutdown: impl Future<Output = ()>,
     ) -> Result<Summary, CoordinatorError> {
         let started = Instant::now();
+        let mut shutdown = std::pin::pin!(shutdown);
         info!(expected = self.config.nodes, "waiting for nodes");
         loop {
             match settle(&mut self.rounds, &mut self.io).await? {
@@ -502,9 +599,11 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            // Events first: one that arrived before a deadline is handled before it fires.
+            // A shutdown first, then events: one that arrived before a deadline is handled
+            // before it fires.
             let event = tokio::select! {
                 biased;
+                () = &mut shutdown => return Ok(self.shut_down(started)),
                 e = inbox.recv() => e,
                 () = sleep => None,
             };
@@ -561,6 +660,31 @@ impl Driver {
         Ok(summary)
     }
 
+    /// Stops on a shutdown signal: every connection is closed with [`CLOSE_SHUTDOWN`], and the
+    /// summary says where the run stopped. Nothing needs committing: each closed round was
+    /// committed before anything announced it, and the open one is asked again after a restart.
+    fn shut_down(&mut self, started: Instant) -> Summary {
+        let done = self.rounds.summary_now().rounds;
+        let why = format!("shut down by a signal after {done} committed rounds");
+        match &self.config.state_dir {
+            Some(dir) => warn!(
+                state = %dir.display(),
+                "{why}; a restart on the same state directory continues with round {done}"
+            ),
+            None => warn!("{why}; there is no state_dir, so a restart begins again from round 0"),
+        }
+        let reason =
+            b"the coordinator is shutting down; it continues from its state when restarted";
+        let arriving = self.io.arriving.take().map(|(_, p)| p);
+        for peer in self.io.peers.values().chain(arriving.as_ref()) {
+            peer.connection.close(CLOSE_SHUTDOWN, reason);
+        }
+        let mut summary = self.rounds.summary_now();
+        summary.wall_seconds = started.elapsed().as_secs_f64();
+        summary.ended_early = Some(why);
+        summary
+    }
+
     /// Holds a newcomer's connection aside and hands its Hello to the state machine, which
     /// welcomes it (the connection then replaces any older one of the same node) or rejects it.
     fn arrive(&mut self, now: Instant, arrival: Arrival) {
@@ -600,9 +724,7 @@ impl Driver {
         // The state machine answers this Hello first, with Welcome or Reject, before the driver
         // takes another event; `Io::transmit` then admits or turns away this connection.
         if let Some((_, unanswered)) = self.io.arriving.replace((name.clone(), peer)) {
-            unanswered
-                .connection
-                .close(CLOSE_REPLACED, b"replaced by a newer connection");
+            unanswered.connection.close(CLOSE_REPLACED, REPLACED_REASON);
         }
         self.rounds.handle(
             now,
@@ -639,11 +761,14 @@ impl Effects for Io {
         {
             match &t.message {
                 Some(Message::Welcome(_)) => {
-                    if let Some((name, peer)) = self.arriving.take()
-                        && let Some(old) = self.peers.insert(name, peer)
-                    {
-                        old.connection
-                            .close(CLOSE_REPLACED, b"replaced by a newer connection");
+                    if let Some((name, peer)) = self.arriving.take() {
+                        let remote = peer.connection.remote_address();
+                        if let Some(old) = self.peers.insert(name.clone(), peer) {
+                            warn!(node = %name, %remote, older = %old.connection.remote_address(),
+                                "a newer connection under the same name replaces the node's \
+                                 connection");
+                            old.connection.close(CLOSE_REPLACED, REPLACED_REASON);
+                        }
                     }
                 }
                 Some(message @ Message::Reject { .. }) => {

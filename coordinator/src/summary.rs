@@ -1,5 +1,6 @@
-//! What a run leaves behind: the [`RoundRecord`] of every closed round and the run's
-//! [`Summary`], with each node's account ([`NodeSummary`], [`NodeSpending`]).
+//! What a run leaves behind: the [`RoundRecord`] of every closed round (of which memory keeps
+//! only the [`RoundBrief`]) and the run's [`Summary`], with each node's account
+//! ([`NodeSummary`], [`NodeSpending`]).
 //!
 //! The round logic ([`crate::rounds`]) fills these; the store commits the records and the server
 //! hands the summary back. This module depends on no other part of the coordinator.
@@ -44,6 +45,38 @@ pub struct RoundRecord {
     /// The round's aggregate (skipped in the summary file: the store keeps it).
     #[serde(skip)]
     pub aggregate: Option<SoftLabels>,
+}
+
+/// One line of the summary's round log: what the coordinator keeps in memory of a closed round.
+///
+/// The full [`RoundRecord`] (who was asked and accepted, weights, receipts, the aggregate) is
+/// committed to the store and then dropped: held for every round, it grew the coordinator by the
+/// size of an aggregate per round and by the node list several times over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundBrief {
+    /// The round.
+    pub round: u32,
+    /// Nodes asked.
+    pub asked: u32,
+    /// Contributions accepted.
+    pub accepted: u32,
+    /// Whether the round was aggregated into the target.
+    pub aggregated: bool,
+    /// Why it closed.
+    pub closed_by: ClosedBy,
+}
+
+impl RoundBrief {
+    /// The brief of `record`.
+    pub fn of(record: &RoundRecord) -> RoundBrief {
+        RoundBrief {
+            round: record.round,
+            asked: record.asked.len() as u32,
+            accepted: record.accepted.len() as u32,
+            aggregated: record.aggregated,
+            closed_by: record.closed_by,
+        }
+    }
 }
 
 /// What a node contributed, for the summary.
@@ -101,8 +134,9 @@ pub struct Summary {
     pub ended_early: Option<String>,
     /// Contributions accepted in each round.
     pub accepted_per_round: Vec<u32>,
-    /// Every round: who was asked and accepted, each node's weight, reputations, receipts.
-    pub round_log: Vec<RoundRecord>,
+    /// Every round in brief: nodes asked, contributions accepted, aggregated or not, why it
+    /// closed. The full records (who, weights, reputations, receipts) are in the state store.
+    pub round_log: Vec<RoundBrief>,
     /// Public records in the final target.
     pub target_records: usize,
     /// Per-node accounts, by name.

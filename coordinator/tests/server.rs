@@ -1,5 +1,6 @@
-//! The real QUIC server with hand-driven nodes: a node that sends an oversized frame or a bad
-//! contribution is told what was wrong, and the other nodes finish the round unaffected.
+//! The real QUIC server with hand-driven nodes: a node that sends an oversized frame, a bad
+//! contribution or half a frame is told what was wrong, and the other nodes finish the round
+//! unaffected; a node name holds one connection; the connection limit, and a shutdown.
 
 use std::net::SocketAddr;
 
@@ -81,6 +82,18 @@ fn start_with(
     SocketAddr,
     tokio::task::JoinHandle<Result<Summary, CoordinatorError>>,
 ) {
+    start_until(ca, adjust, std::future::pending())
+}
+
+/// [`start_with`], stopping when `shutdown` completes.
+fn start_until(
+    ca: &Ca,
+    adjust: impl FnOnce(FederationConfig) -> FederationConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<Result<Summary, CoordinatorError>>,
+) {
     let server = ca
         .issue_server("coordinator", &["localhost".into(), "127.0.0.1".into()])
         .unwrap();
@@ -113,10 +126,12 @@ fn start_with(
         quorum: 1,
         aggregation: AggregationConfig::default(),
         state_dir: None,
+        max_connections: fd_coordinator::config::DEFAULT_MAX_CONNECTIONS,
     };
     let config = adjust(config);
     config.validate().unwrap();
-    (addr, tokio::spawn(fd_coordinator::run(config, endpoint)))
+    let run = fd_coordinator::run_until(config, endpoint, shutdown);
+    (addr, tokio::spawn(run))
 }
 
 /// Connects as `name` with a fresh node certificate and opens the stream; says nothing.
@@ -326,4 +341,154 @@ async fn a_rejected_reconnect_leaves_the_nodes_connection_in_place() {
     stray.finish().await;
     let summary = coordinator.await.unwrap().unwrap();
     assert_eq!(summary.accepted_per_round, [2]);
+}
+
+/// How long a test waits for the coordinator to close a connection; it closes within
+/// milliseconds on loopback.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The application close code `node`'s connection ends with (panics on any other ending).
+async fn close_code(node: &Node) -> (u32, String) {
+    let closed = tokio::time::timeout(CLOSE_WAIT, node.connection.closed())
+        .await
+        .expect("closed in time");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => (
+            close.error_code.into_inner() as u32,
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
+
+/// A node that reconnects before the coordinator noticed its old connection die takes its
+/// place at once (it must not be locked out), and the old connection is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_under_a_name_replaces_the_older_which_is_told_why() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start(&ca, 2);
+    let mut old = Node::join(&ca, "node-a", addr).await;
+    let mut b = Node::join(&ca, "node-b", addr).await;
+    for n in [&mut old, &mut b] {
+        assert!(matches!(n.read().await, Message::RoundOpen(_)));
+    }
+    let mut new = Node::join(&ca, "node-a", addr).await;
+    let (code, reason) = close_code(&old).await;
+    assert_eq!(code, fd_protocol::close::REPLACED);
+    assert!(reason.contains("same node name"), "{reason}");
+    // The newcomer is asked the open round and its answer counts as node-a's.
+    assert!(matches!(new.read().await, Message::RoundOpen(_)));
+    new.contribute(vec![1.0, 0.0, 0.5, 0.5]).await;
+    b.contribute(vec![0.0, 1.0, 0.5, 0.5]).await;
+    for n in [&mut new, &mut b] {
+        match n.read().await {
+            Message::RoundClosed(closed) => assert_eq!((closed.accepted, closed.asked), (2, 2)),
+            other => panic!("expected RoundClosed, got {other:?}"),
+        }
+        assert!(matches!(n.read().await, Message::Finished { .. }));
+    }
+    new.finish().await;
+    b.finish().await;
+    let summary = coordinator.await.unwrap().unwrap();
+    assert_eq!(summary.accepted_per_round, [2]);
+}
+
+/// With `max_connections` held, the next attempt is refused before any handshake work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_before_the_handshake() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start_with(&ca, |c| FederationConfig {
+        nodes: 1,
+        max_connections: 1,
+        ..c
+    });
+    let mut a = Node::join(&ca, "node-a", addr).await;
+    assert!(matches!(a.read().await, Message::RoundOpen(_)));
+    let id = ca.issue_node("node-b").unwrap();
+    let tls = TlsIdentity {
+        ca_pem: ca.cert_pem(),
+        cert_pem: id.cert_pem,
+        key_pem: id.key_pem,
+    };
+    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
+    let attempt = endpoint.connect(addr, "localhost").unwrap();
+    match tokio::time::timeout(CLOSE_WAIT, attempt)
+        .await
+        .expect("answered in time")
+    {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    a.contribute(vec![1.0, 0.0, 0.5, 0.5]).await;
+    assert!(matches!(a.read().await, Message::RoundClosed(_)));
+    assert!(matches!(a.read().await, Message::Finished { .. }));
+    a.finish().await;
+    assert_eq!(coordinator.await.unwrap().unwrap().rounds, 1);
+}
+
+/// A shutdown signal mid-round closes every node with the code that tells it to reconnect,
+/// and the summary says the run stopped early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_tells_every_node_to_reconnect_later() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, coordinator) =
+        start_until(&ca, |c| FederationConfig { nodes: 2, ..c }, async move {
+            let _ = stopped.await;
+        });
+    let mut a = Node::join(&ca, "node-a", addr).await;
+    let mut b = Node::join(&ca, "node-b", addr).await;
+    for n in [&mut a, &mut b] {
+        assert!(matches!(n.read().await, Message::RoundOpen(_)));
+    }
+    stop.send(()).unwrap();
+    for n in [&a, &b] {
+        let (code, _) = close_code(n).await;
+        assert_eq!(code, fd_protocol::close::SHUTDOWN);
+        assert!(fd_protocol::close::reconnect_helps(code.into()));
+    }
+    let summary = coordinator.await.unwrap().unwrap();
+    assert_eq!(
+        summary.rounds, 0,
+        "the open round is dropped, not half-counted"
+    );
+    let why = summary.ended_early.expect("ended early");
+    assert!(why.contains("shut down"), "{why}");
+}
+
+/// A node whose stream ends in the middle of a frame broke the framing: it is told so, then
+/// closed (it was counted as a lost connection and left open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ended_mid_frame_is_told_so_and_closed() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start(&ca, 2);
+    let mut a = Node::join(&ca, "node-a", addr).await;
+    let mut b = Node::join(&ca, "node-b", addr).await;
+    for n in [&mut a, &mut b] {
+        assert!(matches!(n.read().await, Message::RoundOpen(_)));
+    }
+    // A prefix announcing 100 bytes, 10 of them, and the end of the stream.
+    a.send.write_all(&100u32.to_be_bytes()).await.unwrap();
+    a.send.write_all(&[0u8; 10]).await.unwrap();
+    a.send.finish().unwrap();
+    match a.read().await {
+        Message::Error { message } => assert!(message.contains("middle of a frame"), "{message}"),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    let (code, _) = close_code(&a).await;
+    assert_eq!(code, fd_protocol::close::REFUSED);
+    // b alone is left; its answer closes the round.
+    b.contribute(vec![0.0, 1.0, 0.5, 0.5]).await;
+    match b.read().await {
+        Message::RoundClosed(closed) => assert_eq!((closed.accepted, closed.asked), (1, 1)),
+        other => panic!("expected RoundClosed, got {other:?}"),
+    }
+    assert!(matches!(b.read().await, Message::Finished { .. }));
+    b.finish().await;
+    assert_eq!(coordinator.await.unwrap().unwrap().accepted_per_round, [1]);
 }

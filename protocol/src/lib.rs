@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod close;
 pub mod codec;
 mod messages;
 

@@ -421,6 +421,7 @@ fn coordinator_setup(
             ..AggregationConfig::default()
         },
         state_dir: None,
+        max_connections: fd_coordinator::config::DEFAULT_MAX_CONNECTIONS.max(config.clients),
     };
     federation
         .validate()

@@ -126,6 +126,12 @@ pub(crate) fn unchecked_server_config(id: &TlsIdentity) -> Result<quinn::ServerC
     tls.send_tls13_tickets = 0;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     cfg.transport_config(transport());
+    // Connection attempts not yet accepted, and what quinn buffers for them: its defaults
+    // (65,536 attempts, 10 MiB each, 100 MiB in all) are sized for 0-RTT data, which we refuse.
+    // The coordinator accepts or refuses each attempt as it comes, so these only bound a flood.
+    cfg.max_incoming(MAX_INCOMING);
+    cfg.incoming_buffer_size(INCOMING_BUFFER);
+    cfg.incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(cfg)
 }
 
@@ -252,6 +258,15 @@ fn name_in_certificate(der: &[u8]) -> Result<String, TlsError> {
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// Connection attempts quinn holds before the coordinator takes them (beyond: refused, and the
+/// node retries): a burst of 10,000 nodes reconnecting at once, with room to spare.
+const MAX_INCOMING: usize = 16_384;
+/// Bytes quinn buffers for one attempt before it is accepted: its Initial packets (a few KB; no
+/// 0-RTT data is accepted).
+const INCOMING_BUFFER: u64 = 64 * 1024;
+/// Bytes quinn buffers for all attempts not yet accepted.
+const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();

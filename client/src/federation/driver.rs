@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fd_protocol::{Hello, Message};
+use fd_protocol::{Hello, Message, close};
 use fd_transport::tls::TlsIdentity;
 use fd_transport::{self as transport, TransportError};
 use tracing::{info, warn};
@@ -310,7 +310,7 @@ impl Driver {
                 self.session
                     .handle_connection_lost(Instant::now(), e.to_string());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(failure(e)),
         }
         Ok(())
     }
@@ -337,7 +337,7 @@ impl Driver {
             Err(e) if connection_lost(&e) || !self.session.is_admitted() => {
                 self.session.handle_connection_lost(now, e.to_string())
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(failure(e)),
         }
         Ok(())
     }
@@ -371,11 +371,38 @@ async fn connect(
     connecting.await.map_err(|e| e.to_string())
 }
 
+/// The coordinator's close, if `e` is the coordinator having closed the connection on purpose.
+fn coordinator_close(e: &TransportError) -> Option<&quinn::ApplicationClose> {
+    use quinn::{ConnectionError, ReadError, WriteError};
+    match e {
+        TransportError::Read(ReadError::ConnectionLost(ConnectionError::ApplicationClosed(a)))
+        | TransportError::Write(WriteError::ConnectionLost(ConnectionError::ApplicationClosed(
+            a,
+        )))
+        | TransportError::Connection(ConnectionError::ApplicationClosed(a)) => Some(a),
+        _ => None,
+    }
+}
+
+/// The session error for a transport failure reconnecting cannot cure.
+fn failure(e: TransportError) -> SessionError {
+    match coordinator_close(&e) {
+        Some(a) if a.error_code.into_inner() == u64::from(close::REPLACED) => {
+            SessionError::Replaced(String::from_utf8_lossy(&a.reason).into_owned())
+        }
+        _ => e.into(),
+    }
+}
+
 /// Whether a transport error means the connection is gone (worth reconnecting: a crash, a
-/// reset, a network outage), rather than closed on purpose by the coordinator or the
-/// coordinator sending something unreadable (which reconnecting would not cure).
+/// reset, a network outage, or a close the coordinator says it will take back, such as its
+/// shutdown), rather than closed on purpose by the coordinator or the coordinator sending
+/// something unreadable (which reconnecting would not cure).
 fn connection_lost(e: &TransportError) -> bool {
     use quinn::{ConnectionError, ReadError, WriteError};
+    if let Some(a) = coordinator_close(e) {
+        return close::reconnect_helps(a.error_code.into_inner());
+    }
     let closed_on_purpose = |c: &ConnectionError| {
         matches!(
             c,
@@ -391,5 +418,45 @@ fn connection_lost(e: &TransportError) -> bool {
         | TransportError::Truncated { .. }
         | TransportError::ClosedStream(_) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_with(code: u32, reason: &'static str) -> TransportError {
+        TransportError::Read(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: code.into(),
+                reason: bytes::Bytes::from_static(reason.as_bytes()),
+            }),
+        ))
+    }
+
+    #[test]
+    fn a_coordinator_shutdown_or_a_too_slow_close_is_worth_a_reconnect() {
+        for code in [close::SHUTDOWN, close::TOO_SLOW] {
+            assert!(connection_lost(&closed_with(code, "")), "{code}");
+        }
+        for code in [close::DONE, close::REFUSED, close::REPLACED] {
+            assert!(!connection_lost(&closed_with(code, "")), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_replaced_connection_ends_the_session_saying_why() {
+        let e = failure(closed_with(
+            close::REPLACED,
+            "replaced by a newer connection",
+        ));
+        let SessionError::Replaced(reason) = &e else {
+            panic!("expected Replaced, got {e:?}");
+        };
+        assert_eq!(reason, "replaced by a newer connection");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        // Any other close stays a transport error.
+        let other = failure(closed_with(close::REFUSED, "refused"));
+        assert!(matches!(other, SessionError::Transport(_)), "{other:?}");
     }
 }

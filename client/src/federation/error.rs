@@ -36,6 +36,13 @@ pub enum SessionError {
     /// The coordinator refused this node.
     #[error("rejected by the coordinator: {0}")]
     Rejected(String),
+    /// The coordinator closed this connection because a newer one under the same node name
+    /// replaced it. Reconnecting would evict that one in turn, so the node stops.
+    #[error(
+        "the coordinator closed this node's connection: {0} (another fd-client is using this \
+         node's certificate; stop one of them)"
+    )]
+    Replaced(String),
     /// The coordinator reported an error.
     #[error("the coordinator reported an error: {0}")]
     Coordinator(String),
