@@ -12,6 +12,7 @@
 pub mod datasets;
 pub mod faults;
 pub mod federation;
+pub mod load;
 pub mod partition;
 pub mod report;
 pub mod students;

@@ -18,8 +18,8 @@ pub mod framed;
 pub mod tls;
 
 pub use endpoint::{
-    RESET_SECRET_LEN, client_endpoint, new_reset_secret, server_endpoint,
-    server_endpoint_with_reset_secret,
+    RESET_SECRET_LEN, SOCKET_BUFFER, bare_client_endpoint, client_endpoint, new_reset_secret,
+    server_endpoint, server_endpoint_with_reset_secret,
 };
 pub use error::TlsError;
 pub use framed::{TransportError, read_message, write_message};
