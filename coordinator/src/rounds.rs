@@ -14,6 +14,7 @@
 //! under the same certificate name replaces its old connection.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fd_protocol::{
@@ -80,8 +81,9 @@ pub enum After {
 pub struct Transmit {
     /// The recipient.
     pub node: String,
-    /// The message; `None` only closes.
-    pub message: Option<Message>,
+    /// The message; `None` only closes. Shared: a message sent to every node (RoundOpen with
+    /// its target, RoundClosed, Finished) is one allocation, and the driver encodes it once.
+    pub message: Option<Arc<Message>>,
     /// What to do with the connection afterwards.
     pub after: After,
 }
@@ -101,6 +103,9 @@ pub enum Event {
     /// The federation is over (planned rounds done, or every node left).
     Finished,
 }
+
+/// Late nodes named in the deadline warning; the rest are counted.
+const LATE_NAMED: usize = 10;
 
 /// Where a federation left off, as the store restores it after a restart.
 #[derive(Debug, Clone, Default)]
@@ -127,6 +132,9 @@ struct OpenRound {
     deadline: Instant,
     asked: BTreeSet<String>,
     accepted: BTreeMap<String, Contribution>,
+    /// Asked and neither accepted nor gone: the round is complete when this is empty (a count
+    /// kept as it changes; checking every asked node on every contribution was quadratic).
+    waiting: BTreeSet<String>,
 }
 
 /// The coordinator's round logic. See the module documentation.
@@ -245,12 +253,14 @@ impl Rounds {
                 }
             }
             Phase::Open(open) if now >= open.deadline => {
-                let late: Vec<&String> = open
-                    .asked
-                    .iter()
-                    .filter(|n| !open.accepted.contains_key(*n))
-                    .collect();
-                warn!(round = open.round, ?late, "round deadline passed");
+                // The first few by name: with thousands of nodes the full list drowns the log.
+                let some: Vec<&String> = open.waiting.iter().take(LATE_NAMED).collect();
+                warn!(
+                    round = open.round,
+                    late = open.waiting.len(),
+                    first = ?some,
+                    "round deadline passed"
+                );
                 self.close_round(now, ClosedBy::Deadline);
             }
             _ => {}
@@ -322,6 +332,10 @@ impl Rounds {
     }
 
     fn send(&mut self, node: &str, message: Message, after: After) {
+        self.send_shared(node, Arc::new(message), after);
+    }
+
+    fn send_shared(&mut self, node: &str, message: Arc<Message>, after: After) {
         self.transmits.push_back(Transmit {
             node: node.to_owned(),
             message: Some(message),
@@ -385,6 +399,7 @@ impl Rounds {
                 // unless they already answered it.
                 if !open.accepted.contains_key(&node) {
                     open.asked.insert(node.clone());
+                    open.waiting.insert(node.clone());
                     let message = self.round_open_message();
                     self.send(&node, message, After::Continue);
                 }
@@ -418,10 +433,11 @@ impl Rounds {
             deadline: now + Duration::from_secs(self.config.round_timeout_secs),
             asked: self.present.clone(),
             accepted: BTreeMap::new(),
+            waiting: self.present.clone(),
         });
-        let message = self.round_open_message();
+        let message = Arc::new(self.round_open_message());
         for node in self.present.clone() {
-            self.send(&node, message.clone(), After::Continue);
+            self.send_shared(&node, message.clone(), After::Continue);
         }
         info!(round, asked = self.present.len(), "round opened");
     }
@@ -441,6 +457,7 @@ impl Rounds {
             Message::Contribution(c) => match self.check(&node, &c) {
                 Ok(()) => {
                     if let Phase::Open(open) = &mut self.phase {
+                        open.waiting.remove(&node);
                         open.accepted.insert(node, c);
                     }
                     self.close_if_complete(now);
@@ -520,13 +537,14 @@ impl Rounds {
         self.present.remove(node);
         if let Phase::Open(open) = &mut self.phase {
             open.asked.remove(node);
+            open.waiting.remove(node);
         }
         self.close_if_complete(now);
     }
 
     fn close_if_complete(&mut self, now: Instant) {
         if let Phase::Open(open) = &self.phase
-            && open.asked.iter().all(|n| open.accepted.contains_key(n))
+            && open.waiting.is_empty()
         {
             self.close_round(now, ClosedBy::AllAnswered);
         }
@@ -617,8 +635,9 @@ impl Rounds {
         });
         self.log.push(RoundBrief::of(&record));
         self.events.push_back(Event::RoundClosed(Box::new(record)));
+        let closed = Arc::new(closed);
         for node in self.present.clone() {
-            self.send(&node, closed.clone(), After::Continue);
+            self.send_shared(&node, closed.clone(), After::Continue);
         }
         self.next_round = round + 1;
         if self.next_round >= self.config.rounds {
@@ -634,13 +653,13 @@ impl Rounds {
     }
 
     fn finish(&mut self) {
-        let message = Message::Finished {
+        let message = Arc::new(Message::Finished {
             rounds: self.log.len() as u32,
             target: self.target.to_labels(),
-        };
+        });
         for node in self.present.clone() {
             self.summary(&node).finished = true;
-            self.send(&node, message.clone(), After::Close);
+            self.send_shared(&node, message.clone(), After::Close);
         }
         self.phase = Phase::Done;
         self.events.push_back(Event::Finished);
@@ -750,16 +769,16 @@ mod tests {
         /// Drains the transmits as (node, message kind) pairs.
         fn sent(&mut self) -> Vec<(String, &'static str)> {
             std::iter::from_fn(|| self.rounds.poll_transmit())
-                .map(|t| (t.node, t.message.as_ref().map_or("close", Message::kind)))
+                .map(|t| (t.node, t.message.as_deref().map_or("close", Message::kind)))
                 .collect()
         }
 
         /// Drains the transmits, keeping only Refused reasons and Error messages per node.
         fn complaints(&mut self) -> Vec<(String, String)> {
             std::iter::from_fn(|| self.rounds.poll_transmit())
-                .filter_map(|t| match t.message {
-                    Some(Message::Refused { reason, .. }) => Some((t.node, reason)),
-                    Some(Message::Error { message }) => Some((t.node, message)),
+                .filter_map(|t| match t.message.as_deref() {
+                    Some(Message::Refused { reason, .. }) => Some((t.node, reason.clone())),
+                    Some(Message::Error { message }) => Some((t.node, message.clone())),
                     _ => None,
                 })
                 .collect()
@@ -1119,8 +1138,8 @@ mod tests {
             );
         }
         let opens: Vec<RoundOpen> = std::iter::from_fn(|| rounds.poll_transmit())
-            .filter_map(|t| match t.message {
-                Some(Message::RoundOpen(o)) => Some(o),
+            .filter_map(|t| match t.message.as_deref() {
+                Some(Message::RoundOpen(o)) => Some(o.clone()),
                 _ => None,
             })
             .collect();

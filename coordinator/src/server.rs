@@ -160,8 +160,8 @@ struct Peer {
 
 /// What a node's writer is asked to do.
 enum Outbound {
-    /// Write one encoded frame.
-    Frame(Vec<u8>),
+    /// Write one encoded frame (shared by every node a broadcast goes to).
+    Frame(Arc<[u8]>),
     /// Finish the stream (after Finished); the driver waits for the node to close.
     Finish,
     /// Finish the stream and keep the connection until the node has read it (after an Error
@@ -225,6 +225,7 @@ pub async fn run_until(
             arriving: None,
             finishing: Vec::new(),
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+            encoded: None,
         },
         rounds,
     };
@@ -476,12 +477,29 @@ struct Io {
     /// Connections sent Finished, whose close we wait for at the end.
     finishing: Vec<quinn::Connection>,
     max_frame_len: usize,
+    /// The last message encoded and its frame: a broadcast (the same `Arc` to every node) is
+    /// encoded once and its frame shared by every writer, not copied per node.
+    encoded: Option<(Arc<Message>, Arc<[u8]>)>,
 }
 
 impl Io {
+    /// The frame of `message`, reusing the last one if it is the same message.
+    fn encode(&mut self, message: &Arc<Message>) -> Result<Arc<[u8]>, String> {
+        if let Some((last, frame)) = &self.encoded
+            && Arc::ptr_eq(last, message)
+        {
+            return Ok(frame.clone());
+        }
+        let frame: Arc<[u8]> = fd_protocol::codec::encode_frame(message, self.max_frame_len)
+            .map_err(|e| e.to_string())?
+            .into();
+        self.encoded = Some((message.clone(), frame.clone()));
+        Ok(frame)
+    }
+
     /// Queues `frame` for `peer`'s writer; `Err` when the node has stopped taking its
     /// messages (its queue is full: it is closed) or its writer has ended.
-    fn enqueue(peer: &Peer, frame: Vec<u8>) -> Result<(), String> {
+    fn enqueue(peer: &Peer, frame: Arc<[u8]>) -> Result<(), String> {
         match peer.outbox.try_send(Outbound::Frame(frame)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -759,7 +777,7 @@ impl Effects for Io {
             .as_ref()
             .is_some_and(|(name, _)| *name == t.node)
         {
-            match &t.message {
+            match t.message.as_deref() {
                 Some(Message::Welcome(_)) => {
                     if let Some((name, peer)) = self.arriving.take() {
                         let remote = peer.connection.remote_address();
@@ -771,14 +789,16 @@ impl Effects for Io {
                         }
                     }
                 }
-                Some(message @ Message::Reject { .. }) => {
+                Some(Message::Reject { .. }) => {
                     // Only the new connection is turned away; an older one stays, and so does
                     // the node. A failure to deliver the Reject is no reason to drop it either.
                     let Some((_, peer)) = self.arriving.take() else {
                         return Ok(None);
                     };
-                    let sent = fd_protocol::codec::encode_frame(message, self.max_frame_len)
-                        .ok()
+                    let sent = t
+                        .message
+                        .as_ref()
+                        .and_then(|m| self.encode(m).ok())
                         .and_then(|frame| {
                             let n = frame.len() as u64;
                             Io::enqueue(&peer, frame).ok().map(|()| n)
@@ -789,17 +809,18 @@ impl Effects for Io {
                 _ => {}
             }
         }
-        let Some(peer) = self.peers.get(&t.node) else {
+        if !self.peers.contains_key(&t.node) {
             return Ok(None);
-        };
+        }
         let mut sent = None;
         if let Some(message) = &t.message {
-            let queued = fd_protocol::codec::encode_frame(message, self.max_frame_len)
-                .map_err(|e| e.to_string())
-                .and_then(|frame| {
-                    let n = frame.len() as u64;
-                    Io::enqueue(peer, frame).map(|()| n)
-                });
+            let queued = self.encode(message).and_then(|frame| {
+                let n = frame.len() as u64;
+                match self.peers.get(&t.node) {
+                    Some(peer) => Io::enqueue(peer, frame).map(|()| n),
+                    None => Err("its connection is gone".into()),
+                }
+            });
             match queued {
                 Ok(n) => sent = Some(n),
                 Err(e) => {
@@ -811,7 +832,7 @@ impl Effects for Io {
         if t.after == After::Close
             && let Some(peer) = self.peers.remove(&t.node)
         {
-            if matches!(t.message, Some(Message::Finished { .. })) {
+            if matches!(t.message.as_deref(), Some(Message::Finished { .. })) {
                 let _ = peer.outbox.try_send(Outbound::Finish);
                 self.finishing.push(peer.connection);
             } else {
@@ -841,7 +862,7 @@ mod tests {
         }
 
         async fn transmit(&mut self, t: Transmit) -> Result<Option<u64>, String> {
-            let kind = t.message.as_ref().map_or("close", Message::kind);
+            let kind = t.message.as_deref().map_or("close", Message::kind);
             if t.node == self.failing {
                 self.log.push(format!("{kind} to {} failed", t.node));
                 return Err("connection lost".into());
@@ -872,6 +893,25 @@ mod tests {
             },
             receipt: None,
         })
+    }
+
+    #[test]
+    fn a_broadcast_is_encoded_once_and_its_frame_shared() {
+        let mut io = Io {
+            store: None,
+            peers: BTreeMap::new(),
+            arriving: None,
+            finishing: Vec::new(),
+            max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
+            encoded: None,
+        };
+        let open = Arc::new(contribution(0));
+        let first = io.encode(&open).unwrap();
+        assert!(Arc::ptr_eq(&first, &io.encode(&open.clone()).unwrap()));
+        // An equal message in another allocation is another message: encoded afresh.
+        let other = io.encode(&Arc::new(contribution(0))).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(first, other);
     }
 
     #[tokio::test]
