@@ -492,3 +492,24 @@ async fn a_stream_ended_mid_frame_is_told_so_and_closed() {
     b.finish().await;
     assert_eq!(coordinator.await.unwrap().unwrap().accepted_per_round, [1]);
 }
+
+/// A node gets the one stream the protocol uses: a second one (or a unidirectional one) is
+/// never granted, so the coordinator buffers nothing on streams it does not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_granted_one_stream_only() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start(&ca, 1);
+    let mut a = Node::join(&ca, "node-a", addr).await;
+    // A grant arrives within a round trip on loopback (microseconds); a second is plenty.
+    let wait = std::time::Duration::from_secs(1);
+    let bi = tokio::time::timeout(wait, a.connection.open_bi()).await;
+    assert!(bi.is_err(), "a second bidirectional stream was granted");
+    let uni = tokio::time::timeout(wait, a.connection.open_uni()).await;
+    assert!(uni.is_err(), "a unidirectional stream was granted");
+    assert!(matches!(a.read().await, Message::RoundOpen(_)));
+    a.contribute(vec![1.0, 0.0, 0.5, 0.5]).await;
+    assert!(matches!(a.read().await, Message::RoundClosed(_)));
+    assert!(matches!(a.read().await, Message::Finished { .. }));
+    a.finish().await;
+    assert_eq!(coordinator.await.unwrap().unwrap().rounds, 1);
+}

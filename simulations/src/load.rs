@@ -42,7 +42,7 @@ pub struct LoadConfig {
     pub queries_per_round: u32,
     /// The coordinator's round deadline.
     pub round_timeout_secs: u64,
-    /// One node that joins, then sends 30,000 tiny frames and never reads a reply.
+    /// One node that joins, then sends 100,000 tiny frames and never reads a reply.
     pub deaf: bool,
     /// One honest node that takes this long to answer each round, reading nothing meanwhile
     /// (as fd-client does while it trains).
@@ -68,9 +68,10 @@ enum Role {
     Slow(Duration),
 }
 
-/// Frames the deaf node sends without reading a reply: each earns a Refused of ~80 bytes, so
-/// this many overflow quinn's 1.25 MB stream receive window about twice.
-const DEAF_FRAMES: usize = 30_000;
+/// Frames the deaf node sends without reading a reply: each earns a Refused of ~80 bytes, 8 MB
+/// in all, more than the coordinator's send window (2 MiB) and the node's receive window
+/// (1.25 MB) hold together, so the coordinator's writer to it must wait.
+const DEAF_FRAMES: usize = 100_000;
 /// How long a node retries its first join (fd-client's default `join_retry_secs`).
 const JOIN_RETRY: Duration = Duration::from_secs(60);
 /// Back-off between join attempts: fd-client's reconnect back-off, 200 ms doubling to 5 s.
@@ -128,6 +129,8 @@ pub struct LoadReport {
     pub reconnects: u32,
     /// How the deaf node's connection ended, if there was one.
     pub deaf_outcome: Option<String>,
+    /// How the slow node's session ended, if there was one.
+    pub slow_outcome: Option<String>,
     /// The coordinator before any node connected.
     pub idle: ProcSample,
     /// After the hogs connected (and, held or refused, stayed so for a second).
@@ -360,6 +363,7 @@ struct Log {
     failures: Vec<String>,
     reconnects: u32,
     deaf_outcome: Option<String>,
+    slow_outcome: Option<String>,
     /// Round closes the first node saw, for sampling memory at rounds 10 and 100.
     closes: Vec<(u32, Instant)>,
 }
@@ -458,6 +462,7 @@ async fn drive(
     report.failures = log.failures;
     report.reconnects = log.reconnects;
     report.deaf_outcome = log.deaf_outcome;
+    report.slow_outcome = log.slow_outcome;
     report.wall = wall.elapsed();
     Ok(report)
 }
@@ -555,8 +560,11 @@ async fn node(
         let connection = match join(&endpoint, &cfg, &shared).await {
             Ok(c) => c,
             Err(why) => {
-                if role != Role::Deaf {
-                    shared.log().failures.push(format!("node-{i:05}: {why}"));
+                match role {
+                    Role::Honest => shared.log().failures.push(format!("node-{i:05}: {why}")),
+                    // Its reconnect may come after the federation is over.
+                    Role::Slow(_) => shared.log().slow_outcome = Some(format!("rejoin: {why}")),
+                    Role::Deaf => {}
                 }
                 return;
             }
@@ -571,7 +579,12 @@ async fn node(
             Role::Slow(d) => play(i, &connection, &shared, Some(d), &mut welcomed_once).await,
         };
         match ended {
-            Ended::Finished => return,
+            Ended::Finished => {
+                if matches!(role, Role::Slow(_)) {
+                    shared.log().slow_outcome = Some("finished".into());
+                }
+                return;
+            }
             Ended::Reconnect(why) => {
                 if role == Role::Honest {
                     shared
@@ -581,6 +594,11 @@ async fn node(
                     return;
                 }
                 shared.log().reconnects += 1;
+            }
+            // The slow node's late answers may find the federation over: not a failure.
+            Ended::Failed(why) if matches!(role, Role::Slow(_)) => {
+                shared.log().slow_outcome = Some(why);
+                return;
             }
             Ended::Failed(why) => {
                 shared.log().failures.push(format!("node-{i:05}: {why}"));
@@ -857,14 +875,19 @@ pub fn render(config: &LoadConfig, r: &LoadReport) -> String {
     }
     if let Some(s) = r.after_hogs {
         out += &format!(
-            "{} connections announcing 32 MiB before Hello: RSS {:.1} -> {:.1} MiB (+{:.1}); \
-             ended: {:?}\n",
+            "{} connections announcing 32 MiB before Hello: RSS {:.1} -> {:.1} MiB (+{:.1})\n",
             config.hogs,
             mib(r.idle.rss_kib),
             mib(s.rss_kib),
             mib(s.rss_kib.saturating_sub(r.idle.rss_kib)),
-            r.hog_outcomes
         );
+        let mut ends: BTreeMap<&str, usize> = BTreeMap::new();
+        for o in &r.hog_outcomes {
+            *ends.entry(o).or_default() += 1;
+        }
+        for (how, n) in ends {
+            out += &format!("  {n} ended: {how}\n");
+        }
     }
     if let Some(s) = r.after_foreign {
         out += &format!(
@@ -877,6 +900,9 @@ pub fn render(config: &LoadConfig, r: &LoadReport) -> String {
     }
     if let Some(d) = &r.deaf_outcome {
         out += &format!("deaf node: {d}\n");
+    }
+    if let Some(d) = &r.slow_outcome {
+        out += &format!("slow node: {d} (reconnected {} times)\n", r.reconnects);
     }
     for f in r.failures.iter().take(10) {
         out += &format!("FAILED {f}\n");

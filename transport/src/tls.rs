@@ -268,9 +268,22 @@ const INCOMING_BUFFER: u64 = 64 * 1024;
 /// Bytes quinn buffers for all attempts not yet accepted.
 const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
 
+/// Bytes of a stream's data quinn holds for a peer that has not read them yet. Its default,
+/// 10 MB, let a node that stopped reading pin that much of the coordinator each (a dozen
+/// RoundOpens of 800 KB) before its writer ever waited; beyond this, a write waits for the
+/// node, and the coordinator's send deadline decides.
+pub const SEND_WINDOW: u64 = 2 * 1024 * 1024;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    transport.send_window(SEND_WINDOW);
+    // One bidirectional stream per connection, opened by the node, is the whole protocol.
+    // quinn's defaults (100 of each kind) would let a peer open streams the coordinator never
+    // reads and have it buffer a stream window (1.25 MB) on each; no datagrams either.
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.datagram_receive_buffer_size(None);
     // 60 s is far below the QUIC varint limit (2^62 ms), so this conversion cannot fail; the
     // fallback (no idle timeout) is unreachable.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());

@@ -36,7 +36,7 @@ struct Args {
     /// The coordinator's round deadline, in seconds.
     #[arg(long, default_value_t = 8)]
     round_timeout_secs: u64,
-    /// Make the last node deaf: it sends 30,000 frames and never reads.
+    /// Make the last node deaf: it sends 100,000 frames and never reads.
     #[arg(long)]
     deaf: bool,
     /// Make one node answer each round after this many seconds, reading nothing meanwhile.
