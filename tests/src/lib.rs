@@ -24,7 +24,7 @@ fn bin_dir() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let path = bin_dir().join(name);
-    let ready = ["fd-certs", "fd-coordinator", "fd-client"]
+    let ready = ["fd-certs", "fd-coordinator", "fd-client", "fd-load"]
         .iter()
         .all(|b| bin_dir().join(b).exists());
     if !ready {
@@ -39,6 +39,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "fd-coordinator",
                 "-p",
                 "fd-client",
+                "-p",
+                "fd-sim",
             ]);
             if bin_dir().ends_with("release") {
                 cmd.arg("--release");
