@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -186,10 +187,12 @@ pub async fn run_until(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, CoordinatorError> {
     let (events, mut inbox) = mpsc::channel::<PeerEvent>(1024);
+    let accepting = Arc::new(AtomicBool::new(true));
     let accept_task = tokio::spawn(accept_loop(
         endpoint.clone(),
         events.clone(),
         config.max_connections,
+        accepting.clone(),
     ));
     let aggregator = config.aggregation.build();
     let (rounds, store) = match &config.state_dir {
@@ -217,6 +220,7 @@ pub async fn run_until(
     };
     let mut driver = Driver {
         config,
+        accepting: accepting.clone(),
         events,
         next_conn: 0,
         io: Io {
@@ -242,17 +246,22 @@ pub async fn run_until(
 type Hellos = Arc<Mutex<HashMap<String, (u64, quinn::Connection)>>>;
 
 /// Accepts connections while fewer than `max_connections` are open, and refuses the rest before
-/// any handshake work (a refused node retries).
+/// any handshake work (a refused node retries); refuses every one once `accepting` is cleared.
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     events: mpsc::Sender<PeerEvent>,
     max_connections: usize,
+    accepting: Arc<AtomicBool>,
 ) {
     let hellos = Hellos::default();
     let mut admitted = 0u64;
     let mut refused = 0u64;
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
+        if !accepting.load(Ordering::Relaxed) {
+            incoming.refuse();
+            continue;
+        }
         if endpoint.open_connections() >= max_connections {
             refused += 1;
             // A line at the 1st, 2nd, 4th, 8th... refusal: a flood does not flood the log.
@@ -457,6 +466,8 @@ async fn write_loop(
 
 struct Driver {
     config: FederationConfig,
+    /// Cleared once the rounds are over: the accept loop then refuses every new connection.
+    accepting: Arc<AtomicBool>,
     events: mpsc::Sender<PeerEvent>,
     next_conn: u64,
     /// The connections and the store: everything [`settle`] acts on.
@@ -667,6 +678,9 @@ impl Driver {
             }
         }
         let wall_seconds = started.elapsed().as_secs_f64();
+        // The rounds are over: a node that connects now is refused at once (and stops
+        // retrying in its own time) instead of being left to time out its handshake.
+        self.accepting.store(false, Ordering::Relaxed);
         // Wait (up to FINISH_TIMEOUT in all) for each node to close after Finished, so the last
         // frame is delivered before the endpoint goes away.
         let deadline = tokio::time::Instant::now() + FINISH_TIMEOUT;
@@ -691,6 +705,7 @@ impl Driver {
             ),
             None => warn!("{why}; there is no state_dir, so a restart begins again from round 0"),
         }
+        self.accepting.store(false, Ordering::Relaxed);
         let reason =
             b"the coordinator is shutting down; it continues from its state when restarted";
         let arriving = self.io.arriving.take().map(|(_, p)| p);

@@ -513,3 +513,39 @@ async fn a_node_is_granted_one_stream_only() {
     a.finish().await;
     assert_eq!(coordinator.await.unwrap().unwrap().rounds, 1);
 }
+
+/// Once the rounds are over, a node that connects is refused at once rather than left to time
+/// out its handshake while the coordinator waits for the others to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_connecting_after_the_last_round_is_refused_at_once() {
+    let ca = Ca::generate("server-test").unwrap();
+    let (addr, coordinator) = start(&ca, 1);
+    let mut a = Node::join(&ca, "node-a", addr).await;
+    assert!(matches!(a.read().await, Message::RoundOpen(_)));
+    a.contribute(vec![1.0, 0.0, 0.5, 0.5]).await;
+    assert!(matches!(a.read().await, Message::RoundClosed(_)));
+    assert!(matches!(a.read().await, Message::Finished { .. }));
+    // a holds its connection open: the coordinator waits for it to close.
+    let id = ca.issue_node("node-late").unwrap();
+    let tls = TlsIdentity {
+        ca_pem: ca.cert_pem(),
+        cert_pem: id.cert_pem,
+        key_pem: id.key_pem,
+    };
+    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
+    let attempt = endpoint.connect(addr, "localhost").unwrap();
+    match tokio::time::timeout(CLOSE_WAIT, attempt)
+        .await
+        .expect("answered in time")
+    {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    a.finish().await;
+    assert_eq!(coordinator.await.unwrap().unwrap().rounds, 1);
+}
