@@ -240,19 +240,23 @@ fn write_coordinator_files(dir: &Path, ca: &Ca, config: &LoadConfig) -> anyhow::
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     }
     let path = dir.join("federation.toml");
-    let text = format!(
+    let mut text = format!(
         "name = \"load\"\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"coordinator.pem\"\n\
          key = \"coordinator.key\"\nnodes = {}\nrounds = {}\npublic_records = {}\nclasses = {}\n\
          queries_per_round = {}\njoin_timeout_secs = 900\nround_timeout_secs = {}\n\
-         state_dir = \"state\"\nmax_connections = {}\n",
+         state_dir = \"state\"\n",
         config.nodes,
         config.rounds,
         config.public_records,
         config.classes,
         config.queries_per_round,
         config.round_timeout_secs,
-        fd_coordinator::config::DEFAULT_MAX_CONNECTIONS.max(config.nodes + config.hogs + 16),
     );
+    // Only past the default, so the file also suits a coordinator that predates the setting.
+    let needed = config.nodes + config.hogs + 16;
+    if needed > fd_coordinator::config::DEFAULT_MAX_CONNECTIONS {
+        text += &format!("max_connections = {needed}\n");
+    }
     std::fs::write(&path, text)?;
     Ok(path)
 }
