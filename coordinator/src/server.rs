@@ -220,7 +220,6 @@ pub async fn run_until(
     };
     let mut driver = Driver {
         config,
-        accepting: accepting.clone(),
         events,
         next_conn: 0,
         io: Io {
@@ -230,6 +229,7 @@ pub async fn run_until(
             finishing: Vec::new(),
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
             encoded: None,
+            accepting: accepting.clone(),
         },
         rounds,
     };
@@ -466,8 +466,6 @@ async fn write_loop(
 
 struct Driver {
     config: FederationConfig,
-    /// Cleared once the rounds are over: the accept loop then refuses every new connection.
-    accepting: Arc<AtomicBool>,
     events: mpsc::Sender<PeerEvent>,
     next_conn: u64,
     /// The connections and the store: everything [`settle`] acts on.
@@ -491,6 +489,8 @@ struct Io {
     /// The last message encoded and its frame: a broadcast (the same `Arc` to every node) is
     /// encoded once and its frame shared by every writer, not copied per node.
     encoded: Option<(Arc<Message>, Arc<[u8]>)>,
+    /// Cleared once the rounds are over: the accept loop then refuses every new connection.
+    accepting: Arc<AtomicBool>,
 }
 
 impl Io {
@@ -532,6 +532,9 @@ impl Io {
 trait Effects {
     /// Persists a closed round.
     fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError>;
+    /// The federation is over: refuse new connections from now on, before Finished goes out
+    /// (a node that connects after reading it must be refused, not left to time out).
+    fn close_admission(&mut self);
     /// Carries out one transmit: `Ok(Some(bytes))` if a message was written, `Ok(None)` if
     /// nothing was (no message, or the node has no connection), `Err(reason)` if the node
     /// cannot be written to and is gone.
@@ -566,7 +569,10 @@ async fn settle(rounds: &mut Rounds, effects: &mut impl Effects) -> Result<Settl
                 rounds::Event::JoinTimedOut { joined, expected } => {
                     return Ok(Settled::JoinTimedOut { joined, expected });
                 }
-                rounds::Event::Finished => finished = true,
+                rounds::Event::Finished => {
+                    effects.close_admission();
+                    finished = true;
+                }
             }
         }
         let mut gone = Vec::new();
@@ -678,9 +684,6 @@ impl Driver {
             }
         }
         let wall_seconds = started.elapsed().as_secs_f64();
-        // The rounds are over: a node that connects now is refused at once (and stops
-        // retrying in its own time) instead of being left to time out its handshake.
-        self.accepting.store(false, Ordering::Relaxed);
         // Wait (up to FINISH_TIMEOUT in all) for each node to close after Finished, so the last
         // frame is delivered before the endpoint goes away.
         let deadline = tokio::time::Instant::now() + FINISH_TIMEOUT;
@@ -705,7 +708,7 @@ impl Driver {
             ),
             None => warn!("{why}; there is no state_dir, so a restart begins again from round 0"),
         }
-        self.accepting.store(false, Ordering::Relaxed);
+        self.io.close_admission();
         let reason =
             b"the coordinator is shutting down; it continues from its state when restarted";
         let arriving = self.io.arriving.take().map(|(_, p)| p);
@@ -777,6 +780,10 @@ impl Io {
 }
 
 impl Effects for Io {
+    fn close_admission(&mut self) {
+        self.accepting.store(false, Ordering::Relaxed);
+    }
+
     fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
         if let Some(store) = &mut self.store {
             store.commit(record)?;
@@ -871,6 +878,8 @@ mod tests {
     }
 
     impl Effects for Recorder {
+        fn close_admission(&mut self) {}
+
         fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
             self.log.push(format!("commit round {}", record.round));
             Ok(())
@@ -919,6 +928,7 @@ mod tests {
             finishing: Vec::new(),
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
             encoded: None,
+            accepting: Arc::new(AtomicBool::new(true)),
         };
         let open = Arc::new(contribution(0));
         let first = io.encode(&open).unwrap();

@@ -134,15 +134,39 @@ fn start_until(
     (addr, tokio::spawn(run))
 }
 
-/// Connects as `name` with a fresh node certificate and opens the stream; says nothing.
-async fn open(ca: &Ca, name: &str, addr: SocketAddr) -> Node {
+/// A client endpoint holding a fresh node certificate for `name`.
+fn node_endpoint(ca: &Ca, name: &str) -> quinn::Endpoint {
     let id = ca.issue_node(name).unwrap();
     let tls = TlsIdentity {
         ca_pem: ca.cert_pem(),
         cert_pem: id.cert_pem,
         key_pem: id.key_pem,
     };
-    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
+    client_endpoint(client_config(&tls).unwrap()).unwrap()
+}
+
+/// Connects as `name` and expects the coordinator to refuse the connection before the
+/// handshake (QUIC's CONNECTION_REFUSED).
+async fn assert_refused(ca: &Ca, name: &str, addr: SocketAddr) {
+    let endpoint = node_endpoint(ca, name);
+    let attempt = endpoint.connect(addr, "localhost").unwrap();
+    match tokio::time::timeout(CLOSE_WAIT, attempt)
+        .await
+        .expect("answered in time")
+    {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Connects as `name` with a fresh node certificate and opens the stream; says nothing.
+async fn open(ca: &Ca, name: &str, addr: SocketAddr) -> Node {
+    let endpoint = node_endpoint(ca, name);
     let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let (send, recv) = connection.open_bi().await.unwrap();
     Node {
@@ -404,26 +428,7 @@ async fn connections_past_the_limit_are_refused_before_the_handshake() {
     });
     let mut a = Node::join(&ca, "node-a", addr).await;
     assert!(matches!(a.read().await, Message::RoundOpen(_)));
-    let id = ca.issue_node("node-b").unwrap();
-    let tls = TlsIdentity {
-        ca_pem: ca.cert_pem(),
-        cert_pem: id.cert_pem,
-        key_pem: id.key_pem,
-    };
-    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
-    let attempt = endpoint.connect(addr, "localhost").unwrap();
-    match tokio::time::timeout(CLOSE_WAIT, attempt)
-        .await
-        .expect("answered in time")
-    {
-        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
-            assert_eq!(
-                close.error_code,
-                quinn::TransportErrorCode::CONNECTION_REFUSED
-            );
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    assert_refused(&ca, "node-b", addr).await;
     a.contribute(vec![1.0, 0.0, 0.5, 0.5]).await;
     assert!(matches!(a.read().await, Message::RoundClosed(_)));
     assert!(matches!(a.read().await, Message::Finished { .. }));
@@ -526,26 +531,7 @@ async fn a_node_connecting_after_the_last_round_is_refused_at_once() {
     assert!(matches!(a.read().await, Message::RoundClosed(_)));
     assert!(matches!(a.read().await, Message::Finished { .. }));
     // a holds its connection open: the coordinator waits for it to close.
-    let id = ca.issue_node("node-late").unwrap();
-    let tls = TlsIdentity {
-        ca_pem: ca.cert_pem(),
-        cert_pem: id.cert_pem,
-        key_pem: id.key_pem,
-    };
-    let endpoint = client_endpoint(client_config(&tls).unwrap()).unwrap();
-    let attempt = endpoint.connect(addr, "localhost").unwrap();
-    match tokio::time::timeout(CLOSE_WAIT, attempt)
-        .await
-        .expect("answered in time")
-    {
-        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
-            assert_eq!(
-                close.error_code,
-                quinn::TransportErrorCode::CONNECTION_REFUSED
-            );
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    assert_refused(&ca, "node-late", addr).await;
     a.finish().await;
     assert_eq!(coordinator.await.unwrap().unwrap().rounds, 1);
 }
