@@ -305,6 +305,12 @@ fn single_threaded_kernels() {
     }
 }
 
+/// Candle allocates a fresh buffer for every tensor operation; glibc's malloc returns buffers
+/// near its mmap threshold to the kernel each time, and the page faults cost more system time
+/// than the arithmetic.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     single_threaded_kernels();
     init_tracing();
