@@ -2,11 +2,12 @@
 """A plain single-process PyTorch FedMD loop: the peer fd-sim's default digits run is measured
 against (see benchmarks/README.md). Never part of the tests.
 
-Set-up: pip install torch numpy scikit-learn   (scikit-learn ships the digits; nothing is
-downloaded at run time)
+Set-up: pip install torch numpy
+
+It trains on the split `fd-sim --export-split DIR` writes, so both see the same records.
 
 The setup mirrors fd-sim's default: digits, 20% test, 20% public, 60% private over 10 clients
-by Dirichlet(0.5); MLP 64-128-10, Adam lr 1e-3, batch 32. Before the first round each client
+by Dirichlet(0.5) (fd-sim's split); MLP 64-128-10, Adam lr 1e-3, batch 32. Before the first round each client
 trains on its private records; in each of 20 rounds the target is the mean of the clients'
 softmax(z / T) on the public set, and each client does `--public-epochs` epochs over the
 public set of `(1 - alpha) * T^2 * KL(target || softmax(s / T))` plus `alpha * CE` on a random
@@ -16,44 +17,31 @@ baselines train 60 epochs. Prints one JSON object.
 
 import argparse
 import json
+import pathlib
 import resource
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 
-def split(seed, clients, beta, test_fraction=0.2, public_fraction=0.2):
-    data = load_digits()
-    x = data.data.astype(np.float32)
-    y = data.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_test = int(round(test_fraction * len(y)))
-    n_public = int(round(public_fraction * len(y)))
-    test, public, private = (
-        order[:n_test],
-        order[n_test : n_test + n_public],
-        order[n_test + n_public :],
-    )
-    # Dirichlet(beta) label skew: each class's private records are dealt to the clients in
-    # proportions drawn from Dirichlet(beta).
-    shards = [[] for _ in range(clients)]
-    for c in range(10):
-        rows = private[y[private] == c]
-        rng.shuffle(rows)
-        p = rng.dirichlet([beta] * clients)
-        cuts = (np.cumsum(p)[:-1] * len(rows)).astype(int)
-        for i, part in enumerate(np.split(rows, cuts)):
-            shards[i].extend(part.tolist())
+def read_csv(path):
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2)
+    return rows[:, :-1], rows[:, -1].astype(np.int64)
+
+
+def load_split(directory, clients):
+    """The split `fd-sim --export-split DIR` wrote: the same records fd-sim trains on."""
+    d = pathlib.Path(directory)
+    test, public = read_csv(d / "test.csv"), read_csv(d / "public.csv")
+    shards = [read_csv(d / f"client-{i:02}.csv") for i in range(clients)]
     # Image-wide standardisation with the private records' statistics.
-    mean, std = x[private].mean(), x[private].std()
-    x = (x - mean) / std
-    t = lambda idx: (torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
-    return t(test), t(public)[0], [t(np.array(s, dtype=np.int64)) for s in shards]
+    private = np.concatenate([x for x, _ in shards])
+    mean, std = private.mean(), private.std()
+    t = lambda xy: (torch.from_numpy((xy[0] - mean) / std), torch.from_numpy(xy[1]))
+    return t(test), t(public)[0], [t(s) for s in shards]
 
 
 def mlp(hidden):
@@ -77,10 +65,10 @@ def accuracy(model, x, y):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--split", required=True, help="directory from fd-sim --export-split")
+    ap.add_argument("--seed", type=int, default=1, help="seed of initialisation and batches")
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -93,7 +81,7 @@ def main():
     started = time.perf_counter()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    (tx, ty), public, shards = split(args.seed, args.clients, args.beta)
+    (tx, ty), public, shards = load_split(args.split, args.clients)
     b, T = args.batch, args.temperature
 
     def fresh():

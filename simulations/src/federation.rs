@@ -2,6 +2,7 @@
 //! over loopback QUIC with mutual TLS, plus the local-only and centralised baselines.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -348,6 +349,31 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
 /// The seed of client `i`'s models (and of its local-only baseline).
 fn client_seed(seed: u64, i: usize) -> u64 {
     seed.wrapping_mul(1000).wrapping_add(i as u64)
+}
+
+/// Writes the run's split as CSV files into `dir` and returns their paths: `test.csv`,
+/// `public.csv` (with its true labels, which the federation never sees) and one
+/// `client-NN.csv` per client, features then a `label` column. Lets another implementation
+/// (the PyTorch peer in `benchmarks/`) train on exactly the records this run would.
+pub fn export_split(config: &SimConfig, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let (_, _, split) = load_split(config);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let public = fd_client::data::Table {
+        labels: split.public_labels.clone(),
+        ..split.public.clone()
+    };
+    let mut files = vec![("test.csv".to_owned(), &split.test), ("public.csv".to_owned(), &public)];
+    for (i, t) in split.clients.iter().enumerate() {
+        files.push((format!("client-{i:02}.csv"), t));
+    }
+    let mut paths = Vec::new();
+    for (name, table) in files {
+        let path = dir.join(name);
+        fd_client::data::write_csv(&path, table, "label")
+            .with_context(|| format!("writing {}", path.display()))?;
+        paths.push(path);
+    }
+    Ok(paths)
 }
 
 /// The dataset split into test, public and per-client private records.

@@ -197,6 +197,10 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the split this run would use (test.csv, public.csv with its true labels, one
+    /// client-NN.csv per client) into this directory and exit without running.
+    #[arg(long, value_name = "DIR")]
+    export_split: Option<PathBuf>,
     /// How the coordinator combines contributions: mean, median, trimmed-mean, confidence
     /// (per-query, from each label's entropy), reputation (per-node, agreement with the
     /// leave-one-out consensus over rounds) or dynamic (confidence x reputation).
@@ -320,6 +324,11 @@ fn main() -> anyhow::Result<()> {
         !(args.compare_aggregators && args.epsilon.len() > 1),
         "--compare-aggregators and an epsilon sweep cannot be combined"
     );
+    if let Some(dir) = &args.export_split {
+        let files = fd_sim::federation::export_split(&config, dir)?;
+        println!("wrote {} files to {}", files.len(), dir.display());
+        return Ok(());
+    }
     let epsilons = parse_epsilons(&args.epsilon, config.privacy.mode)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
