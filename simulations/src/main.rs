@@ -104,6 +104,12 @@ struct Args {
     /// Train no local teacher (no compression, speed-up or CKA without privacy).
     #[arg(long)]
     no_teacher: bool,
+    /// Local-teacher steps on private data before the first round [default: the config's].
+    #[arg(long)]
+    teacher_local_steps: Option<usize>,
+    /// Local-teacher steps per round once a target exists [default: the config's].
+    #[arg(long)]
+    teacher_steps_per_round: Option<usize>,
     /// Feature distillation: weight of the MSE between a learned projection of the student's
     /// representation and the local teacher's, on public records [default: 0, off].
     #[arg(long)]
@@ -421,6 +427,12 @@ fn apply_model_args(args: &Args, t: &mut TrainConfig) {
         t.teacher.hidden.clone_from(v);
     }
     t.teacher.enabled = !args.no_teacher;
+    if let Some(v) = args.teacher_local_steps {
+        t.teacher.local_steps = v;
+    }
+    if let Some(v) = args.teacher_steps_per_round {
+        t.teacher.steps_per_round = v;
+    }
     if let Some(v) = args.feature_weight {
         t.teacher.feature_weight = v;
     }

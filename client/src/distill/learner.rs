@@ -4,7 +4,7 @@
 //! Everything here is synchronous and CPU-bound; the session runs it on a blocking thread.
 
 use candle_core::{DType, Tensor};
-use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use fd_protocol::SoftLabels;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -12,13 +12,14 @@ use crate::data::{Labelled, matrix};
 use crate::distill::augment::perturb;
 use crate::distill::config::{Architecture, LocalTeacherConfig, TrainConfig};
 use crate::distill::loss::{distillation_loss, distillation_term};
+use crate::distill::optim::FusedAdamW;
 use crate::distill::student::{ModelError, Student};
 use crate::seeds::Stream;
 
 /// The student, its optimiser and the node's data.
 pub struct Learner {
     student: Student,
-    optimiser: AdamW,
+    optimiser: FusedAdamW,
     private: Labelled,
     public: Tensor,
     /// Public rows covered by the current target and their target probabilities.
@@ -40,7 +41,7 @@ pub struct Learner {
 /// distillation, never saved).
 struct LocalTeacher {
     net: Student,
-    optimiser: AdamW,
+    optimiser: FusedAdamW,
     /// The teacher's own batch stream, so adding a teacher leaves the student's batches as
     /// they were.
     rng: StdRng,
@@ -58,8 +59,8 @@ impl std::fmt::Debug for Learner {
     }
 }
 
-fn adamw(vars: Vec<candle_core::Var>, config: &TrainConfig) -> Result<AdamW, ModelError> {
-    Ok(AdamW::new(
+fn adamw(vars: Vec<candle_core::Var>, config: &TrainConfig) -> Result<FusedAdamW, ModelError> {
+    Ok(FusedAdamW::new(
         vars,
         ParamsAdamW {
             lr: config.learning_rate,

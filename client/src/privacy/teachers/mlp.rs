@@ -2,7 +2,9 @@
 //! matrix products (see the parent module for why that does not couple them).
 
 use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::{Optimizer, ParamsAdamW};
+
+use crate::distill::FusedAdamW;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use super::EnsembleConfig;
@@ -15,7 +17,7 @@ pub(super) struct MlpTeachers {
     b1: Var,
     w2: Var,
     b2: Var,
-    optimiser: AdamW,
+    optimiser: FusedAdamW,
     rng: StdRng,
 }
 
@@ -44,7 +46,7 @@ impl MlpTeachers {
         let b1 = uniform(&mut rng, &[k, 1, h], 1.0 / (i as f32).sqrt())?;
         let w2 = uniform(&mut rng, &[k, h, c], 1.0 / (h as f32).sqrt())?;
         let b2 = uniform(&mut rng, &[k, 1, c], 1.0 / (h as f32).sqrt())?;
-        let optimiser = AdamW::new(
+        let optimiser = FusedAdamW::new(
             vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()],
             ParamsAdamW {
                 lr: config.learning_rate,
