@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod config;
+mod conv;
 pub mod learner;
 pub mod loss;
 pub mod optim;
@@ -16,7 +17,7 @@ pub mod target;
 pub use crate::data::device;
 pub use config::{Architecture, CnnConfig, ImageShape, LocalTeacherConfig, TrainConfig};
 pub use learner::{Learner, train_local_only};
-pub use optim::FusedAdamW;
 pub use loss::{distillation_loss, distillation_rows, distillation_term, row_confidence};
+pub use optim::FusedAdamW;
 pub use schedule::ScheduleShape;
 pub use student::{ConvLayers, ModelCard, ModelError, Student, StudentConfig};

@@ -12,6 +12,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Standardiser, device};
+use crate::distill::conv::{convolve, max_pool_2x2};
 
 /// Errors of model building, training and persistence.
 #[derive(Debug, thiserror::Error)]
@@ -291,7 +292,7 @@ impl Student {
         dropout_rng: Option<&mut StdRng>,
     ) -> Result<Tensor, ModelError> {
         let h = self.features_t(x, dropout_rng)?;
-        Ok(self.classifier().forward(&h)?)
+        self.logits(&h)
     }
 
     /// The representation the classifier layer reads (the last hidden layer's activations, or
@@ -308,8 +309,42 @@ impl Student {
         dropout_rng: Option<&mut StdRng>,
     ) -> Result<(Tensor, Tensor), ModelError> {
         let h = self.features_t(x, dropout_rng)?;
-        let logits = self.classifier().forward(&h)?;
+        let logits = self.logits(&h)?;
         Ok((h, logits))
+    }
+
+    /// Applies `layer`, the first dense layer, to the network's flattened input or maps: for
+    /// a CNN the maps are flattened channels last, and the layer's weights, stored channel-major
+    /// `[out, channels * rows * columns]`, are reordered to match (a copy of the small weight
+    /// matrix instead of a transpose of every record's maps).
+    fn dense_after_maps(&self, layer: &Linear, h: &Tensor) -> Result<Tensor, ModelError> {
+        let Some(c) = &self.config.conv else {
+            return Ok(layer.forward(h)?);
+        };
+        let halvings = 1usize << c.channels.len().saturating_sub(1);
+        let (rows, cols) = (c.height / halvings, c.width / halvings);
+        let channels = c.channels.last().copied().unwrap_or(1);
+        let out = layer.weight().dims2()?.0;
+        let weight = layer
+            .weight()
+            .reshape((out, channels, rows, cols))?
+            .permute((0, 2, 3, 1))?
+            .reshape((out, rows * cols * channels))?;
+        let y = h.matmul(&weight.t()?)?;
+        Ok(match layer.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The classifier applied to the representation `h` (the flattened maps themselves when a
+    /// CNN has no dense hidden layer).
+    fn logits(&self, h: &Tensor) -> Result<Tensor, ModelError> {
+        if self.layers.len() == 1 {
+            self.dense_after_maps(self.classifier(), h)
+        } else {
+            Ok(self.classifier().forward(h)?)
+        }
     }
 
     fn classifier(&self) -> &Linear {
@@ -324,19 +359,35 @@ impl Student {
     ) -> Result<Tensor, ModelError> {
         let mut h = x.clone();
         if let Some(c) = &self.config.conv {
+            // Channels last, `[n, rows, columns, channels]`: each convolution is an unfold
+            // and one matrix product (see `distill::conv`).
             let n = h.dims2()?.0;
-            h = h.reshape((n, 1, c.height, c.width))?;
+            h = h.reshape((n, c.height, c.width, 1))?;
             for (i, conv) in self.convs.iter().enumerate() {
-                h = conv.forward(&h)?.relu()?;
+                h = convolve(&h, conv.weight(), None)?;
+                // Pooling commutes with adding a per-channel bias and with ReLU (both are
+                // monotone), so both run on the pooled quarter of the maps.
                 if i + 1 < self.convs.len() {
-                    h = h.max_pool2d(2)?;
+                    h = max_pool_2x2(&h)?;
                 }
+                if let Some(bias) = conv.bias() {
+                    h = h.broadcast_add(bias)?;
+                }
+                h = h.relu()?;
             }
+            // Flattened channels last; the first dense layer reads its weights (stored
+            // channel-major, as candle's `[n, channels, rows, columns]` maps were) in that
+            // order (see `dense_after_maps`).
             h = h.flatten_from(1)?;
         }
         let hidden = &self.layers[..self.layers.len() - 1];
-        for layer in hidden {
-            h = layer.forward(&h)?.relu()?;
+        for (i, layer) in hidden.iter().enumerate() {
+            h = if i == 0 {
+                self.dense_after_maps(layer, &h)?
+            } else {
+                layer.forward(&h)?
+            };
+            h = h.relu()?;
             if let Some(rng) = dropout_rng.as_deref_mut()
                 && self.config.dropout > 0.0
             {
