@@ -249,6 +249,10 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
     Ok(config)
 }
 
+/// Candle allocates a buffer per tensor op; see fd-sim's allocator note.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
