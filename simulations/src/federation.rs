@@ -10,7 +10,7 @@ use fd_certs::pki::Ca;
 use fd_client::build::NodeBuilder;
 use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::distill::target::balance_classes;
-use fd_client::distill::{ImageShape, TrainConfig, train_local_only};
+use fd_client::distill::{ImageShape, LocalTeacherConfig, TrainConfig, train_local_only};
 use fd_client::evaluate::{StudentMetrics, measure, reference};
 use fd_client::federation::{ContributionHook, SessionOutcome, run_session_with_hook};
 use fd_client::privacy::release::Labeller;
@@ -132,13 +132,13 @@ impl SimConfig {
             seed: 1,
             test_fraction: 0.2,
             public_fraction: 0.2,
-            training: TrainConfig {
-                temperature: if images { 2.0 } else { 4.0 },
-                image: images.then_some(ImageShape {
-                    height: 8,
-                    width: 8,
-                }),
-                ..TrainConfig::default()
+            training: if images {
+                digits_training()
+            } else {
+                TrainConfig {
+                    temperature: 4.0,
+                    ..TrainConfig::default()
+                }
             },
             students: StudentMix::Mlp,
             synthetic: SyntheticSpec::default(),
@@ -148,6 +148,34 @@ impl SimConfig {
             faults: FaultConfig::default(),
             round_timeout_secs: None,
         }
+    }
+}
+
+/// The digits recipe: the accuracy of the heavier generic defaults (0.9485 on seed 1 with
+/// 200 steps of batch 64 a round on a 256-wide MLP and 20 local-teacher steps a round) for a
+/// tenth of the CPU. Measured on seeds 1, 2, 3 of the default run (federated mean accuracy,
+/// `--no-teacher`): this recipe 0.9462, 0.9593, 0.9448 (4.2 to 4.5 CPU seconds each); the
+/// generic one 0.9485, 0.9465, 0.9398 (about 38). The local teacher, a reference for
+/// compression and speed-up that the student does not learn from by default, trains 100
+/// steps before the first round and 5 a round.
+pub fn digits_training() -> TrainConfig {
+    TrainConfig {
+        hidden: vec![128],
+        learning_rate: 5e-3,
+        batch_size: 32,
+        local_steps: 100,
+        steps_per_round: 60,
+        temperature: 1.0,
+        image: Some(ImageShape {
+            height: 8,
+            width: 8,
+        }),
+        teacher: LocalTeacherConfig {
+            local_steps: 100,
+            steps_per_round: 5,
+            ..LocalTeacherConfig::default()
+        },
+        ..TrainConfig::default()
     }
 }
 
@@ -362,7 +390,10 @@ pub fn export_split(config: &SimConfig, dir: &Path) -> anyhow::Result<Vec<PathBu
         labels: split.public_labels.clone(),
         ..split.public.clone()
     };
-    let mut files = vec![("test.csv".to_owned(), &split.test), ("public.csv".to_owned(), &public)];
+    let mut files = vec![
+        ("test.csv".to_owned(), &split.test),
+        ("public.csv".to_owned(), &public),
+    ];
     for (i, t) in split.clients.iter().enumerate() {
         files.push((format!("client-{i:02}.csv"), t));
     }

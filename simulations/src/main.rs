@@ -69,7 +69,7 @@ struct Args {
     /// Learning rate (AdamW).
     #[arg(long)]
     lr: Option<f64>,
-    /// Distillation temperature [default: 2 for digits, 4 for tabular data]. Private students
+    /// Distillation temperature [default: 1 for digits, 4 for tabular data]. Private students
     /// (--privacy shards) learn from sharpened targets at temperature 1 whatever this says.
     #[arg(long)]
     temperature: Option<f64>,
@@ -77,7 +77,7 @@ struct Args {
     /// mixed (even clients MLP, odd clients CNN; they interoperate through soft labels only).
     #[arg(long, value_enum, default_value_t = fd_sim::students::StudentMix::Mlp)]
     student: fd_sim::students::StudentMix,
-    /// CNN students: output channels of each 3x3 convolution, comma-separated [default: 16,32].
+    /// CNN students: output channels of each 3x3 convolution, comma-separated [default: 8,16].
     #[arg(long, value_delimiter = ',')]
     cnn_channels: Option<Vec<usize>>,
     /// CNN students: dense hidden widths after the pooled maps, comma-separated (none by

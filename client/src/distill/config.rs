@@ -89,8 +89,10 @@ pub struct CnnConfig {
 
 impl Default for CnnConfig {
     fn default() -> Self {
+        // On 8x8 digits (fd-sim seed 1) 8 and 16 channels reached 0.958 federated against
+        // 0.953 for 16 and 32, at half the inference time.
         CnnConfig {
-            channels: vec![16, 32],
+            channels: vec![8, 16],
             kernel: 3,
             hidden: Vec::new(),
         }

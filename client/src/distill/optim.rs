@@ -193,7 +193,9 @@ mod tests {
         let w = Var::zeros(3, DType::F64, &Device::Cpu).unwrap();
         // f64 variables are float, so they are kept, and the update names itself.
         let mut opt = FusedAdamW::new(vec![w.clone()], ParamsAdamW::default()).unwrap();
-        let err = opt.backward_step(&w.as_tensor().sum_all().unwrap()).unwrap_err();
+        let err = opt
+            .backward_step(&w.as_tensor().sum_all().unwrap())
+            .unwrap_err();
         assert!(err.to_string().contains("fused-adamw"), "{err}");
     }
 }
