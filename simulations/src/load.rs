@@ -23,7 +23,7 @@ use fd_certs::pki::Ca;
 use fd_protocol::{Contribution, DEFAULT_MAX_FRAME_LEN, Hello, Message, SoftLabels, close};
 use fd_transport::tls::{TlsIdentity, client_config};
 use fd_transport::{TransportError, read_message, write_message};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -42,7 +42,9 @@ pub struct LoadConfig {
     pub queries_per_round: u32,
     /// The coordinator's round deadline.
     pub round_timeout_secs: u64,
-    /// One node that joins, then sends 100,000 tiny frames and never reads a reply.
+    /// One node that joins, then sends 100,000 tiny frames and never reads a reply. The honest
+    /// nodes answer the last round only once its connection has ended (or half the round
+    /// deadline has passed), so the federation cannot end before the coordinator deals with it.
     pub deaf: bool,
     /// One honest node that takes this long to answer each round, reading nothing meanwhile
     /// (as fd-client does while it trains).
@@ -127,8 +129,15 @@ pub struct LoadReport {
     pub failures: Vec<String>,
     /// Times a node reconnected after a close that invited it.
     pub reconnects: u32,
-    /// How the deaf node's connection ended, if there was one.
+    /// How the deaf node's connection ended, as the node saw it, if there was one.
+    ///
+    /// Best effort by nature: QUIC sends CONNECTION_CLOSE once, unacknowledged, and a node
+    /// flooding packets (through a key update, which quinn starts after its first 10 to 1000
+    /// packets) can miss it and see a stateless reset or a time-out instead.
     pub deaf_outcome: Option<String>,
+    /// Why the coordinator dropped the deaf node, from its log (`node gone: ...`), if it did
+    /// and its log level shows it. This is the reliable record of the too-slow close.
+    pub deaf_dropped: Option<String>,
     /// How the slow node's session ended, if there was one.
     pub slow_outcome: Option<String>,
     /// The coordinator before any node connected.
@@ -198,7 +207,50 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     };
     report.last = monitor.stop();
     report.coordinator_ok = status.success();
+    if let Some(deaf) = deaf_name(config) {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        report.deaf_dropped = gone_reason(&log, &deaf);
+    }
     Ok(report)
+}
+
+/// The deaf node's name, if there is one.
+fn deaf_name(config: &LoadConfig) -> Option<String> {
+    roles(config)
+        .iter()
+        .position(|r| *r == Role::Deaf)
+        .map(|i| format!("node-{i:05}"))
+}
+
+/// Why the coordinator's log says `node` left (its first `node gone: <reason>` line), with
+/// terminal colour codes removed.
+fn gone_reason(log: &str, node: &str) -> Option<String> {
+    let field = format!("node=\"{node}\"");
+    log.lines().map(strip_ansi).find_map(|line| {
+        let (_, rest) = line.split_once("node gone: ")?;
+        let reason = rest.strip_suffix(field.as_str())?;
+        Some(reason.trim_end().to_string())
+    })
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Which node plays which part: the last is deaf, the one before it slow (if asked for).
@@ -355,6 +407,27 @@ struct Shared {
     started: Instant,
     handshakes: Semaphore,
     log: Mutex<Log>,
+    /// The last round: honest nodes answer it only once the deaf node's connection has ended
+    /// (see [`DeafGate`]).
+    last_round: u32,
+    /// True once there is no deaf node left to wait for.
+    deaf_settled: watch::Sender<bool>,
+    /// How long an honest node waits at the last round for the deaf node to be dealt with.
+    deaf_wait: Duration,
+}
+
+/// Marks the deaf node settled when its task ends, however it ends.
+///
+/// The flood and the rounds race: 30 honest nodes finish three rounds in about a second, and on
+/// a loaded machine the federation could end before the coordinator has dealt with the deaf
+/// node, so the run would show nothing about it. Holding back only the last round keeps the
+/// earlier rounds running alongside the flood, which is what the load is meant to show.
+struct DeafGate<'a>(&'a watch::Sender<bool>);
+
+impl Drop for DeafGate<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 #[derive(Default)]
@@ -416,6 +489,11 @@ async fn drive(
         started: Instant::now(),
         handshakes: Semaphore::new(config.connect_concurrency.max(1)),
         log: Mutex::new(Log::default()),
+        last_round: config.rounds.saturating_sub(1),
+        deaf_settled: watch::Sender::new(!config.deaf),
+        // Half the round deadline: the honest answers still arrive in time if the coordinator
+        // never deals with the deaf node (the report then says how the deaf node ended).
+        deaf_wait: Duration::from_secs(config.round_timeout_secs) / 2,
     });
     let mut tasks = Vec::new();
     for (i, (role, tls)) in roles.into_iter().zip(identities).enumerate() {
@@ -560,6 +638,7 @@ async fn node(
     shared: Arc<Shared>,
 ) {
     let mut welcomed_once = false;
+    let _gate = (role == Role::Deaf).then(|| DeafGate(&shared.deaf_settled));
     loop {
         let connection = match join(&endpoint, &cfg, &shared).await {
             Ok(c) => c,
@@ -700,6 +779,11 @@ async fn play(
         };
         match message {
             Message::RoundOpen(open) => {
+                if open.round == shared.last_round && delay.is_none() {
+                    let mut settled = shared.deaf_settled.subscribe();
+                    let _ = tokio::time::timeout(shared.deaf_wait, settled.wait_for(|s| *s)).await;
+                }
+                // After the wait above: the latency is the coordinator's, not the harness's.
                 opened.insert(open.round, Instant::now());
                 if let Some(d) = delay {
                     tokio::time::sleep(d).await;
@@ -902,8 +986,14 @@ pub fn render(config: &LoadConfig, r: &LoadReport) -> String {
             mib(s.rss_kib)
         );
     }
+    if config.deaf {
+        match &r.deaf_dropped {
+            Some(why) => out += &format!("deaf node dropped by the coordinator: {why}\n"),
+            None => out += "deaf node dropped by the coordinator: not in its log\n",
+        }
+    }
     if let Some(d) = &r.deaf_outcome {
-        out += &format!("deaf node: {d}\n");
+        out += &format!("deaf node saw: {d}\n");
     }
     if let Some(d) = &r.slow_outcome {
         out += &format!("slow node: {d} (reconnected {} times)\n", r.reconnects);
@@ -915,4 +1005,63 @@ pub fn render(config: &LoadConfig, r: &LoadReport) -> String {
         out += &format!("... and {} more failures\n", r.failures.len() - 10);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line as `fd-coordinator` writes it to a file (tracing's colours included), copied from
+    /// a run of `fd-load --deaf`.
+    const COLOURED: &str = "\u{1b}[2m2026-12-02T04:02:38.778836Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m \
+        \u{1b}[2mfd_coordinator::rounds\u{1b}[0m\u{1b}[2m:\u{1b}[0m node gone: cannot send Refused: \
+        64 messages wait for it: it does not read them; closed \u{1b}[3mnode\u{1b}[0m\u{1b}[2m=\
+        \u{1b}[0m\"node-00029\"";
+
+    #[test]
+    fn the_reason_a_node_left_is_read_from_a_coloured_log_line() {
+        let log = format!("{COLOURED}\nanother line\n");
+        assert_eq!(
+            gone_reason(&log, "node-00029").as_deref(),
+            Some("cannot send Refused: 64 messages wait for it: it does not read them; closed")
+        );
+        // Another node's departure is not this one's.
+        assert_eq!(gone_reason(&log, "node-00002"), None);
+    }
+
+    #[test]
+    fn a_plain_log_line_reads_the_same() {
+        let plain = "2026-12-02T04:02:38Z WARN fd_coordinator::rounds: node gone: did not take \
+                     its messages within 8 s; closed node=\"node-00003\"";
+        assert_eq!(strip_ansi(plain), plain);
+        assert_eq!(
+            gone_reason(plain, "node-00003").as_deref(),
+            Some("did not take its messages within 8 s; closed")
+        );
+    }
+
+    #[test]
+    fn the_deaf_node_is_the_last() {
+        let config = LoadConfig {
+            coordinator: PathBuf::new(),
+            nodes: 30,
+            rounds: 3,
+            public_records: 100,
+            classes: 10,
+            queries_per_round: 0,
+            round_timeout_secs: 8,
+            deaf: true,
+            slow_secs: Some(1),
+            hogs: 0,
+            foreign: 0,
+            connect_concurrency: 1,
+            coordinator_log: None,
+        };
+        assert_eq!(deaf_name(&config).as_deref(), Some("node-00029"));
+        let none = LoadConfig {
+            deaf: false,
+            ..config
+        };
+        assert_eq!(deaf_name(&none), None);
+    }
 }

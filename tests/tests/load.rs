@@ -1,6 +1,6 @@
 //! `fd-load` against the real `fd-coordinator` binary: a node that floods frames and never
-//! reads is dropped with the too-slow code, connections that announce a 32 MiB frame before
-//! Hello are refused, and every round still takes every honest contribution.
+//! reads is dropped as too slow, connections that announce a 32 MiB frame before Hello are
+//! refused, and every round still takes every honest contribution.
 
 use std::process::Command;
 
@@ -12,18 +12,31 @@ fn a_deaf_node_and_greedy_connections_cost_the_honest_nodes_nothing() {
         Command::new(bin("fd-load"))
             .args(["--nodes", "30", "--rounds", "3", "--deaf", "--hogs", "2"])
             .arg("--coordinator")
-            .arg(bin("fd-coordinator")),
+            .arg(bin("fd-coordinator"))
+            // The drop is read from the coordinator's log, written at warn.
+            .env("RUST_LOG", "warn"),
     )
     .expect("fd-load completes");
     for line in [
         "admitted 30 of 30",
         "rounds 3 of 3",
         "rounds accepting every honest contribution: 3 of 3; honest contributions refused: 0",
-        // fd_protocol::close::TOO_SLOW.
-        "deaf node: closed by the coordinator with code 5",
         // fd_protocol::close::NOT_HELLO, for both greedy connections.
         "2 ended: closed by peer: expected a Hello frame (code 2)",
     ] {
         assert!(out.contains(line), "expected {line:?} in:\n{out}");
     }
+    // The coordinator's record of the drop: one of its writer's two too-slow paths (the queue
+    // of 64 full, or a write past the round deadline). What the node itself saw is not
+    // asserted: QUIC sends CONNECTION_CLOSE once, and a flooding node can miss it (see
+    // `LoadReport::deaf_outcome`).
+    let dropped = out
+        .lines()
+        .find_map(|l| l.strip_prefix("deaf node dropped by the coordinator: "))
+        .unwrap_or_else(|| panic!("no drop line in:\n{out}"));
+    assert!(
+        dropped.contains("does not read them; closed")
+            || dropped.contains("did not take its messages within"),
+        "the deaf node was not dropped as too slow: {dropped:?} in:\n{out}"
+    );
 }

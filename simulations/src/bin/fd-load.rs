@@ -36,7 +36,9 @@ struct Args {
     /// The coordinator's round deadline, in seconds.
     #[arg(long, default_value_t = 8)]
     round_timeout_secs: u64,
-    /// Make the last node deaf: it sends 100,000 frames and never reads.
+    /// Make the last node deaf: it sends 100,000 frames and never reads. The honest nodes hold
+    /// their answer to the last round until its connection has ended (at most half the round
+    /// deadline), so the run shows how the coordinator ends it.
     #[arg(long)]
     deaf: bool,
     /// Make one node answer each round after this many seconds, reading nothing meanwhile.
