@@ -33,6 +33,113 @@ fn dims4(name: &str, layout: &Layout) -> candle_core::Result<(usize, usize, usiz
     }
 }
 
+/// A run length, fixed at compile time for the widths the students use so the per-pixel
+/// copies compile to straight vector code instead of a `memcpy` call or a scalar loop each
+/// (at 1 to 96 values a run those calls were most of the time), or known only at run time.
+trait Width: Copy {
+    fn get(self) -> usize;
+}
+
+#[derive(Clone, Copy)]
+struct Fixed<const W: usize>;
+
+impl<const W: usize> Width for Fixed<W> {
+    #[inline(always)]
+    fn get(self) -> usize {
+        W
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Dynamic(usize);
+
+impl Width for Dynamic {
+    #[inline(always)]
+    fn get(self) -> usize {
+        self.0
+    }
+}
+
+/// Calls `$body` with `$w` bound to a [`Width`] for `$n`: a [`Fixed`] one for channel counts
+/// 1, 8, 16, 32 and for 3x3-kernel patch rows of them (3, 24, 48, 96), [`Dynamic`] otherwise.
+macro_rules! with_width {
+    ($n:expr, |$w:ident| $body:expr) => {
+        match $n {
+            1 => {
+                let $w = Fixed::<1>;
+                $body
+            }
+            3 => {
+                let $w = Fixed::<3>;
+                $body
+            }
+            8 => {
+                let $w = Fixed::<8>;
+                $body
+            }
+            16 => {
+                let $w = Fixed::<16>;
+                $body
+            }
+            24 => {
+                let $w = Fixed::<24>;
+                $body
+            }
+            32 => {
+                let $w = Fixed::<32>;
+                $body
+            }
+            48 => {
+                let $w = Fixed::<48>;
+                $body
+            }
+            96 => {
+                let $w = Fixed::<96>;
+                $body
+            }
+            n => {
+                let $w = Dynamic(n);
+                $body
+            }
+        }
+    };
+}
+
+/// `[n, h, w, c]` maps with a border of `pad` zeros: `[n, h + 2 pad, w + 2 pad, c]`.
+fn padded(x: &[f32], (n, h, w, c): (usize, usize, usize, usize), pad: usize) -> Vec<f32> {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let mut out = vec![0f32; n * hp * wp * c];
+    for (image, maps) in x.chunks_exact(h * w * c).enumerate() {
+        for (y, row) in maps.chunks_exact(w * c).enumerate() {
+            let at = ((image * hp + y + pad) * wp + pad) * c;
+            out[at..at + w * c].copy_from_slice(row);
+        }
+    }
+    out
+}
+
+/// Visits the rows of a same-padded `kernel x kernel` unfold of `[n, h, w, c]` maps in order,
+/// one kernel row at a time: `f(from)` says the next `kernel * c` patch values are the padded
+/// maps' values `from..` (see [`padded`]; kernel columns and channels are contiguous there).
+#[inline(always)]
+fn for_each_kernel_row(
+    (n, h, w, c): (usize, usize, usize, usize),
+    kernel: usize,
+    mut f: impl FnMut(usize),
+) {
+    let pad = kernel / 2;
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    for image in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                for dy in 0..kernel {
+                    f(((image * hp + y + dy) * wp + x) * c);
+                }
+            }
+        }
+    }
+}
+
 /// Gathers every `kernel x kernel` patch (zero-padded at the border) of `[n, h, w, c]` maps
 /// into rows `[n * h * w, kernel * kernel * c]`, ordered kernel row, kernel column, channel.
 #[derive(Debug, Clone, Copy)]
@@ -40,37 +147,21 @@ struct Unfold {
     kernel: usize,
 }
 
-/// Visits each run of an unfold's patch entries that lies inside the image: `f(at, from,
-/// len)` says patch values `at..at + len` are input values `from..from + len` (a run is one
-/// kernel row's in-image columns, contiguous in both since channels are last).
-fn for_each_patch(
-    (n, h, w, c): (usize, usize, usize, usize),
+/// [`Unfold`] with `run` = `kernel * c`: each kernel row of a patch is one contiguous run of
+/// the zero-padded maps, so there are no border cases.
+fn unfold(
+    run: impl Width,
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
     kernel: usize,
-    mut f: impl FnMut(usize, usize, usize),
-) {
-    let pad = kernel / 2;
-    let width = kernel * kernel * c;
-    for image in 0..n {
-        for y in 0..h {
-            for x in 0..w {
-                let row = (image * h + y) * w + x;
-                // Kernel columns dx with 0 <= x + dx - pad < w.
-                let first = pad.saturating_sub(x);
-                let end = kernel.min(w + pad - x);
-                if first >= end {
-                    continue;
-                }
-                for dy in 0..kernel {
-                    let Some(sy) = (y + dy).checked_sub(pad).filter(|&sy| sy < h) else {
-                        continue;
-                    };
-                    let at = row * width + (dy * kernel + first) * c;
-                    let from = ((image * h + sy) * w + x + first - pad) * c;
-                    f(at, from, (end - first) * c);
-                }
-            }
-        }
-    }
+) -> Vec<f32> {
+    let (n, h, w, _) = dims;
+    let source = padded(x, dims, kernel / 2);
+    let mut out = Vec::with_capacity(n * h * w * kernel * run.get());
+    for_each_kernel_row(dims, kernel, |from| {
+        out.extend_from_slice(&source[from..from + run.get()]);
+    });
+    out
 }
 
 impl CustomOp1 for Unfold {
@@ -85,15 +176,8 @@ impl CustomOp1 for Unfold {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = values(self.name(), storage, layout)?;
         let dims @ (n, h, w, c) = dims4(self.name(), layout)?;
+        let out = with_width!(self.kernel * c, |run| unfold(run, x, dims, self.kernel));
         let width = self.kernel * self.kernel * c;
-        // Written front to back (zeros where a patch leaves the image) rather than zeroed
-        // first and filled: one pass over the output.
-        let mut out = Vec::with_capacity(n * h * w * width);
-        for_each_patch(dims, self.kernel, |at, from, len| {
-            out.resize(at, 0.0);
-            out.extend_from_slice(&x[from..from + len]);
-        });
-        out.resize(n * h * w * width, 0.0);
         Ok((CpuStorage::F32(out), Shape::from((n * h * w, width))))
     }
 
@@ -118,6 +202,35 @@ struct Fold {
     dims: (usize, usize, usize, usize),
 }
 
+/// [`Fold`] with `run` = `kernel * c`: sums into zero-padded maps, then drops the border.
+fn fold(
+    run: impl Width,
+    patches: &[f32],
+    dims: (usize, usize, usize, usize),
+    kernel: usize,
+) -> Vec<f32> {
+    let (n, h, w, c) = dims;
+    let pad = kernel / 2;
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let mut sums = vec![0f32; n * hp * wp * c];
+    let mut rows = patches.chunks_exact(run.get());
+    for_each_kernel_row(dims, kernel, |to| {
+        if let Some(row) = rows.next() {
+            for (s, p) in sums[to..to + run.get()].iter_mut().zip(row) {
+                *s += p;
+            }
+        }
+    });
+    let mut out = Vec::with_capacity(n * h * w * c);
+    for image in 0..n {
+        for y in 0..h {
+            let at = ((image * hp + y + pad) * wp + pad) * c;
+            out.extend_from_slice(&sums[at..at + w * c]);
+        }
+    }
+    out
+}
+
 impl CustomOp1 for Fold {
     fn name(&self) -> &'static str {
         "fold"
@@ -137,12 +250,12 @@ impl CustomOp1 for Fold {
                 self.dims
             );
         }
-        let mut out = vec![0f32; n * h * w * c];
-        for_each_patch(self.dims, self.kernel, |at, to, len| {
-            for (o, p) in out[to..to + len].iter_mut().zip(&patches[at..at + len]) {
-                *o += p;
-            }
-        });
+        let out = with_width!(self.kernel * c, |run| fold(
+            run,
+            patches,
+            self.dims,
+            self.kernel
+        ));
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
     }
 }
@@ -151,20 +264,39 @@ impl CustomOp1 for Fold {
 #[derive(Debug, Clone, Copy)]
 struct MaxPool;
 
-/// The four inputs `(a, b, c, d)` of each pooled output, as offsets into the input, in the
-/// order output values are written.
-fn for_each_window((n, h, w, c): (usize, usize, usize, usize), mut f: impl FnMut([usize; 4])) {
+/// Visits each 2x2 window of `[n, h, w, c]` maps (even `h`, `w`) in output order:
+/// `f(out, [a, b, c, d])` says pooled values `out..out + c` come from the input runs
+/// starting at `a`, `b`, `c`, `d` (top left, top right, bottom left, bottom right).
+#[inline(always)]
+fn for_each_window(
+    (n, h, w, c): (usize, usize, usize, usize),
+    mut f: impl FnMut(usize, [usize; 4]),
+) {
+    let mut out = 0;
     for image in 0..n {
         for y in (0..h).step_by(2) {
             for x in (0..w).step_by(2) {
                 let at = |yy: usize, xx: usize| ((image * h + yy) * w + xx) * c;
-                let corners = [at(y, x), at(y, x + 1), at(y + 1, x), at(y + 1, x + 1)];
-                for ch in 0..c {
-                    f(corners.map(|i| i + ch));
-                }
+                f(
+                    out,
+                    [at(y, x), at(y, x + 1), at(y + 1, x), at(y + 1, x + 1)],
+                );
+                out += c;
             }
         }
     }
+}
+
+fn max_pool(ch: impl Width, x: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; x.len() / 4];
+    for_each_window(dims, |o, [a, b, c, d]| {
+        let k = ch.get();
+        let (a, b, c, d) = (&x[a..a + k], &x[b..b + k], &x[c..c + k], &x[d..d + k]);
+        for (i, o) in out[o..o + k].iter_mut().enumerate() {
+            *o = a[i].max(b[i]).max(c[i]).max(d[i]);
+        }
+    });
+    out
 }
 
 impl CustomOp1 for MaxPool {
@@ -178,22 +310,11 @@ impl CustomOp1 for MaxPool {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = values(self.name(), storage, layout)?;
-        let (n, h, w, c) = dims4(self.name(), layout)?;
+        let dims @ (n, h, w, c) = dims4(self.name(), layout)?;
         if h % 2 != 0 || w % 2 != 0 {
             candle_core::bail!("max-pool-2x2: maps must have even sides, got {h}x{w}");
         }
-        let mut out = Vec::with_capacity(n * h * w * c / 4);
-        let row = w * c;
-        for pair in x.chunks_exact(2 * row) {
-            let (top, bottom) = pair.split_at(row);
-            for (t, b) in top.chunks_exact(2 * c).zip(bottom.chunks_exact(2 * c)) {
-                let (t0, t1) = t.split_at(c);
-                let (b0, b1) = b.split_at(c);
-                for k in 0..c {
-                    out.push(t0[k].max(t1[k]).max(b0[k]).max(b1[k]));
-                }
-            }
-        }
+        let out = with_width!(c, |ch| max_pool(ch, x, dims));
         Ok((CpuStorage::F32(out), Shape::from((n, h / 2, w / 2, c))))
     }
 
@@ -212,6 +333,26 @@ impl CustomOp1 for MaxPool {
 /// The gradient of [`MaxPool`]: each output's gradient goes to the first of its four inputs
 /// holding the maximum (as PyTorch routes ties).
 struct MaxPoolGrad;
+
+fn max_pool_grad(
+    ch: impl Width,
+    x: &[f32],
+    grad: &[f32],
+    dims: (usize, usize, usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for_each_window(dims, |o, corners| {
+        for i in 0..ch.get() {
+            let best = corners
+                .map(|at| at + i)
+                .into_iter()
+                .reduce(|a, b| if x[b] > x[a] { b } else { a })
+                .unwrap_or(corners[0] + i);
+            out[best] = grad[o + i];
+        }
+    });
+    out
+}
 
 impl CustomOp2 for MaxPoolGrad {
     fn name(&self) -> &'static str {
@@ -235,15 +376,7 @@ impl CustomOp2 for MaxPoolGrad {
                 x.len()
             );
         }
-        let mut out = vec![0f32; x.len()];
-        let mut g = grad.iter();
-        for_each_window(dims, |i| {
-            let best = i
-                .into_iter()
-                .reduce(|a, b| if x[b] > x[a] { b } else { a })
-                .unwrap_or(i[0]);
-            out[best] = g.next().copied().unwrap_or(0.0);
-        });
+        let out = with_width!(dims.3, |ch| max_pool_grad(ch, x, grad, dims));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -301,9 +434,16 @@ mod tests {
     /// same weights, values and gradients.
     #[test]
     fn convolution_matches_candle_conv2d() {
-        let x = Var::from_tensor(&maps(2, 4, 6, 3)).unwrap();
+        // 3 input channels take the run-time-width path, 1 and 8 the fixed-width ones.
+        for c in [3, 1, 8] {
+            convolution_matches_candle_conv2d_with(c);
+        }
+    }
+
+    fn convolution_matches_candle_conv2d_with(c: usize) {
+        let x = Var::from_tensor(&maps(2, 4, 6, c)).unwrap();
         let weight =
-            Var::from_tensor(&(maps(5, 3, 3, 3).reshape((5, 3, 3, 3)).unwrap() * 0.1).unwrap())
+            Var::from_tensor(&(maps(5, c, 3, 3).reshape((5, c, 3, 3)).unwrap() * 0.1).unwrap())
                 .unwrap();
         let bias = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 0.5], &Device::Cpu).unwrap();
         let ours = convolve(x.as_tensor(), weight.as_tensor(), Some(&bias)).unwrap();
@@ -340,7 +480,14 @@ mod tests {
     /// over the window when the input is a permuted view).
     #[test]
     fn pooling_matches_candle_max_pool() {
-        let (n, h, w, c) = (2, 4, 6, 3);
+        // 3 channels take the run-time-width path, 8 the fixed-width one (1 x 4 x 4 x 8 = 128
+        // values, still distinct).
+        for dims in [(2, 4, 6, 3), (1, 4, 4, 8)] {
+            pooling_matches_candle_max_pool_with(dims);
+        }
+    }
+
+    fn pooling_matches_candle_max_pool_with((n, h, w, c): (usize, usize, usize, usize)) {
         let x = Var::from_tensor(&maps(n, h, w, c)).unwrap();
         let ours = max_pool_2x2(x.as_tensor()).unwrap();
         let theirs = x
