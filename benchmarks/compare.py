@@ -10,27 +10,32 @@ Run:     python3 benchmarks/compare.py [--runs 3] [--seed 1] [-- extra fd-sim ar
 import argparse
 import json
 import pathlib
-import resource
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
 def run(cmd):
-    """Runs `cmd` to completion (so its CPU time lands in RUSAGE_CHILDREN); returns stdout."""
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stderr.decode()}")
-    return proc.stdout.decode()
-
-
-def children_cpu():
-    u = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return u.ru_utime + u.ru_stime
+    """Runs `cmd` to completion; returns its stdout, CPU seconds (user + system), wall seconds
+    and peak resident memory in MB, each from the kernel's accounting of that one process."""
+    with tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            err.seek(0)
+            sys.exit(f"{' '.join(map(str, cmd))} failed ({code}):\n{err.read().decode()}")
+    # Linux reports ru_maxrss in KiB.
+    return out.decode(), usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024
 
 
 def main():
@@ -52,28 +57,29 @@ def main():
         rows = {"fd-sim": [], "pytorch": []}
         for i in range(args.runs):
             for name in ("fd-sim", "pytorch"):
-                before = children_cpu()
                 if name == "fd-sim":
                     out_json = tmp / "fd-sim.json"
-                    run([args.fd_sim, "--seed", str(args.seed), "--json", str(out_json), *args.extra])
+                    _, cpu, wall, rss = run(
+                        [args.fd_sim, "--seed", str(args.seed), "--json", str(out_json), *args.extra]
+                    )
                     acc = json.loads(out_json.read_text())["federated_mean_acc"]
                 else:
-                    out = run(
+                    out, cpu, wall, rss = run(
                         [sys.executable, str(HERE / "pytorch_fd.py"), "--split", str(split),
                          "--seed", str(args.seed + i)]
                     )
                     acc = json.loads(out)["federated_mean_acc"]
-                cpu = children_cpu() - before
-                rows[name].append((acc, cpu))
-                print(f"run {i + 1} {name:8} accuracy {acc:.4f} cpu {cpu:6.2f} s", file=sys.stderr)
+                rows[name].append((acc, cpu, wall, rss))
+                print(f"run {i + 1} {name:8} accuracy {acc:.4f} cpu {cpu:6.2f} s wall {wall:6.2f} s "
+                      f"peak {rss:6.1f} MB", file=sys.stderr)
 
-    med = {k: (statistics.median(a for a, _ in v), statistics.median(c for _, c in v)) for k, v in rows.items()}
-    print(f"| | fd-sim (seed {args.seed}) | PyTorch peer | ratio |")
+    med = {k: [statistics.median(r[j] for r in v) for j in range(4)] for k, v in rows.items()}
+    ours, theirs = med["fd-sim"], med["pytorch"]
+    print(f"| median of {args.runs} alternating runs | fd-sim (seed {args.seed}) | PyTorch peer | fd-sim / peer |")
     print("| --- | --- | --- | --- |")
-    print(f"| federated mean accuracy (median of {args.runs}) | {med['fd-sim'][0]:.4f} | {med['pytorch'][0]:.4f} | "
-          f"{med['fd-sim'][0] - med['pytorch'][0]:+.4f} |")
-    print(f"| CPU seconds (median of {args.runs}) | {med['fd-sim'][1]:.2f} | {med['pytorch'][1]:.2f} | "
-          f"{med['fd-sim'][1] / med['pytorch'][1]:.2f}x |")
+    print(f"| federated mean accuracy | {ours[0]:.4f} | {theirs[0]:.4f} | {ours[0] - theirs[0]:+.4f} |")
+    for j, what, unit in ((1, "CPU seconds", "s"), (2, "wall seconds", "s"), (3, "peak memory", "MB")):
+        print(f"| {what} | {ours[j]:.2f} {unit} | {theirs[j]:.2f} {unit} | {ours[j] / theirs[j]:.2f}x |")
 
 
 if __name__ == "__main__":
