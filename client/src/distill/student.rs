@@ -136,6 +136,31 @@ impl StudentConfig {
         }
     }
 
+    /// Multiply-adds of one record's forward pass, counted from the layer shapes: every
+    /// convolution at its input's resolution (padded taps included, pooling halving the maps
+    /// after all but the last), then every dense layer. Biases, ReLU, pooling and softmax
+    /// are not counted.
+    pub fn multiply_adds(&self) -> usize {
+        let mut total = 0;
+        let mut width = self.inputs;
+        if let Some(c) = &self.conv {
+            let (mut rows, mut cols, mut channels) = (c.height, c.width, 1);
+            for (i, &out) in c.channels.iter().enumerate() {
+                total += rows * cols * c.kernel * c.kernel * channels * out;
+                channels = out;
+                if i + 1 < c.channels.len() {
+                    (rows, cols) = (rows / 2, cols / 2);
+                }
+            }
+            width = rows * cols * channels;
+        }
+        for &out in self.hidden.iter().chain([&self.classes]) {
+            total += width * out;
+            width = out;
+        }
+        total
+    }
+
     /// A short human-readable name, e.g. `mlp[256]` or `cnn[16,32]+[64]`.
     pub fn describe(&self) -> String {
         let list = |v: &[usize]| {
@@ -535,6 +560,31 @@ mod tests {
                 kernel: 3,
             }),
         }
+    }
+
+    #[test]
+    fn multiply_adds_are_counted_from_the_layer_shapes() {
+        let mlp = StudentConfig {
+            inputs: 64,
+            classes: 10,
+            hidden: vec![512, 256],
+            dropout: 0.0,
+            conv: None,
+        };
+        // 64 x 512 + 512 x 256 + 256 x 10.
+        assert_eq!(mlp.multiply_adds(), 32_768 + 131_072 + 2_560);
+        let cnn = StudentConfig {
+            hidden: Vec::new(),
+            conv: Some(ConvLayers {
+                height: 8,
+                width: 8,
+                channels: vec![8, 16],
+                kernel: 3,
+            }),
+            ..mlp
+        };
+        // 8 x 8 x 9 x 1 x 8, pooled to 4 x 4: 4 x 4 x 9 x 8 x 16, then 4 x 4 x 16 x 10.
+        assert_eq!(cnn.multiply_adds(), 4_608 + 18_432 + 2_560);
     }
 
     #[test]
