@@ -12,51 +12,20 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use candle_nn::{Optimizer, ParamsAdamW};
-use fd_client::distill::{ConvLayers, FusedAdamW, Student, StudentConfig, device};
-use rand::{RngExt, SeedableRng, rngs::StdRng};
+use fd_client::distill::{FusedAdamW, Student, StudentConfig, device};
+use rand::{SeedableRng, rngs::StdRng};
+
+mod common;
+use common::{BATCH, CLASSES, PIXELS, PUBLIC, models, random};
 
 /// The allocator the binaries use (see fd-sim's `main.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The digits public set of the default split (20% of 1,797 records).
-const PUBLIC: usize = 359;
-const BATCH: usize = 32;
-const PIXELS: usize = 64;
-const CLASSES: usize = 10;
 /// Alternating passes per model (after one warm-up pass each).
 const PASSES: usize = 41;
 /// Timed training steps per model (after ten warm-up steps).
 const STEPS: usize = 101;
-
-fn mlp(hidden: Vec<usize>) -> StudentConfig {
-    StudentConfig {
-        inputs: PIXELS,
-        classes: CLASSES,
-        hidden,
-        dropout: 0.0,
-        conv: None,
-    }
-}
-
-fn cnn(channels: Vec<usize>) -> StudentConfig {
-    StudentConfig {
-        conv: Some(ConvLayers {
-            height: 8,
-            width: 8,
-            channels,
-            kernel: 3,
-        }),
-        ..mlp(Vec::new())
-    }
-}
-
-fn random(rows: usize, rng: &mut StdRng) -> Tensor {
-    let values: Vec<f32> = (0..rows * PIXELS)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    Tensor::from_vec(values, (rows, PIXELS), &device()).expect("a batch")
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -91,19 +60,12 @@ fn main() {
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % CLASSES as u32).collect();
     let y = Tensor::new(labels.as_slice(), &device()).expect("labels");
 
-    let teacher_config = mlp(vec![512, 256]);
-    let teacher = Student::new(teacher_config.clone(), 1).expect("the teacher");
+    let teacher = Student::new(common::teacher(), 1).expect("the teacher");
     let infer = |net: &Student| {
         seconds(|| {
             net.probabilities(&public).expect("probabilities");
         })
     };
-    let models = [
-        ("student", mlp(vec![128])),
-        ("student", cnn(vec![8, 16])),
-        ("student", cnn(vec![16, 32])),
-        ("teacher", teacher_config.clone()),
-    ];
     println!(
         "{PUBLIC} records of {PIXELS} pixels, {} thread(s); times are medians, speed-up the median \
          of {PASSES} alternating passes' ratios\n",
@@ -114,7 +76,7 @@ fn main() {
          the teacher | train step, batch {BATCH} (µs) |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (role, config) in models {
+    for (name, config) in models() {
         let net = Student::new(config.clone(), 1).expect("a model");
         infer(&net);
         infer(&teacher);
@@ -126,8 +88,7 @@ fn main() {
             ratios.push(t / s);
         }
         println!(
-            "| {role} {} | {} | {} | {:.2} | {:.2} | {:.0} |",
-            config.describe(),
+            "| {name} | {} | {} | {:.2} | {:.2} | {:.0} |",
             net.parameters(),
             config.multiply_adds(),
             median(times) / PUBLIC as f64 * 1e6,

@@ -8,50 +8,15 @@
 use candle_core::Tensor;
 use candle_nn::{Optimizer, ParamsAdamW};
 use criterion::{Criterion, criterion_group, criterion_main};
-use fd_client::distill::{ConvLayers, FusedAdamW, Student, StudentConfig, device};
-use rand::{RngExt, SeedableRng, rngs::StdRng};
+use fd_client::distill::{FusedAdamW, Student, device};
+use rand::{SeedableRng, rngs::StdRng};
 
-/// The digits public set of the default split (20% of 1,797 records).
-const PUBLIC: usize = 359;
-const BATCH: usize = 32;
-const PIXELS: usize = 64;
-const CLASSES: usize = 10;
+mod common;
+use common::{BATCH, CLASSES, PUBLIC, models, random};
 
 /// The allocator the binaries use (see fd-sim's `main.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn models() -> Vec<(&'static str, StudentConfig)> {
-    let mlp = |hidden: Vec<usize>| StudentConfig {
-        inputs: PIXELS,
-        classes: CLASSES,
-        hidden,
-        dropout: 0.0,
-        conv: None,
-    };
-    let cnn = |channels: Vec<usize>| StudentConfig {
-        conv: Some(ConvLayers {
-            height: 8,
-            width: 8,
-            channels,
-            kernel: 3,
-        }),
-        ..mlp(Vec::new())
-    };
-    vec![
-        ("student mlp[128]", mlp(vec![128])),
-        ("student cnn[8,16]", cnn(vec![8, 16])),
-        ("student cnn[16,32]", cnn(vec![16, 32])),
-        ("teacher mlp[512,256]", mlp(vec![512, 256])),
-    ]
-}
-
-fn random(rows: usize, rng: &mut StdRng) -> Tensor {
-    let values: Vec<f32> = (0..rows * PIXELS)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    Tensor::from_vec(values, (rows, PIXELS), &device()).expect("a batch")
-}
 
 fn inference(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
