@@ -185,8 +185,8 @@ fn build_labeller(
         epsilon: privacy.epsilon,
         delta: privacy.delta,
     };
-    budget.validate()?;
     let records = private.len();
+    budget.validate_for(records)?;
     let teachers = if privacy.shards == 0 {
         default_shards(records, privacy.shard_teacher)
     } else {

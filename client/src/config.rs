@@ -82,9 +82,12 @@ pub enum PrivacyMode {
 
 /// The `[privacy]` table of the node config.
 ///
-/// The privacy unit is **one record of this node's private data**: what leaves the node is
-/// differentially private with respect to adding, removing or replacing one record, against
-/// everyone outside the node, the coordinator included.
+/// The privacy unit is **one record of this node's private data, under replace-one
+/// adjacency**: what leaves the node is differentially private with respect to replacing one
+/// record by another, against everyone outside the node, the coordinator included. Adding or
+/// removing a record is not covered: the node's record count is public (Hello sends it, and
+/// the number of teachers and the vote-mass scale depend on it). A person with `r` records
+/// here is protected as `r` replacements, at roughly `r^2` times the per-record rho.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrivacyConfig {

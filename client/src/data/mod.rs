@@ -163,7 +163,14 @@ impl Table {
     }
 }
 
-/// Per-column affine standardisation `(x - mean) / std`, fitted on the public set.
+/// Standardised features are clipped to `[-STANDARD_CLIP, STANDARD_CLIP]`: ten public
+/// standard deviations, far past any ordinary record, so no single private record (the CSV
+/// reader accepts any finite value, f32::MAX included) can push a model into overflow. The
+/// bound is public, fixed before any data is seen.
+pub const STANDARD_CLIP: f32 = 10.0;
+
+/// Per-column affine standardisation `(x - mean) / std`, fitted on the public set, then
+/// clipped to [`STANDARD_CLIP`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Standardiser {
     /// Column means.
@@ -217,14 +224,17 @@ impl Standardiser {
         }
     }
 
-    /// Applies the standardisation to a table's features, returning row-major values.
+    /// Applies the standardisation to a table's features, returning row-major values clipped
+    /// to [`STANDARD_CLIP`].
     pub fn apply(&self, table: &Table) -> Vec<f32> {
         let w = table.width();
         table
             .features
             .iter()
             .enumerate()
-            .map(|(k, &v)| (v - self.mean[k % w]) / self.std[k % w])
+            .map(|(k, &v)| {
+                ((v - self.mean[k % w]) / self.std[k % w]).clamp(-STANDARD_CLIP, STANDARD_CLIP)
+            })
             .collect()
     }
 }
@@ -477,6 +487,25 @@ mod tests {
         assert_eq!(s.mean, [2.0, 5.0]);
         assert_eq!(s.std, [1.0, 1.0]);
         assert_eq!(s.apply(&t), [-1.0, 0.0, 1.0, 0.0]);
+    }
+
+    /// The audit's extreme record: f32::MAX (finite, so the CSV reader takes it) standardised
+    /// by a deviation below 1 overflowed to infinity; it is clipped to the public bound.
+    #[test]
+    fn an_extreme_record_is_clipped_to_the_public_bound() {
+        let public = Table {
+            columns: vec!["a".into()],
+            features: vec![0.0, 0.5, 1.0],
+            labels: vec![],
+        };
+        let s = Standardiser::fit(&public);
+        assert!(s.std[0] < 1.0);
+        let private = Table {
+            columns: vec!["a".into()],
+            features: vec![f32::MAX, -f32::MAX, 0.5],
+            labels: vec![0, 1, 0],
+        };
+        assert_eq!(s.apply(&private), [STANDARD_CLIP, -STANDARD_CLIP, 0.0]);
     }
 
     #[test]

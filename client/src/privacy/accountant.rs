@@ -52,6 +52,23 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// [`Budget::validate`], and for a finite budget `delta < 1 / records`: a larger delta
+    /// admits mechanisms that publish a record outright.
+    pub fn validate_for(&self, records: usize) -> Result<(), PrivacyError> {
+        self.validate()?;
+        let bound = 1.0 / records.max(1) as f64;
+        if self.epsilon.is_finite() && self.delta >= bound {
+            return Err(PrivacyError::DeltaTooLarge {
+                delta: self.delta,
+                records,
+                bound,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Checks a `delta` used to read an epsilon: `0 < delta < 1`.
 fn check_delta(delta: f64, location: &'static str) -> Result<(), PrivacyError> {
     if delta > 0.0 && delta < 1.0 {
@@ -134,6 +151,28 @@ pub fn rho_for(budget: Budget) -> Result<f64, PrivacyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_must_be_below_one_over_the_record_count() {
+        let budget = Budget {
+            epsilon: 2.0,
+            delta: 1e-2,
+        };
+        // 1 / 99 > 1e-2 > 1 / 100.
+        assert!(budget.validate_for(99).is_ok());
+        let err = budget.validate_for(100).unwrap_err();
+        assert!(
+            matches!(err, PrivacyError::DeltaTooLarge { records: 100, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("below 1e-2"), "{err}");
+        // Without a limit nothing is released under a guarantee, so no bound applies.
+        let unlimited = Budget {
+            epsilon: f64::INFINITY,
+            ..budget
+        };
+        assert!(unlimited.validate_for(100).is_ok());
+    }
 
     #[test]
     fn privacy_budget_validation() {

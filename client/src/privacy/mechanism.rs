@@ -3,10 +3,11 @@
 //! # Mechanism and its proof obligations
 //!
 //! A node partitions its private records into `k` disjoint teachers. For each of `queries`
-//! public records every teacher outputs a probability vector (non-negative, summing to 1), and
-//! the node sums the `k` vectors. Under replace-one adjacency one private record lies in exactly
-//! one teacher, so it can change only that teacher's vectors. Two probability vectors differ by
-//! at most `sqrt(2)` in L2 (the distance between two vertices of the simplex), so the whole
+//! public records every teacher casts a vote in `{v >= 0, sum v <= 1}` (a probability vector,
+//! a one-hot vector, or zero when it abstains), and the node sums the `k` votes. Under
+//! replace-one adjacency one private record lies in exactly one teacher, so it can change only
+//! that teacher's votes. Two points of that set differ by at most `sqrt(2)` in L2 (its
+//! diameter, the distance between two of its vertices `e_i`, `e_j`), so the whole
 //! `queries x classes` matrix of sums moves by at most `sqrt(2 * queries)` in L2
 //! ([`release_sensitivity`]).
 //!
@@ -17,7 +18,7 @@
 //! error to `d_in` inside the map, so the `rho` already covers the discretisation.
 //!
 //! The caller must uphold: (1) the teachers are trained on disjoint subsets of the private
-//! records, (2) every teacher's output per query is a probability vector, and (3) the sums
+//! records, (2) every teacher's vote per query lies in `{v >= 0, sum v <= 1}`, and (3) the sums
 //! passed in are exactly the sums of those vectors. The guarantee covers nothing else.
 //!
 //! Noise is drawn only by OpenDP; `rho` comes only from OpenDP's privacy map, and the `rho`

@@ -5,9 +5,12 @@
 //! The privacy unit is [`PRIVACY_UNIT`]: one record of one node's private data, under
 //! replace-one adjacency. A node splits its private records into `k` disjoint teachers; one
 //! record therefore changes at most one teacher. For each public query record the node sums
-//! the `k` teachers' probability vectors (subsample-and-aggregate), adds Gaussian noise to the
-//! sums with OpenDP's `make_gaussian` (zero-concentrated DP), and post-processes the noisy sums
-//! onto the probability simplex ([`to_simplex`]). Post-processing costs no privacy.
+//! the `k` teachers' votes (subsample-and-aggregate; a vote is a point of `{v >= 0, sum v <= 1}`:
+//! a probability vector, a one-hot vector, or zero when a teacher abstains), adds Gaussian
+//! noise to the sums with OpenDP's `make_gaussian` (zero-concentrated DP), and post-processes
+//! the noisy sums into rows the coordinator can average ([`mechanism::Projection`]; by default
+//! the vote-mass projection, which keeps how many teachers voted). Post-processing costs no
+//! privacy. The node's record count is public (replace-one adjacency, not add/remove).
 //!
 //! Per release the node is `rho`-zCDP, where `rho` is read from the privacy map of the very
 //! OpenDP measurement that draws the noise, at `d_in` = [`release_sensitivity`]. Releases
@@ -18,7 +21,7 @@
 //! # What lives where
 //!
 //! - [`mechanism`]: sensitivity, the Gaussian release and its cost, calibration, and the
-//!   post-processing onto the simplex.
+//!   post-processing of the noisy sums.
 //! - [`accountant`]: the `(epsilon, delta)` budget and the conversions between `rho` and
 //!   `epsilon`.
 //! - [`ledger`]: the durable, per-node SQLite record of every charge; it refuses a release that
@@ -81,6 +84,22 @@ pub enum PrivacyError {
         delta: f64,
         /// Which rule the budget breaks.
         problem: &'static str,
+    },
+
+    /// `delta` is not below `1 / records`: at that delta a mechanism may publish one record
+    /// outright and still meet the definition, so the guarantee says nothing.
+    #[error(
+        "delta = {delta} is not below 1 / {records} (the node's private records): at that \
+         delta a release may reveal a whole record; set [privacy] delta below {bound:e} \
+         (1e-5 or 1 / (10 x records) are common choices)"
+    )]
+    DeltaTooLarge {
+        /// The configured delta.
+        delta: f64,
+        /// The node's private records.
+        records: usize,
+        /// `1 / records`.
+        bound: f64,
     },
 
     /// A numeric argument to a privacy function is out of its allowed range (for example a
