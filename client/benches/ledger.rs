@@ -20,7 +20,7 @@ fn ledger(c: &mut Criterion) {
         delta: 1e-5,
     };
     let mut ledger =
-        PrivacyLedger::open(&dir.path().join("ledger.sqlite"), budget).expect("ledger");
+        PrivacyLedger::open(&dir.path().join("ledger.sqlite"), budget, "data").expect("ledger");
     let sensitivity = release_sensitivity(QUERIES);
     let rho = release_rho(QUERIES * CLASSES, sensitivity, SIGMA).expect("rho");
     let mut round = 0u32;

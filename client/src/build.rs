@@ -31,6 +31,9 @@ pub struct NodeBuilder {
     pub privacy: PrivacyConfig,
     /// Where the privacy ledger lives (private mode).
     pub ledger: PathBuf,
+    /// The fingerprint of the node's whole private data ([`crate::data::Table::fingerprint`]),
+    /// which the ledger is bound to.
+    pub data_fingerprint: String,
 }
 
 /// A built node: everything its session needs, and what it saves afterwards.
@@ -68,6 +71,7 @@ impl NodeBuilder {
             self.classes,
             &training,
             &self.ledger,
+            &self.data_fingerprint,
         )?;
         tracing::info!(privacy = %labeller.statement(), "privacy of released labels");
         let private_records = prepared.train.len();
@@ -168,6 +172,20 @@ fn student_training(training: &TrainConfig, mode: PrivacyMode) -> TrainConfig {
     t
 }
 
+/// Refuses a noiseless run over a ledger that has charged private releases: the budget
+/// belongs to the data, and noiseless labels would release it again exactly.
+fn refuse_noiseless_over_spent(ledger: &Path) -> Result<(), NodeError> {
+    let rho = crate::privacy::rho_charged_at(ledger)?;
+    if rho > 0.0 {
+        return Err(crate::privacy::PrivacyError::NoiselessOverSpent {
+            path: ledger.to_path_buf(),
+            rho,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Builds the node's labeller: the student itself (non-private), or a teacher ensemble on
 /// disjoint shards of `private` with its ledger at `ledger_path` (private).
 fn build_labeller(
@@ -177,6 +195,7 @@ fn build_labeller(
     classes: usize,
     training: &TrainConfig,
     ledger_path: &Path,
+    data_fingerprint: &str,
 ) -> Result<Labeller, NodeError> {
     if privacy.mode == PrivacyMode::None {
         return Ok(Labeller::Student);
@@ -230,9 +249,10 @@ fn build_labeller(
         private.y.clone(),
     )?;
     let ledger = if privacy.noiseless() {
+        refuse_noiseless_over_spent(ledger_path)?;
         None
     } else {
-        Some(PrivacyLedger::open(ledger_path, budget)?)
+        Some(PrivacyLedger::open(ledger_path, budget, data_fingerprint)?)
     };
     if let Some(l) = &ledger {
         tracing::info!(
@@ -259,4 +279,97 @@ fn build_labeller(
         balance: privacy.balances_classes(),
         last_release: None,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privacy::{Charge, PrivacyError, release_rho, release_sensitivity};
+
+    fn table(rows: usize, labelled: bool) -> Table {
+        Table {
+            columns: vec!["a".into(), "b".into()],
+            features: (0..rows * 2).map(|v| (v % 13) as f32 / 4.0).collect(),
+            labels: if labelled {
+                (0..rows as u32).map(|i| i % 2).collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn builder(dir: &Path, epsilon: f64, data: &Table) -> NodeBuilder {
+        NodeBuilder {
+            classes: 2,
+            label_column: "label".into(),
+            training: TrainConfig {
+                hidden: vec![4],
+                local_steps: 1,
+                ..TrainConfig::default()
+            },
+            privacy: PrivacyConfig {
+                mode: PrivacyMode::Shards,
+                epsilon,
+                ..PrivacyConfig::default()
+            },
+            ledger: dir.join("ledger.sqlite"),
+            data_fingerprint: data.fingerprint(),
+        }
+    }
+
+    /// The audit's finding: a restart with `epsilon = inf` over a ledger that has spent would
+    /// release the same records without noise. It is refused; before any charge it is not.
+    #[test]
+    fn a_noiseless_restart_over_a_spent_ledger_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = (table(40, true), table(10, false));
+        let holdout = table(4, true);
+        builder(dir.path(), f64::INFINITY, &private)
+            .build(&private, &holdout, &public)
+            .expect("nothing spent yet: a noiseless run may start");
+        let private_run = builder(dir.path(), 4.0, &private);
+        private_run
+            .build(&private, &holdout, &public)
+            .expect("a private node");
+        let budget = Budget {
+            epsilon: 4.0,
+            delta: private_run.privacy.delta,
+        };
+        let mut ledger =
+            PrivacyLedger::open(&private_run.ledger, budget, &private_run.data_fingerprint)
+                .unwrap();
+        let sensitivity = release_sensitivity(10);
+        ledger
+            .charge(Charge {
+                round: 0,
+                queries: 10,
+                sigma: 20.0,
+                sensitivity,
+                rho: release_rho(20, sensitivity, 20.0).unwrap(),
+            })
+            .unwrap();
+        drop(ledger);
+        let err = builder(dir.path(), f64::INFINITY, &private)
+            .build(&private, &holdout, &public)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NodeError::Privacy(PrivacyError::NoiselessOverSpent { .. })
+            ),
+            "{err}"
+        );
+        // Other data in the same ledger file is refused too.
+        let other = table(41, true);
+        let err = builder(dir.path(), 4.0, &other)
+            .build(&other, &holdout, &public)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NodeError::Privacy(PrivacyError::LedgerForOtherData { .. })
+            ),
+            "{err}"
+        );
+    }
 }

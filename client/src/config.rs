@@ -103,7 +103,9 @@ pub struct PrivacyConfig {
     /// Noise standard deviation per release. Unset: chosen so the coordinator's planned
     /// queries exactly use the budget.
     pub sigma: Option<f64>,
-    /// The privacy ledger (SQLite); default `privacy-ledger.sqlite` in the output directory.
+    /// The privacy ledger (SQLite); default next to the private data file
+    /// (`<private_csv>.privacy-ledger.sqlite`), so the budget stays with the data. It is bound
+    /// to the data's fingerprint and refuses other data.
     /// Keep it: it remembers what was spent across restarts.
     pub ledger: Option<PathBuf>,
     /// Hidden width of each teacher (`shard_teacher = "mlp"` only).

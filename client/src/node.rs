@@ -10,6 +10,15 @@ use crate::data;
 use crate::evaluate::{NodeReport, measure, reference, write_json};
 use crate::federation::run_session;
 
+/// Where a node keeps its privacy ledger unless configured: next to its private data file
+/// (`hospital.csv` -> `hospital.csv.privacy-ledger.sqlite`), so the budget stays with the data
+/// whatever output directory a run uses.
+pub fn default_ledger(private_csv: &std::path::Path) -> std::path::PathBuf {
+    let mut name = private_csv.file_name().unwrap_or_default().to_os_string();
+    name.push(".privacy-ledger.sqlite");
+    private_csv.with_file_name(name)
+}
+
 /// Runs a node from its config: joins, trains, and writes `model.safetensors`, `model.json` and
 /// `report.json` into the output directory.
 pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
@@ -46,7 +55,8 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
             .privacy
             .ledger
             .clone()
-            .unwrap_or_else(|| config.output_dir.join("privacy-ledger.sqlite")),
+            .unwrap_or_else(|| default_ledger(&config.private_csv)),
+        data_fingerprint: private.fingerprint(),
     };
     let node = builder.build(&train, &holdout, &public)?;
     let plan = node.plan(

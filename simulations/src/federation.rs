@@ -310,6 +310,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
             },
             privacy: config.privacy.clone(),
             ledger: ledgers.path().join(format!("{name}.sqlite")),
+            data_fingerprint: private.fingerprint(),
         };
         let node = builder.build(private, &split.test, &split.public)?;
         tests.push(node.holdout.clone());

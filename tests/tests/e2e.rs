@@ -410,8 +410,14 @@ fn private_nodes_charge_their_ledgers_and_the_coordinator_reports_spending() {
         let spent = report["epsilon_spent"].as_f64().expect("epsilon_spent");
         assert!(spent > 0.0 && spent <= 3.0, "{spent}");
         assert_eq!(report["teachers"], 4);
-        // The ledger is on disk where the report says it would be.
-        assert!(out.join("privacy-ledger.sqlite").exists());
+        // The ledger is on disk next to the node's private data, not in its output directory:
+        // the budget stays with the data whatever output directory a run uses.
+        assert!(
+            fixture
+                .path(&format!("{name}.csv.privacy-ledger.sqlite"))
+                .exists()
+        );
+        assert!(!out.join("privacy-ledger.sqlite").exists());
     }
 }
 

@@ -92,6 +92,44 @@ pub struct Table {
 }
 
 impl Table {
+    /// A fingerprint of the records (SHA-256, hex): the column names and the multiset of
+    /// `(features, label)` rows, so the same data in another row order or another file has the
+    /// same fingerprint and any changed, added or removed record gives another. The privacy
+    /// ledger is bound to it.
+    pub fn fingerprint(&self) -> String {
+        use ring::digest::{Context, SHA256, digest};
+        let w = self.width().max(1);
+        let mut rows: Vec<[u8; 32]> = (0..self.rows())
+            .map(|i| {
+                let mut row = Context::new(&SHA256);
+                for v in &self.features[i * w..(i + 1) * w] {
+                    row.update(&v.to_le_bytes());
+                }
+                if let Some(label) = self.labels.get(i) {
+                    row.update(&label.to_le_bytes());
+                }
+                let mut out = [0u8; 32];
+                out.copy_from_slice(row.finish().as_ref());
+                out
+            })
+            .collect();
+        rows.sort_unstable();
+        let mut all = Context::new(&SHA256);
+        all.update(b"fd-client private data v1\0");
+        for c in &self.columns {
+            all.update(digest(&SHA256, c.as_bytes()).as_ref());
+        }
+        all.update(&(rows.len() as u64).to_le_bytes());
+        for r in &rows {
+            all.update(r);
+        }
+        all.finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Number of feature columns.
     pub fn width(&self) -> usize {
         self.columns.len()
@@ -519,6 +557,30 @@ mod tests {
         // Mean 3, population variance (9 + 1 + 1 + 9) / 4 = 5.
         assert_eq!(s.mean, [3.0, 3.0]);
         assert!((s.std[0] - 5f32.sqrt()).abs() < 1e-6 && s.std[0] == s.std[1]);
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_row_order_and_sees_any_changed_record() {
+        let t = Table {
+            columns: vec!["a".into(), "b".into()],
+            features: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            labels: vec![0, 1, 0],
+        };
+        let shuffled = Table {
+            features: vec![5.0, 6.0, 1.0, 2.0, 3.0, 4.0],
+            labels: vec![0, 0, 1],
+            ..t.clone()
+        };
+        assert_eq!(t.fingerprint(), shuffled.fingerprint());
+        assert_eq!(t.fingerprint().len(), 64);
+        let mut changed = t.clone();
+        changed.features[3] = 4.5;
+        let mut relabelled = t.clone();
+        relabelled.labels[2] = 1;
+        let fewer = t.select(&[0, 1]);
+        for other in [changed, relabelled, fewer] {
+            assert_ne!(t.fingerprint(), other.fingerprint());
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::accountant::{Budget, epsilon_for};
 use super::{MECHANISM, PRIVACY_UNIT, PrivacyError};
 
 /// The schema version this code writes, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long to wait for another connection's write lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -114,14 +114,33 @@ fn compose(rhos: Vec<f64>) -> Result<f64, PrivacyError> {
         .map_err(|e| PrivacyError::opendp("composing the ledger's rho values", e))
 }
 
+/// The `rho` already charged to the ledger at `path`, without creating or changing it: 0 if
+/// there is no file or no charge.
+pub fn rho_charged_at(path: &Path) -> Result<f64, PrivacyError> {
+    if !path.exists() {
+        return Ok(0.0);
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql(path, "open the ledger file to read it"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sql(path, "read the schema version"))?;
+    if version == 0 {
+        return Ok(0.0);
+    }
+    compose(read_rhos(&conn, path)?)
+}
+
 impl PrivacyLedger {
     /// Opens (creating if needed) the ledger at `path`.
     ///
-    /// Stores `budget` on first open; on later opens refuses with
-    /// [`PrivacyError::BudgetMismatch`] if `budget` differs from the stored one, rather than
-    /// silently resetting or relaxing the accounting. Sets `journal_mode=WAL` and
-    /// `synchronous=FULL` so that every committed charge is on disk.
-    pub fn open(path: &Path, budget: Budget) -> Result<PrivacyLedger, PrivacyError> {
+    /// Stores `budget` and `data` (the fingerprint of the private records it accounts for,
+    /// [`crate::data::Table::fingerprint`]) on first open; on later opens refuses with
+    /// [`PrivacyError::BudgetMismatch`] if `budget` differs from the stored one and with
+    /// [`PrivacyError::LedgerForOtherData`] if `data` does, rather than silently resetting or
+    /// relaxing the accounting. A version-1 ledger (before fingerprints) adopts `data`. Sets
+    /// `journal_mode=WAL` and `synchronous=FULL` so that every committed charge is on disk.
+    pub fn open(path: &Path, budget: Budget, data: &str) -> Result<PrivacyLedger, PrivacyError> {
         budget.validate()?;
         let mut conn = Connection::open(path).map_err(sql(path, "open the ledger file"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
@@ -148,7 +167,8 @@ impl PrivacyLedger {
                          epsilon REAL NOT NULL,
                          delta REAL NOT NULL,
                          privacy_unit TEXT NOT NULL,
-                         mechanism TEXT NOT NULL
+                         mechanism TEXT NOT NULL,
+                         data TEXT
                      );
                      CREATE TABLE charges (
                          id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -158,24 +178,42 @@ impl PrivacyLedger {
                          sensitivity REAL NOT NULL,
                          rho REAL NOT NULL CHECK (rho >= 0)
                      );
-                     PRAGMA user_version = 1;",
+                     PRAGMA user_version = 2;",
                 )
                 .map_err(sql(path, "create the ledger tables"))?;
                 tx.execute(
-                    "INSERT INTO budget (id, epsilon, delta, privacy_unit, mechanism)
-                     VALUES (1, ?1, ?2, ?3, ?4)",
-                    params![budget.epsilon, budget.delta, PRIVACY_UNIT, MECHANISM],
+                    "INSERT INTO budget (id, epsilon, delta, privacy_unit, mechanism, data)
+                     VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+                    params![budget.epsilon, budget.delta, PRIVACY_UNIT, MECHANISM, data],
                 )
                 .map_err(sql(path, "store the budget"))?;
             }
-            SCHEMA_VERSION => {
-                let (epsilon, delta): (f64, f64) = tx
+            1 | SCHEMA_VERSION => {
+                if version == 1 {
+                    // Before fingerprints: the ledger adopts the data it is opened for.
+                    tx.execute_batch(
+                        "ALTER TABLE budget ADD COLUMN data TEXT; PRAGMA user_version = 2;",
+                    )
+                    .map_err(sql(path, "upgrade the ledger to version 2"))?;
+                    tx.execute("UPDATE budget SET data = ?1 WHERE id = 1", params![data])
+                        .map_err(sql(path, "store the data fingerprint"))?;
+                }
+                let (epsilon, delta, stored_data): (f64, f64, Option<String>) = tx
                     .query_row(
-                        "SELECT epsilon, delta FROM budget WHERE id = 1",
+                        "SELECT epsilon, delta, data FROM budget WHERE id = 1",
                         [],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                     )
                     .map_err(sql(path, "read the stored budget"))?;
+                if let Some(stored) = stored_data
+                    && stored != data
+                {
+                    return Err(PrivacyError::LedgerForOtherData {
+                        path: path.to_path_buf(),
+                        stored,
+                        data: data.to_string(),
+                    });
+                }
                 let stored = Budget { epsilon, delta };
                 if stored != budget {
                     return Err(PrivacyError::BudgetMismatch {
@@ -374,6 +412,69 @@ mod tests {
         }
     }
 
+    fn budget() -> Budget {
+        Budget {
+            epsilon: 4.0,
+            delta: 1e-5,
+        }
+    }
+
+    /// A ledger belongs to the data it was charged for: other data is refused by name, the
+    /// same data (whatever file it is read from) reopens it with its spending.
+    #[test]
+    fn a_ledger_is_bound_to_its_data_fingerprint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.sqlite");
+        let mut ledger = PrivacyLedger::open(&path, budget(), "aaaa").expect("open");
+        ledger.charge(charge_for(0, 50, 10, 30.0)).expect("charge");
+        let spent = ledger.rho_spent().expect("spent");
+        drop(ledger);
+        let err = PrivacyLedger::open(&path, budget(), "bbbb").unwrap_err();
+        assert!(
+            matches!(&err, PrivacyError::LedgerForOtherData { stored, data, .. }
+                if stored == "aaaa" && data == "bbbb"),
+            "{err}"
+        );
+        let again = PrivacyLedger::open(&path, budget(), "aaaa").expect("reopen");
+        assert_eq!(again.rho_spent().expect("spent"), spent);
+        assert_eq!(rho_charged_at(&path).expect("read"), spent);
+        assert_eq!(
+            rho_charged_at(&dir.path().join("none.sqlite")).expect("read"),
+            0.0
+        );
+    }
+
+    /// A version-1 ledger (written before fingerprints) keeps its charges and adopts the data
+    /// it is next opened for; other data is then refused.
+    #[test]
+    fn a_version_one_ledger_adopts_the_data_it_is_opened_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v1.sqlite");
+        {
+            // The version-1 schema, as earlier builds created it.
+            let conn = Connection::open(&path).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE budget (id INTEGER PRIMARY KEY CHECK (id = 1), epsilon REAL NOT \
+                 NULL, delta REAL NOT NULL, privacy_unit TEXT NOT NULL, mechanism TEXT NOT NULL);
+                 CREATE TABLE charges (id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT \
+                 NULL, queries INTEGER NOT NULL, sigma REAL NOT NULL, sensitivity REAL NOT NULL, \
+                 rho REAL NOT NULL CHECK (rho >= 0));
+                 INSERT INTO budget VALUES (1, 4.0, 1e-5, 'record', 'gaussian');
+                 INSERT INTO charges (round, queries, sigma, sensitivity, rho)
+                     VALUES (0, 50, 30.0, 10.0, 0.25);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("v1 ledger");
+        }
+        let ledger = PrivacyLedger::open(&path, budget(), "cccc").expect("upgrade");
+        assert_eq!(ledger.rho_spent().expect("spent"), 0.25);
+        drop(ledger);
+        assert!(matches!(
+            PrivacyLedger::open(&path, budget(), "dddd"),
+            Err(PrivacyError::LedgerForOtherData { .. })
+        ));
+    }
+
     #[test]
     fn privacy_ledger_accounts_with_opendp_maps() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -381,7 +482,8 @@ mod tests {
             epsilon: 50.0,
             delta: 1e-5,
         };
-        let mut ledger = PrivacyLedger::open(&dir.path().join("n.sqlite"), budget).expect("open");
+        let mut ledger =
+            PrivacyLedger::open(&dir.path().join("n.sqlite"), budget, "data").expect("open");
         assert_eq!(ledger.budget(), budget);
         assert_eq!(ledger.rho_spent().expect("spent"), 0.0);
         assert_eq!(ledger.epsilon_spent().expect("eps"), 0.0);
@@ -437,7 +539,8 @@ mod tests {
             epsilon: 1.0,
             delta: 1e-5,
         };
-        let mut ledger = PrivacyLedger::open(&dir.path().join("n.sqlite"), budget).expect("open");
+        let mut ledger =
+            PrivacyLedger::open(&dir.path().join("n.sqlite"), budget, "data").expect("open");
         let cap = rho_for(budget).expect("rho_for");
         eprintln!("rho_for(epsilon 1, delta 1e-5) = {cap}");
         // 10 queries x 10 classes at sigma 30: rho = (sqrt 20)^2 / (2 * 900) ~= 0.0111 each,
@@ -508,7 +611,7 @@ mod tests {
             delta: 1e-6,
         };
         let (spent, charges) = {
-            let mut ledger = PrivacyLedger::open(&path, budget).expect("open");
+            let mut ledger = PrivacyLedger::open(&path, budget, "data").expect("open");
             // 50 queries x 10 classes at sigma 30: rho = 100 / 1800 ~= 0.056 each, ~1.4 epsilon.
             ledger.charge(charge_for(0, 50, 10, 30.0)).expect("charge");
             ledger.charge(charge_for(1, 50, 10, 30.0)).expect("charge");
@@ -519,7 +622,7 @@ mod tests {
             // Dropped here: as if the node crashed after charging, before sending.
         };
         assert!(spent > 0.0);
-        let ledger = PrivacyLedger::open(&path, budget).expect("reopen");
+        let ledger = PrivacyLedger::open(&path, budget, "data").expect("reopen");
         assert_eq!(ledger.rho_spent().expect("spent"), spent);
         assert_eq!(ledger.charges().expect("charges"), charges);
         drop(ledger);
@@ -535,12 +638,12 @@ mod tests {
             },
         ] {
             assert!(matches!(
-                PrivacyLedger::open(&path, other),
+                PrivacyLedger::open(&path, other, "data"),
                 Err(PrivacyError::BudgetMismatch { .. })
             ));
         }
         // ... and the refusal did not touch the file.
-        let ledger = PrivacyLedger::open(&path, budget).expect("reopen");
+        let ledger = PrivacyLedger::open(&path, budget, "data").expect("reopen");
         assert_eq!(ledger.rho_spent().expect("spent"), spent);
         // An invalid budget is refused before the file is touched.
         assert!(matches!(
@@ -549,7 +652,8 @@ mod tests {
                 Budget {
                     epsilon: 1.0,
                     delta: 0.0
-                }
+                },
+                "data"
             ),
             Err(PrivacyError::InvalidBudget { .. })
         ));
@@ -565,10 +669,10 @@ mod tests {
             epsilon: f64::INFINITY,
             delta: 1e-5,
         };
-        let mut ledger = PrivacyLedger::open(&path, budget).expect("open");
+        let mut ledger = PrivacyLedger::open(&path, budget, "data").expect("open");
         ledger.charge(charge_for(0, 1000, 10, 0.5)).expect("charge");
         drop(ledger);
-        let ledger = PrivacyLedger::open(&path, budget).expect("reopen");
+        let ledger = PrivacyLedger::open(&path, budget, "data").expect("reopen");
         assert_eq!(ledger.budget().epsilon, f64::INFINITY);
         assert!(ledger.can_afford(1e6).expect("afford"));
     }
@@ -580,7 +684,8 @@ mod tests {
             epsilon: 1.0,
             delta: 1e-5,
         };
-        let mut ledger = PrivacyLedger::open(&dir.path().join("n.sqlite"), budget).expect("open");
+        let mut ledger =
+            PrivacyLedger::open(&dir.path().join("n.sqlite"), budget, "data").expect("open");
         for rho in [-0.1, f64::NAN, f64::INFINITY] {
             let mut c = charge_for(0, 1, 2, 10.0);
             c.rho = rho;

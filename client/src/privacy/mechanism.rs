@@ -620,7 +620,8 @@ mod tests {
             epsilon: 10.0,
             delta: 1e-5,
         };
-        let mut ledger = PrivacyLedger::open(&dir.path().join("l.sqlite"), budget).expect("open");
+        let mut ledger =
+            PrivacyLedger::open(&dir.path().join("l.sqlite"), budget, "data").expect("open");
         // 4 queries x 3 classes; each row sums to 5 (5 teachers).
         let sums = [5.0, 0.0, 0.0, 1.0, 2.0, 2.0, 0.0, 0.0, 5.0, 2.5, 2.5, 0.0];
         let (labels, receipt) =

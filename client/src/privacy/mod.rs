@@ -52,7 +52,7 @@ pub mod teachers;
 use std::path::PathBuf;
 
 pub use accountant::{Budget, epsilon_for, rho_for};
-pub use ledger::{Charge, PrivacyLedger, Receipt};
+pub use ledger::{Charge, PrivacyLedger, Receipt, rho_charged_at};
 pub use mechanism::{
     Projection, gaussian_release, private_release, release_rho, release_sensitivity, sigma_for_rho,
     to_simplex,
@@ -207,6 +207,40 @@ pub enum PrivacyError {
         configured_epsilon: f64,
         /// Delta in the configuration.
         configured_delta: f64,
+    },
+
+    /// The ledger file accounts for other private data than the node now holds (their
+    /// fingerprints differ): its spending does not cover these records, and starting this
+    /// data afresh in it would mix two accounts.
+    #[error(
+        "privacy ledger {path} accounts for other private data (fingerprint {stored}) than \
+         this node's (fingerprint {data}); use the ledger kept for this data (by default next \
+         to the private file), or, if the data changed on purpose, a new ledger file: the \
+         budget then starts afresh for data whose old version was already released"
+    )]
+    LedgerForOtherData {
+        /// The ledger file.
+        path: PathBuf,
+        /// The fingerprint stored in the ledger.
+        stored: String,
+        /// The fingerprint of the node's private data now.
+        data: String,
+    },
+
+    /// A noiseless run (`epsilon = inf` without a fixed sigma) was started over a ledger that
+    /// has already charged private releases of this data: its labels would release the same
+    /// records again, exactly.
+    #[error(
+        "privacy ledger {path} has already charged rho {rho} for private releases of this \
+         data; a noiseless run (epsilon = inf) over it would release the same records without \
+         noise. Keep the finite budget, or point [privacy] ledger elsewhere only for data that \
+         has never been released"
+    )]
+    NoiselessOverSpent {
+        /// The ledger file.
+        path: PathBuf,
+        /// The rho it has charged.
+        rho: f64,
     },
 
     /// SQLite failed while reading or writing the ledger.

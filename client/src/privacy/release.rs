@@ -342,7 +342,9 @@ mod tests {
         };
         let mut labeller = Labeller::Private(Box::new(PrivateLabeller {
             ensemble,
-            ledger: Some(PrivacyLedger::open(&dir.path().join("l.sqlite"), budget).unwrap()),
+            ledger: Some(
+                PrivacyLedger::open(&dir.path().join("l.sqlite"), budget, "data").unwrap(),
+            ),
             budget,
             // Sensitivity sqrt(2 * 3 queries): rho = 6 / (2 * 25) = 0.12 per release. The
             // textbook bound rho + 2 sqrt(rho ln(1 / delta)) gives epsilon <= 2.5 after one
