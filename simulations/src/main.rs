@@ -10,8 +10,8 @@ use fd_client::privacy::teachers::{TeacherKind, Votes};
 use fd_coordinator::aggregate::AggregatorKind;
 use fd_sim::datasets::{DatasetKind, SyntheticSpec};
 use fd_sim::faults::Attack;
-use fd_sim::federation::{self, SimConfig, SimResult};
-use fd_sim::report::{AggregatorRow, SweepRow};
+use fd_sim::federation::{self, SimConfig};
+use fd_sim::report::AggregatorRow;
 
 /// Simulate a federated knowledge-distillation run on one machine.
 ///
@@ -35,6 +35,11 @@ struct Args {
     /// Seed of the split, the partition and every model.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Runs each setting this many times, with seeds --seed, --seed + 1, ... (each a new split,
+    /// new models and, with privacy, new noise from the OS), and reports mean and standard
+    /// deviation over the repeats, and the worst client's gain over local-only.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeats: u32,
     /// Built-in dataset.
     #[arg(long, value_enum, default_value_t = DatasetKind::Digits)]
     dataset: DatasetKind,
@@ -330,6 +335,10 @@ fn main() -> anyhow::Result<()> {
         !(args.compare_aggregators && args.epsilon.len() > 1),
         "--compare-aggregators and an epsilon sweep cannot be combined"
     );
+    anyhow::ensure!(
+        !(args.compare_aggregators && args.repeats > 1),
+        "--compare-aggregators and --repeats cannot be combined"
+    );
     if let Some(dir) = &args.export_split {
         let files = fd_sim::federation::export_split(&config, dir)?;
         println!("wrote {} files to {}", files.len(), dir.display());
@@ -343,7 +352,13 @@ fn main() -> anyhow::Result<()> {
     if args.compare_aggregators {
         return compare_aggregators(&runtime, config, epsilons[0], args.json);
     }
-    run_epsilons(&runtime, config, &epsilons, args.json.as_deref())
+    run_epsilons(
+        &runtime,
+        config,
+        &epsilons,
+        args.repeats,
+        args.json.as_deref(),
+    )
 }
 
 /// Logs to stderr, at the level `RUST_LOG` asks for (`warn` by default).
@@ -592,34 +607,56 @@ fn parse_epsilons(texts: &[String], mode: PrivacyMode) -> anyhow::Result<Vec<f64
     Ok(epsilons)
 }
 
-/// Runs the federation once per epsilon, printing each table, then the sweep table (if more
-/// than one) and writing the last result (and the sweep) as JSON.
+/// Runs the federation `repeats` times per epsilon (seeds counting up from the configured
+/// one), printing each table (one line a run when repeating), then the sweep table (with more
+/// than one epsilon or repeat), and writing the last result (and the sweep) as JSON.
 fn run_epsilons(
     runtime: &tokio::runtime::Runtime,
     mut config: SimConfig,
     epsilons: &[f64],
+    repeats: u32,
     json: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let sweep = epsilons.len() > 1;
+    let summary = epsilons.len() > 1 || repeats > 1;
+    let first_seed = config.seed;
     let mut rows = Vec::new();
     let mut last = None;
     for &epsilon in epsilons {
         set_epsilon(&mut config, epsilon)?;
-        let result = runtime.block_on(federation::run(&config))?;
-        print!("{}", fd_sim::report::table(&result));
-        rows.push(sweep_row(epsilon, &result));
-        last = Some(result);
-        if sweep {
+        let mut results = Vec::new();
+        for r in 0..u64::from(repeats) {
+            config.seed = first_seed + r;
+            let result = runtime.block_on(federation::run(&config))?;
+            if repeats == 1 {
+                print!("{}", fd_sim::report::table(&result));
+                if summary {
+                    println!();
+                }
+            } else {
+                println!(
+                    "{}",
+                    fd_sim::report::repeat_line(epsilon, config.seed, &result)
+                );
+            }
+            results.push(result);
+        }
+        rows.push(fd_sim::report::SweepRow::from_results(epsilon, &results));
+        last = results.pop();
+    }
+    if summary {
+        if repeats > 1 {
             println!();
         }
-    }
-    if sweep {
-        println!("accuracy against epsilon (per record of each node's private data):");
+        println!(
+            "accuracy against epsilon (per record of each node's private data), {repeats} \
+             run(s) each, seeds {first_seed}..={}:",
+            first_seed + u64::from(repeats) - 1
+        );
         print!("{}", fd_sim::report::sweep_table(&rows));
     }
     if let (Some(path), Some(result)) = (json, last) {
         let mut value = serde_json::to_value(&result)?;
-        if sweep {
+        if summary {
             value["sweep"] = serde_json::to_value(&rows)?;
         }
         write_json(path, &value)?;
@@ -634,21 +671,6 @@ fn set_epsilon(config: &mut SimConfig, epsilon: f64) -> anyhow::Result<()> {
         .privacy
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid privacy settings: {m}"))
-}
-
-/// The sweep-table row of one run at `epsilon`.
-fn sweep_row(epsilon: f64, result: &SimResult) -> SweepRow {
-    SweepRow {
-        epsilon: epsilon.is_finite().then_some(epsilon),
-        federated_mean_acc: result.federated_mean_acc,
-        local_only_mean_acc: result.local_only_mean_acc,
-        max_epsilon_spent: result
-            .clients
-            .iter()
-            .filter_map(|c| c.epsilon_spent)
-            .reduce(f64::max),
-        sigma: result.clients.first().and_then(|c| c.sigma),
-    }
 }
 
 /// Writes `value` as pretty-printed JSON to `path` and says so.

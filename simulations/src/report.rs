@@ -177,29 +177,102 @@ fn write_footer(s: &mut String, r: &SimResult) {
     );
 }
 
-/// One row of an epsilon sweep.
+/// One row of an epsilon sweep: the mean (and, over repeats, the sample standard deviation)
+/// of each figure over the runs at one epsilon.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SweepRow {
     /// The budget (`None`: infinite, no noise).
     pub epsilon: Option<f64>,
-    /// Mean federated test accuracy.
+    /// Runs averaged.
+    pub repeats: usize,
+    /// Mean federated test accuracy (mean over runs of the honest clients' mean).
     pub federated_mean_acc: f64,
-    /// Mean local-only test accuracy (the same at every epsilon).
+    /// Its standard deviation over the runs (`None` for one run).
+    pub federated_sd: Option<f64>,
+    /// Mean local-only test accuracy.
     pub local_only_mean_acc: f64,
+    /// Its standard deviation over the runs.
+    pub local_only_sd: Option<f64>,
+    /// The smallest `federated_acc - local_only_acc` of any honest client in any run: below 0,
+    /// some node ended worse than alone.
+    pub worst_gain: f64,
+    /// Honest client-runs whose federated accuracy fell more than 0.5 points below their
+    /// local-only accuracy.
+    pub harmed: usize,
     /// Largest epsilon any client spent.
     pub max_epsilon_spent: Option<f64>,
-    /// Noise standard deviation of the first client's releases.
+    /// Noise standard deviation of the first client's releases (last run).
     pub sigma: Option<f64>,
 }
 
-/// Renders accuracy against epsilon.
+/// Mean and sample standard deviation (`None` for fewer than two values).
+pub fn mean_sd(values: &[f64]) -> (f64, Option<f64>) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n.max(1.0);
+    let sd = (values.len() > 1)
+        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    (mean, sd)
+}
+
+/// Federated minus local-only accuracy of every honest client of `r`.
+fn gains(r: &SimResult) -> impl Iterator<Item = f64> + '_ {
+    r.clients
+        .iter()
+        .filter(|c| !c.byzantine)
+        .map(|c| c.federated_acc - c.local_only_acc)
+}
+
+impl SweepRow {
+    /// The row of the runs `results` at `epsilon`.
+    pub fn from_results(epsilon: f64, results: &[SimResult]) -> SweepRow {
+        let fed: Vec<f64> = results.iter().map(|r| r.federated_mean_acc).collect();
+        let local: Vec<f64> = results.iter().map(|r| r.local_only_mean_acc).collect();
+        let (federated_mean_acc, federated_sd) = mean_sd(&fed);
+        let (local_only_mean_acc, local_only_sd) = mean_sd(&local);
+        let all_gains: Vec<f64> = results.iter().flat_map(gains).collect();
+        SweepRow {
+            epsilon: epsilon.is_finite().then_some(epsilon),
+            repeats: results.len(),
+            federated_mean_acc,
+            federated_sd,
+            local_only_mean_acc,
+            local_only_sd,
+            worst_gain: all_gains.iter().copied().fold(f64::INFINITY, f64::min),
+            harmed: all_gains.iter().filter(|&&g| g < -0.005).count(),
+            max_epsilon_spent: results
+                .iter()
+                .flat_map(|r| r.clients.iter().filter_map(|c| c.epsilon_spent))
+                .reduce(f64::max),
+            sigma: results
+                .last()
+                .and_then(|r| r.clients.first())
+                .and_then(|c| c.sigma),
+        }
+    }
+}
+
+/// One line for one run of a repeated setting.
+pub fn repeat_line(epsilon: f64, seed: u64, r: &SimResult) -> String {
+    let worst = gains(r).fold(f64::INFINITY, f64::min);
+    format!(
+        "epsilon {epsilon} seed {seed}: federated {:.4}, local-only {:.4}, worst client's gain \
+         over local-only {worst:+.4}",
+        r.federated_mean_acc, r.local_only_mean_acc
+    )
+}
+
+/// Renders accuracy against epsilon (mean +- sd over repeats).
 pub fn sweep_table(rows: &[SweepRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>8} {:>10} {:>12} {:>12} {:>14}",
-        "epsilon", "sigma", "federated", "local-only", "max eps spent"
+        "{:>8} {:>10} {:>18} {:>18} {:>11} {:>7} {:>14}",
+        "epsilon", "sigma", "federated", "local-only", "worst gain", "harmed", "max eps spent"
     );
+    let pm = |mean: f64, sd: Option<f64>| match sd {
+        Some(sd) => format!("{mean:.4} +- {sd:.4}"),
+        None => format!("{mean:.4}"),
+    };
     for r in rows {
         let eps = r.epsilon.map_or("inf".to_owned(), |e| format!("{e}"));
         let spent = r
@@ -208,8 +281,14 @@ pub fn sweep_table(rows: &[SweepRow]) -> String {
         let sigma = r.sigma.map_or("-".to_owned(), |v| format!("{v:.2}"));
         let _ = writeln!(
             s,
-            "{:>8} {:>10} {:>12.4} {:>12.4} {:>14}",
-            eps, sigma, r.federated_mean_acc, r.local_only_mean_acc, spent
+            "{:>8} {:>10} {:>18} {:>18} {:>+11.4} {:>7} {:>14}",
+            eps,
+            sigma,
+            pm(r.federated_mean_acc, r.federated_sd),
+            pm(r.local_only_mean_acc, r.local_only_sd),
+            r.worst_gain,
+            r.harmed,
+            spent
         );
     }
     s
@@ -278,4 +357,18 @@ pub fn aggregator_table(rows: &[AggregatorRow]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_standard_deviation() {
+        // 2, 4, 4, 4, 5, 5, 7, 9: mean 5, squared deviations sum to 32, 32 / 7 = 4.571...
+        let (mean, sd) = mean_sd(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(mean, 5.0);
+        assert!((sd.unwrap() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_sd(&[0.5]), (0.5, None));
+    }
 }
