@@ -64,9 +64,18 @@ impl NodeBuilder {
             &self.label_column,
             &training,
         )?;
+        let learner = Learner::new(
+            training.clone(),
+            self.classes,
+            prepared.train,
+            prepared.public.clone(),
+        )?;
+        // The teachers see only the records the student trains on: the do-no-harm check's
+        // held-out records must not reach the target through this node's own votes, or the
+        // federated student would look better on them than it is.
         let labeller = build_labeller(
             &self.privacy,
-            &prepared.train,
+            learner.private(),
             &prepared.public,
             self.classes,
             &training,
@@ -74,8 +83,7 @@ impl NodeBuilder {
             &self.data_fingerprint,
         )?;
         tracing::info!(privacy = %labeller.statement(), "privacy of released labels");
-        let private_records = prepared.train.len();
-        let learner = Learner::new(training, self.classes, prepared.train, prepared.public)?;
+        let private_records = learner.private().len();
         Ok(Node {
             learner,
             labeller,

@@ -19,6 +19,18 @@ pub fn default_ledger(private_csv: &std::path::Path) -> std::path::PathBuf {
     private_csv.with_file_name(name)
 }
 
+/// Held-out accuracy of a student trained on `learner`'s private records alone, with the
+/// federated student's step budget.
+fn local_only_accuracy(
+    learner: &crate::distill::Learner,
+    holdout: &crate::data::Labelled,
+) -> Result<f64, NodeError> {
+    if holdout.is_empty() {
+        return Ok(0.0);
+    }
+    Ok(learner.local_only()?.accuracy(holdout)?)
+}
+
 /// Runs a node from its config: joins, trains, and writes `model.safetensors`, `model.json` and
 /// `report.json` into the output directory.
 pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
@@ -84,6 +96,12 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
         teacher = student_metrics.teacher,
         "student against its teacher (speed-up measured)"
     );
+    let local_only_acc = local_only_accuracy(&outcome.learner, &node.holdout)?;
+    tracing::info!(
+        federated = outcome.final_accuracy,
+        local_only = local_only_acc,
+        "held-out accuracy: the kept student against one trained on this node's records alone"
+    );
     let spent = outcome.labeller.spent()?;
     let private_part = outcome.labeller.private();
     let report = NodeReport {
@@ -102,6 +120,8 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
         rounds: outcome.rounds,
         round_accuracy: outcome.round_accuracy.clone(),
         accuracy: outcome.final_accuracy,
+        local_only_acc,
+        harm_check: outcome.learner.harm_check().cloned(),
         bytes_up: outcome.bytes_up,
         bytes_down: outcome.bytes_down,
         seconds: outcome.seconds,

@@ -21,6 +21,8 @@ pub enum Stream {
     /// The shard ensemble's seed: shard assignment and, through [`Stream::TeacherWeights`],
     /// its teachers' weights.
     ShardTeachers,
+    /// Which private records the student holds out for its do-no-harm check.
+    Validation,
 }
 
 impl Stream {
@@ -32,6 +34,7 @@ impl Stream {
             Stream::TeacherWeights => 0x7eac_4e25,
             Stream::TeacherBatches => 0x7eac,
             Stream::ShardTeachers => 0x5a4d,
+            Stream::Validation => 0x7a11,
         }
     }
 }
@@ -48,6 +51,7 @@ mod tests {
             Stream::TeacherWeights,
             Stream::TeacherBatches,
             Stream::ShardTeachers,
+            Stream::Validation,
         ];
         for seed in [0u64, 1, 42, u64::MAX] {
             let seeds: std::collections::BTreeSet<u64> = all.iter().map(|s| s.seed(seed)).collect();

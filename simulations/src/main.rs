@@ -130,6 +130,11 @@ struct Args {
     /// snapshot from the previous round [default: 0, off].
     #[arg(long)]
     self_distillation: Option<f64>,
+    /// Do no harm: hold this fraction of each client's private records out of its student's
+    /// (and teachers') training, and after the federation keep a student trained against the
+    /// target only if it beats one trained alone on them (e.g. 0.2; default off).
+    #[arg(long)]
+    validation_fraction: Option<f64>,
     /// Synthetic data: private records per client.
     #[arg(long, default_value_t = 1000)]
     records_per_client: usize,
@@ -505,6 +510,9 @@ fn apply_schedule_args(args: &Args, t: &mut TrainConfig) {
     }
     if let Some(v) = args.temperature_schedule {
         t.temperature_schedule = v.into();
+    }
+    if let Some(v) = args.validation_fraction {
+        t.validation_fraction = Some(v);
     }
     if let Some(v) = args.self_distillation {
         t.self_distillation = v;

@@ -61,6 +61,14 @@ pub struct TrainConfig {
     /// Self-distillation across rounds: weight of a `T^2 * KL` term pulling the student towards
     /// its own snapshot from the end of the previous round, on public records (0: off).
     pub self_distillation: f64,
+    /// Do no harm: the fraction of private records held out of the student's training (and
+    /// of the teachers') to choose, after the federation, between a student trained against
+    /// the federation's target and one trained on the node's records alone (see
+    /// [`crate::distill::HarmCheck`]); 0.2 is a reasonable value. `None` or 0: off (the
+    /// default for now: held-out records come from the node's own skewed mix of classes and
+    /// cannot see what the federation adds on the others, so on skewed digits the check still
+    /// kept harmful targets at epsilon 1-2 and cost accuracy at epsilon 8).
+    pub validation_fraction: Option<f64>,
 }
 
 /// The kind of student network.
@@ -180,6 +188,7 @@ impl Default for TrainConfig {
             temperature_schedule: ScheduleShape::Constant,
             teacher: LocalTeacherConfig::default(),
             self_distillation: 0.0,
+            validation_fraction: None,
         }
     }
 }
@@ -253,6 +262,11 @@ impl TrainConfig {
             (
                 self.self_distillation >= 0.0 && self.self_distillation.is_finite(),
                 "self_distillation must be >= 0",
+            ),
+            (
+                self.validation_fraction
+                    .is_none_or(|f| (0.0..=0.5).contains(&f)),
+                "validation_fraction must be between 0 and 0.5",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -34,6 +34,63 @@ pub struct Learner {
     temperature: f64,
     config: TrainConfig,
     rng: StdRng,
+    /// Private records held out of the student's training for the do-no-harm check, and all
+    /// the private records (the local-only student the check keeps is retrained on them).
+    validation: Option<(Labelled, Labelled)>,
+    /// The round count of the federation (from [`Learner::set_round`]).
+    rounds: u32,
+    /// The do-no-harm check, once made.
+    harm: Option<HarmCheck>,
+}
+
+/// Fewer private records than this and no validation split is held out: a handful of records
+/// cannot tell two students apart, and holding them back would cost the student more than the
+/// check could save. The federated student is then kept unchecked.
+pub const MIN_RECORDS_TO_CHECK: usize = 25;
+/// The smallest validation split held out (when the fraction gives fewer).
+pub const MIN_VALIDATION_RECORDS: usize = 5;
+
+/// Do no harm: after the federation, the node compares on private records its student never
+/// trained on the federated student with one trained on its records alone, and keeps the
+/// better. The student a node keeps never leaves it, so this costs no privacy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HarmCheck {
+    /// Private records held out to decide.
+    pub validation_records: usize,
+    /// The federated student's balanced accuracy on them.
+    pub federated_validation_acc: f64,
+    /// The local-only student's balanced accuracy on them.
+    pub local_only_validation_acc: f64,
+    /// Which student the node kept: `"federated"`, or `"local-only"` if strictly better.
+    pub kept: String,
+}
+
+/// Splits off `fraction` of `private` (at least [`MIN_VALIDATION_RECORDS`]) as a validation
+/// set, chosen by `seed`; none below [`MIN_RECORDS_TO_CHECK`] records or at fraction 0.
+fn split_validation(
+    private: Labelled,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Labelled, Option<(Labelled, Labelled)>), ModelError> {
+    let n = private.len();
+    if fraction <= 0.0 || n < MIN_RECORDS_TO_CHECK {
+        return Ok((private, None));
+    }
+    let held = ((n as f64 * fraction).round() as usize).max(MIN_VALIDATION_RECORDS);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut StdRng::seed_from_u64(seed));
+    let (hold, keep) = order.split_at(held);
+    let pick = |rows: &[u32]| -> Result<Labelled, ModelError> {
+        let mut rows = rows.to_vec();
+        rows.sort_unstable();
+        let ids = Tensor::new(rows.as_slice(), &crate::distill::device())?;
+        Ok(Labelled {
+            x: private.x.index_select(&ids, 0)?,
+            y: private.y.index_select(&ids, 0)?,
+            labels: rows.iter().map(|&r| private.labels[r as usize]).collect(),
+        })
+    };
+    Ok((pick(keep)?, Some((pick(hold)?, private))))
 }
 
 /// A node's larger local teacher, its optimiser, and the learned projection from the student's
@@ -125,7 +182,15 @@ impl Learner {
             None => None,
         };
         let optimiser = adamw(student_vars, &config)?;
+        let (private, validation) = split_validation(
+            private,
+            config.validation_fraction.unwrap_or(0.0),
+            Stream::Validation.seed(config.seed),
+        )?;
         Ok(Learner {
+            validation,
+            rounds: 0,
+            harm: None,
             student,
             optimiser,
             private,
@@ -138,6 +203,97 @@ impl Learner {
             rng: StdRng::seed_from_u64(Stream::StudentBatches.seed(config.seed)),
             config,
         })
+    }
+
+    /// A student trained on this learner's private records alone (its validation split
+    /// excluded), with as many steps as the federated student took.
+    pub fn local_only(&self) -> Result<Learner, ModelError> {
+        self.local_only_on(self.private.clone())
+    }
+
+    /// A student trained on `private` alone, with the federated student's step budget.
+    fn local_only_on(&self, private: Labelled) -> Result<Learner, ModelError> {
+        let mut config = self.config.clone();
+        config.validation_fraction = Some(0.0);
+        let steps = config.local_steps + config.steps_per_round * (self.rounds as usize).max(1);
+        let classes = self.student.config().classes;
+        train_local_only(&config, classes, private, self.public.clone(), steps)
+    }
+
+    /// A fresh student trained on `private` as the federated one was, step for step: the
+    /// local steps, then each round's steps with that round's alpha, but all against the
+    /// final target (`with_target`), or on the private records alone (without; then it is the
+    /// local-only baseline exactly). No local teacher, no validation split.
+    fn retrained(&self, private: Labelled, with_target: bool) -> Result<Learner, ModelError> {
+        let mut config = self.config.clone();
+        config.validation_fraction = Some(0.0);
+        config.teacher = LocalTeacherConfig {
+            enabled: false,
+            feature_weight: 0.0,
+            logit_weight: 0.0,
+            ..config.teacher
+        };
+        let classes = self.student.config().classes;
+        let mut learner = Learner::new(config, classes, private, self.public.clone())?;
+        learner.train(learner.config.local_steps, 1.0)?;
+        let rounds = self.rounds.max(1);
+        if with_target && self.target.is_some() {
+            learner.target = self.target.clone();
+            learner.target_weights = self.target_weights.clone();
+            for round in 0..rounds {
+                learner.set_round(round, rounds)?;
+                let alpha = learner.config.alpha(round, rounds);
+                learner.train(learner.config.steps_per_round, alpha)?;
+            }
+        } else {
+            learner.train(learner.config.steps_per_round * rounds as usize, 1.0)?;
+        }
+        Ok(learner)
+    }
+
+    /// Do no harm (with a validation split). Two fresh students are trained on the records
+    /// the student trained on (the validation split held out): one against the federation's
+    /// final target, one on the records alone. The better on the held-out records is then
+    /// trained again, the same way, on every
+    /// private record and replaces the student (the local-only one only if strictly better, by
+    /// balanced accuracy: see [`Learner::balanced_accuracy`]). Both candidates see the same records, so
+    /// neither is favoured by data the other lacked, and a node that keeps the local-only
+    /// student ends exactly where it would have stayed alone. Returns the check (`None`
+    /// without a validation split); later calls return the first check.
+    pub fn check_harm(&mut self) -> Result<Option<&HarmCheck>, ModelError> {
+        let Some((validation, all)) = self.validation.clone() else {
+            return Ok(None);
+        };
+        if self.harm.is_none() {
+            let federated = self
+                .retrained(self.private.clone(), true)?
+                .balanced_accuracy(&validation)?;
+            let local = self
+                .retrained(self.private.clone(), false)?
+                .balanced_accuracy(&validation)?;
+            // A tie keeps the federated student: the held-out records come from the node's own
+            // skewed mix of classes, where both often score perfectly, while the federation's
+            // target also knows the classes the node barely holds.
+            let keep_local = local > federated;
+            self.student = self.retrained(all, !keep_local)?.student;
+            self.harm = Some(HarmCheck {
+                validation_records: validation.len(),
+                federated_validation_acc: federated,
+                local_only_validation_acc: local,
+                kept: if keep_local {
+                    "local-only"
+                } else {
+                    "federated"
+                }
+                .into(),
+            });
+        }
+        Ok(self.harm.as_ref())
+    }
+
+    /// The do-no-harm check, if it was made.
+    pub fn harm_check(&self) -> Option<&HarmCheck> {
+        self.harm.as_ref()
     }
 
     /// The student.
@@ -173,6 +329,7 @@ impl Learner {
     /// Moves to `round` of `rounds`: sets the scheduled temperature and, with
     /// `self_distillation`, snapshots the student as the previous round's model.
     pub fn set_round(&mut self, round: u32, rounds: u32) -> Result<(), ModelError> {
+        self.rounds = rounds;
         self.temperature = self.config.temperature_at(round, rounds);
         if self.config.self_distillation > 0.0 && round > 0 {
             self.previous = Some(self.student.snapshot()?);
@@ -379,6 +536,37 @@ impl Learner {
     pub fn accuracy(&self, set: &Labelled) -> Result<f64, ModelError> {
         self.student.accuracy(&set.x, &set.labels)
     }
+
+    /// Balanced accuracy of the student on a labelled set: the mean over the classes present of
+    /// each class's recall. A node's records are skewed towards a few classes, where a student
+    /// trained alone does well; each class it holds counts the same here.
+    pub fn balanced_accuracy(&self, set: &Labelled) -> Result<f64, ModelError> {
+        let predicted: Vec<u32> = self
+            .student
+            .forward(&set.x)?
+            .argmax(candle_core::D::Minus1)?
+            .to_vec1()?;
+        Ok(balanced_accuracy(&predicted, &set.labels))
+    }
+}
+
+/// The mean over the classes in `labels` of the share of each class predicted right (0 for no
+/// labels).
+pub fn balanced_accuracy(predicted: &[u32], labels: &[u32]) -> f64 {
+    let mut per_class: std::collections::BTreeMap<u32, (usize, usize)> = Default::default();
+    for (&p, &l) in predicted.iter().zip(labels) {
+        let e = per_class.entry(l).or_default();
+        e.0 += usize::from(p == l);
+        e.1 += 1;
+    }
+    if per_class.is_empty() {
+        return 0.0;
+    }
+    per_class
+        .values()
+        .map(|&(right, all)| right as f64 / all as f64)
+        .sum::<f64>()
+        / per_class.len() as f64
 }
 
 fn batch_indices(rng: &mut StdRng, batch_size: usize, rows: usize) -> Result<Tensor, ModelError> {
@@ -457,6 +645,110 @@ mod tests {
     }
 
     /// Two separable blobs: training must drive accuracy up from chance.
+    #[test]
+    fn balanced_accuracy_weighs_each_present_class_the_same() {
+        // Class 0: 3 of 4 right; class 1: 0 of 1; class 2 absent. (3/4 + 0) / 2.
+        assert_eq!(balanced_accuracy(&[0, 0, 0, 1, 0], &[0, 0, 0, 0, 1]), 0.375);
+        assert_eq!(balanced_accuracy(&[], &[]), 0.0);
+    }
+
+    /// Two blobs of 100 records, and a public set that is the same points.
+    fn blobs() -> (Labelled, Tensor) {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for i in 0..100u32 {
+            let c = i % 2;
+            xs.push(if c == 0 { -2.0 } else { 2.0 } + rng.random_range(-1.0f32..1.0));
+            xs.push(rng.random_range(-1.0f32..1.0));
+            ys.push(c);
+        }
+        (
+            Labelled::new(xs.clone(), 2, ys).unwrap(),
+            matrix(xs, 2).unwrap(),
+        )
+    }
+
+    fn checked(fraction: f64) -> TrainConfig {
+        TrainConfig {
+            hidden: vec![8],
+            local_steps: 50,
+            steps_per_round: 50,
+            validation_fraction: Some(fraction),
+            teacher: LocalTeacherConfig {
+                enabled: false,
+                ..LocalTeacherConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_validation_split_is_sized_and_skipped_for_tiny_nodes() {
+        let (data, public) = blobs();
+        let learner = Learner::new(checked(0.2), 2, data.clone(), public.clone()).unwrap();
+        // 20% of 100 records held out; the student trains on the other 80.
+        assert_eq!(learner.private().len(), 80);
+        // Below MIN_RECORDS_TO_CHECK nothing is held out.
+        let ids = Tensor::new(
+            (0..20u32).collect::<Vec<_>>().as_slice(),
+            &crate::distill::device(),
+        )
+        .unwrap();
+        let tiny = Labelled {
+            x: data.x.index_select(&ids, 0).unwrap(),
+            y: data.y.index_select(&ids, 0).unwrap(),
+            labels: data.labels[..20].to_vec(),
+        };
+        let (kept, held) = split_validation(tiny, 0.2, 1).unwrap();
+        assert_eq!((kept.len(), held.is_none()), (20, true));
+        // At least MIN_VALIDATION_RECORDS are held out when the fraction gives fewer.
+        let (_, held) = split_validation(data, 0.01, 1).unwrap();
+        assert_eq!(held.unwrap().0.len(), MIN_VALIDATION_RECORDS);
+    }
+
+    /// A target that names the wrong class for every record: the check sees the federated
+    /// student lose on the held-out records and keeps the local-only one, which is then
+    /// exactly the student trained alone on every record.
+    #[test]
+    fn a_harmful_target_is_refused_and_a_helpful_one_kept() {
+        let (data, public) = blobs();
+        let wrong = SoftLabels {
+            classes: 2,
+            query_ids: (0..100).collect(),
+            probs: data
+                .labels
+                .iter()
+                .flat_map(|&l| if l == 0 { [0.0, 1.0] } else { [1.0, 0.0] })
+                .collect(),
+        };
+        let mut learner = Learner::new(checked(0.2), 2, data.clone(), public.clone()).unwrap();
+        learner.set_round(0, 2).unwrap();
+        learner.set_target(&wrong).unwrap();
+        let check = learner.check_harm().unwrap().cloned().unwrap();
+        assert_eq!(check.kept, "local-only", "{check:?}");
+        assert_eq!(check.validation_records, 20);
+        assert!(check.local_only_validation_acc > check.federated_validation_acc);
+        // 50 local steps and 50 a round for the 2 rounds.
+        let alone = train_local_only(&checked(0.0), 2, data.clone(), public.clone(), 150).unwrap();
+        assert_eq!(
+            learner.label(&[0, 1, 2, 3]).unwrap(),
+            alone.label(&[0, 1, 2, 3]).unwrap()
+        );
+
+        let right = SoftLabels {
+            probs: data
+                .labels
+                .iter()
+                .flat_map(|&l| if l == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
+                .collect(),
+            ..wrong
+        };
+        let mut learner = Learner::new(checked(0.2), 2, data, public).unwrap();
+        learner.set_round(0, 2).unwrap();
+        learner.set_target(&right).unwrap();
+        assert_eq!(learner.check_harm().unwrap().unwrap().kept, "federated");
+    }
+
     #[test]
     fn training_learns_a_separable_problem() {
         let mut rng = StdRng::seed_from_u64(3);

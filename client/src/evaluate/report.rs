@@ -39,8 +39,14 @@ pub struct NodeReport {
     pub rounds: u32,
     /// Held-out accuracy after each round.
     pub round_accuracy: Vec<f64>,
-    /// Held-out accuracy of the final student.
+    /// Held-out accuracy of the final student (the one the node kept).
     pub accuracy: f64,
+    /// Held-out accuracy of a student trained on the same private records alone, so the
+    /// node sees whether joining paid.
+    pub local_only_acc: f64,
+    /// The do-no-harm check (private mode by default): both students on private records held
+    /// out of training, and which one the node kept.
+    pub harm_check: Option<crate::distill::HarmCheck>,
     /// Bytes sent to the coordinator.
     pub bytes_up: u64,
     /// Bytes received from the coordinator.

@@ -181,6 +181,26 @@ impl Worker {
                 learner.set_round(rounds, rounds)?;
                 learner.set_target(&labeller.student_target(&target))?;
                 learner.train(learner.config().steps_per_round, alpha)?;
+                if let Some(check) = learner.check_harm()? {
+                    if check.kept == "local-only" {
+                        tracing::warn!(
+                            federated = check.federated_validation_acc,
+                            local_only = check.local_only_validation_acc,
+                            validation_records = check.validation_records,
+                            "do no harm: the federation's target made the student worse on \
+                             held-out private records than training alone; keeping the \
+                             local-only student"
+                        );
+                    } else {
+                        info!(
+                            federated = check.federated_validation_acc,
+                            local_only = check.local_only_validation_acc,
+                            validation_records = check.validation_records,
+                            "do no harm: the federated student is at least as good as the \
+                             local-only one on held-out private records; keeping it"
+                        );
+                    }
+                }
                 Ok(WorkResult::Distilled {
                     accuracy: learner.accuracy(holdout)?,
                 })
