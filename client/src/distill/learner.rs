@@ -583,8 +583,10 @@ pub fn train_local_only(
     public: Tensor,
     steps: usize,
 ) -> Result<Learner, ModelError> {
-    // The baseline is the student alone: no local teacher to train or distil from.
+    // The baseline is the student alone on every private record: no local teacher to train
+    // or distil from, no validation split.
     let mut config = config.clone();
+    config.validation_fraction = Some(0.0);
     config.teacher = LocalTeacherConfig {
         enabled: false,
         feature_weight: 0.0,
