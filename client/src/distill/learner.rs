@@ -208,16 +208,7 @@ impl Learner {
     /// A student trained on this learner's private records alone (its validation split
     /// excluded), with as many steps as the federated student took.
     pub fn local_only(&self) -> Result<Learner, ModelError> {
-        self.local_only_on(self.private.clone())
-    }
-
-    /// A student trained on `private` alone, with the federated student's step budget.
-    fn local_only_on(&self, private: Labelled) -> Result<Learner, ModelError> {
-        let mut config = self.config.clone();
-        config.validation_fraction = Some(0.0);
-        let steps = config.local_steps + config.steps_per_round * (self.rounds as usize).max(1);
-        let classes = self.student.config().classes;
-        train_local_only(&config, classes, private, self.public.clone(), steps)
+        self.retrained(self.private.clone(), false)
     }
 
     /// A fresh student trained on `private` as the federated one was, step for step: the
@@ -225,16 +216,8 @@ impl Learner {
     /// final target (`with_target`), or on the private records alone (without; then it is the
     /// local-only baseline exactly). No local teacher, no validation split.
     fn retrained(&self, private: Labelled, with_target: bool) -> Result<Learner, ModelError> {
-        let mut config = self.config.clone();
-        config.validation_fraction = Some(0.0);
-        config.teacher = LocalTeacherConfig {
-            enabled: false,
-            feature_weight: 0.0,
-            logit_weight: 0.0,
-            ..config.teacher
-        };
         let classes = self.student.config().classes;
-        let mut learner = Learner::new(config, classes, private, self.public.clone())?;
+        let mut learner = Learner::new(alone(&self.config), classes, private, self.public.clone())?;
         learner.train(learner.config.local_steps, 1.0)?;
         let rounds = self.rounds.max(1);
         if with_target && self.target.is_some() {
@@ -583,19 +566,24 @@ pub fn train_local_only(
     public: Tensor,
     steps: usize,
 ) -> Result<Learner, ModelError> {
-    // The baseline is the student alone on every private record: no local teacher to train
-    // or distil from, no validation split.
-    let mut config = config.clone();
-    config.validation_fraction = Some(0.0);
-    config.teacher = LocalTeacherConfig {
-        enabled: false,
-        feature_weight: 0.0,
-        logit_weight: 0.0,
-        ..config.teacher
-    };
-    let mut learner = Learner::new(config, classes, private, public)?;
+    let mut learner = Learner::new(alone(config), classes, private, public)?;
     learner.train(steps, 1.0)?;
     Ok(learner)
+}
+
+/// `config` for a student alone on every record it is given: no local teacher to train or
+/// distil from, no validation split.
+fn alone(config: &TrainConfig) -> TrainConfig {
+    TrainConfig {
+        validation_fraction: Some(0.0),
+        teacher: LocalTeacherConfig {
+            enabled: false,
+            feature_weight: 0.0,
+            logit_weight: 0.0,
+            ..config.teacher.clone()
+        },
+        ..config.clone()
+    }
 }
 
 #[cfg(test)]
