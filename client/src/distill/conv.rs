@@ -64,39 +64,14 @@ impl Width for Dynamic {
 /// 1, 8, 16, 32 and for 3x3-kernel patch rows of them (3, 24, 48, 96), [`Dynamic`] otherwise.
 macro_rules! with_width {
     ($n:expr, |$w:ident| $body:expr) => {
+        with_width!(@ $n, $w, $body, [1 3 8 16 24 32 48 96])
+    };
+    (@ $n:expr, $w:ident, $body:expr, [$($fixed:literal)*]) => {
         match $n {
-            1 => {
-                let $w = Fixed::<1>;
+            $($fixed => {
+                let $w = Fixed::<$fixed>;
                 $body
-            }
-            3 => {
-                let $w = Fixed::<3>;
-                $body
-            }
-            8 => {
-                let $w = Fixed::<8>;
-                $body
-            }
-            16 => {
-                let $w = Fixed::<16>;
-                $body
-            }
-            24 => {
-                let $w = Fixed::<24>;
-                $body
-            }
-            32 => {
-                let $w = Fixed::<32>;
-                $body
-            }
-            48 => {
-                let $w = Fixed::<48>;
-                $body
-            }
-            96 => {
-                let $w = Fixed::<96>;
-                $body
-            }
+            })*
             n => {
                 let $w = Dynamic(n);
                 $body
