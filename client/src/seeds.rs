@@ -23,6 +23,12 @@ pub enum Stream {
     ShardTeachers,
     /// Which private records the student holds out for its do-no-harm check.
     Validation,
+    /// The student's public batches (and their jitter) for the distillation terms: a stream of
+    /// its own, so that a student trained against a target draws exactly the private batches
+    /// of the local-only student (the two then differ by what the target teaches, not by luck).
+    PublicBatches,
+    /// The local teacher's public batches, likewise.
+    TeacherPublicBatches,
 }
 
 impl Stream {
@@ -35,6 +41,8 @@ impl Stream {
             Stream::TeacherBatches => 0x7eac,
             Stream::ShardTeachers => 0x5a4d,
             Stream::Validation => 0x7a11,
+            Stream::PublicBatches => 0x9ab1,
+            Stream::TeacherPublicBatches => 0x7eac_9ab1,
         }
     }
 }
@@ -52,6 +60,8 @@ mod tests {
             Stream::TeacherBatches,
             Stream::ShardTeachers,
             Stream::Validation,
+            Stream::PublicBatches,
+            Stream::TeacherPublicBatches,
         ];
         for seed in [0u64, 1, 42, u64::MAX] {
             let seeds: std::collections::BTreeSet<u64> = all.iter().map(|s| s.seed(seed)).collect();

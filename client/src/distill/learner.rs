@@ -33,7 +33,10 @@ pub struct Learner {
     /// The temperature of the current round (see [`Learner::set_round`]).
     temperature: f64,
     config: TrainConfig,
+    /// Private batches, their jitter and dropout.
     rng: StdRng,
+    /// Public batches and their jitter ([`Stream::PublicBatches`]).
+    public_rng: StdRng,
     /// Private records held out of the student's training for the do-no-harm check, and all
     /// the private records (the local-only student the check keeps is retrained on them).
     validation: Option<(Labelled, Labelled)>,
@@ -41,6 +44,21 @@ pub struct Learner {
     rounds: u32,
     /// The do-no-harm check, once made.
     harm: Option<HarmCheck>,
+    /// The planner's verdict on the target, once given.
+    trust: Option<TargetTrust>,
+}
+
+/// Do no harm by prediction: a private node whose planner predicts its vote sums to be mostly
+/// noise (signal-to-noise below `privacy.trust_snr`) does not let the federation's target
+/// teach its student, and keeps the student it would have trained alone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TargetTrust {
+    /// The planner's signal-to-noise ratio (see `privacy::plan`).
+    pub predicted_snr: f64,
+    /// The threshold it was held against.
+    pub trust_snr: f64,
+    /// `"federated"` or `"local-only"`.
+    pub kept: String,
 }
 
 /// Fewer private records than this and no validation split is held out: a handful of records
@@ -102,6 +120,8 @@ struct LocalTeacher {
     /// The teacher's own batch stream, so adding a teacher leaves the student's batches as
     /// they were.
     rng: StdRng,
+    /// The teacher's own public batch stream.
+    public_rng: StdRng,
     projection: Linear,
     _projection_vars: VarMap,
 }
@@ -175,6 +195,9 @@ impl Learner {
                     net,
                     optimiser,
                     rng: StdRng::seed_from_u64(Stream::TeacherBatches.seed(config.seed)),
+                    public_rng: StdRng::seed_from_u64(
+                        Stream::TeacherPublicBatches.seed(config.seed),
+                    ),
                     projection,
                     _projection_vars: vars,
                 })
@@ -191,6 +214,7 @@ impl Learner {
             validation,
             rounds: 0,
             harm: None,
+            trust: None,
             student,
             optimiser,
             private,
@@ -201,14 +225,51 @@ impl Learner {
             previous: None,
             temperature: config.temperature,
             rng: StdRng::seed_from_u64(Stream::StudentBatches.seed(config.seed)),
+            public_rng: StdRng::seed_from_u64(Stream::PublicBatches.seed(config.seed)),
             config,
         })
     }
 
-    /// A student trained on this learner's private records alone (its validation split
-    /// excluded), with as many steps as the federated student took.
+    /// A student trained on every private record alone (a validation split included), with as
+    /// many steps as the federated student took: what the node would have had without joining.
     pub fn local_only(&self) -> Result<Learner, ModelError> {
-        self.retrained(self.private.clone(), false)
+        let all = self
+            .validation
+            .as_ref()
+            .map_or(&self.private, |(_, all)| all);
+        self.retrained(all.clone(), false)
+    }
+
+    /// Do no harm by prediction: with `predicted_snr` below `trust_snr` the student is
+    /// replaced by [`Learner::local_only`]'s, exactly the student the node would have trained
+    /// alone, and no validation check follows. Later calls return the first verdict.
+    pub fn weigh_target(
+        &mut self,
+        predicted_snr: f64,
+        trust_snr: f64,
+    ) -> Result<&TargetTrust, ModelError> {
+        let verdict = match self.trust.take() {
+            Some(verdict) => verdict,
+            None => {
+                let trusted = predicted_snr >= trust_snr;
+                if !trusted {
+                    self.student = self.local_only()?.student;
+                    // The validation check would compare a student that is no longer kept.
+                    self.validation = None;
+                }
+                TargetTrust {
+                    predicted_snr,
+                    trust_snr,
+                    kept: if trusted { "federated" } else { "local-only" }.into(),
+                }
+            }
+        };
+        Ok(self.trust.insert(verdict))
+    }
+
+    /// The planner's verdict on the target, if one was given.
+    pub fn target_trust(&self) -> Option<&TargetTrust> {
+        self.trust.as_ref()
     }
 
     /// A fresh student trained on `private` as the federated one was, step for step: the
@@ -371,8 +432,15 @@ impl Learner {
             .then(|| StdRng::seed_from_u64(self.rng.random()));
         Ok(match self.target.clone() {
             Some((tx, tp)) if alpha < 1.0 => {
-                let idx = self.batch(tx.dims()[0])?;
-                let public_x = self.jitter(tx.index_select(&idx, 0)?)?;
+                let idx =
+                    batch_indices(&mut self.public_rng, self.config.batch_size, tx.dims()[0])?;
+                let public_x = perturb(
+                    &mut self.public_rng,
+                    tx.index_select(&idx, 0)?,
+                    self.config.image,
+                    self.config.max_shift,
+                    self.config.input_noise,
+                )?;
                 // One forward pass over both batches: at batch 32 a pass is mostly per-op
                 // overhead, so two passes cost nearly twice one of twice the rows.
                 let rows = x.dims()[0];
@@ -400,7 +468,8 @@ impl Learner {
     /// A batch of public records for the teacher and self-distillation terms: perturbed (one
     /// pixel shifts for images, Gaussian jitter otherwise) with `teacher.augment`.
     fn public_batch(&mut self) -> Result<Tensor, ModelError> {
-        let idx = self.batch(self.public_records())?;
+        let rows = self.public_records();
+        let idx = batch_indices(&mut self.public_rng, self.config.batch_size, rows)?;
         let x = self.public.index_select(&idx, 0)?;
         if !self.config.teacher.augment {
             return Ok(x);
@@ -409,7 +478,7 @@ impl Learner {
             Some(_) => (1, 0.0),
             None => (0, self.config.input_noise),
         };
-        perturb(&mut self.rng, x, self.config.image, shift, noise)
+        perturb(&mut self.public_rng, x, self.config.image, shift, noise)
     }
 
     /// Runs `steps` optimiser steps. Without a target (or with `alpha == 1`) the loss is the
@@ -427,6 +496,7 @@ impl Learner {
             };
             // The teacher draws its batches from its own stream.
             std::mem::swap(&mut self.rng, &mut teacher.rng);
+            std::mem::swap(&mut self.public_rng, &mut teacher.public_rng);
             let result = (|| {
                 for _ in 0..teacher_steps {
                     let loss = self.supervised_loss(&teacher.net, alpha, false)?;
@@ -435,6 +505,7 @@ impl Learner {
                 Ok::<_, ModelError>(())
             })();
             std::mem::swap(&mut self.rng, &mut teacher.rng);
+            std::mem::swap(&mut self.public_rng, &mut teacher.public_rng);
             self.teacher = Some(teacher);
             result?;
         }
