@@ -285,6 +285,9 @@ fn build_labeller(
         votes: privacy.votes,
         rows: privacy.rows,
         balance: privacy.balances_classes(),
+        min_snr: privacy.min_snr,
+        trust_snr: privacy.trust_snr,
+        plan: None,
         last_release: None,
     })))
 }

@@ -141,6 +141,15 @@ pub struct PrivacyConfig {
     /// student learns from it (`rows = "vote-mass"` only; see
     /// `distill::target::balance_classes`). Post-processing: costs no privacy.
     pub balance_classes: bool,
+    /// Decline to spend: before its first release the node predicts the signal-to-noise ratio
+    /// of its vote sums from public facts (`fd-client plan`); below this it releases nothing,
+    /// spends nothing, leaves the federation and keeps its local-only student. Unset: always
+    /// release.
+    pub min_snr: Option<f64>,
+    /// Below this predicted signal-to-noise ratio the node's student does not trust the
+    /// federation's target: the node still contributes, but keeps the student it would have
+    /// trained alone (0: always trust). See `privacy::plan::DEFAULT_TRUST_SNR`.
+    pub trust_snr: f64,
 }
 
 impl Default for PrivacyConfig {
@@ -162,6 +171,8 @@ impl Default for PrivacyConfig {
             radius: None,
             rows: ReleaseRows::VoteMass,
             balance_classes: true,
+            min_snr: None,
+            trust_snr: crate::privacy::plan::DEFAULT_TRUST_SNR,
         }
     }
 }
@@ -197,6 +208,19 @@ impl PrivacyConfig {
             && !(s > 0.0 && s.is_finite())
         {
             return Err(format!("privacy.sigma must be > 0, got {s}"));
+        }
+        if let Some(s) = self.min_snr
+            && !(s >= 0.0 && s.is_finite())
+        {
+            return Err(format!(
+                "privacy.min_snr must be a finite number >= 0, got {s}"
+            ));
+        }
+        if !(self.trust_snr >= 0.0 && self.trust_snr.is_finite()) {
+            return Err(format!(
+                "privacy.trust_snr must be a finite number >= 0, got {}",
+                self.trust_snr
+            ));
         }
         if self.teacher_hidden == 0 || self.teacher_batch_size == 0 {
             return Err("privacy.teacher_hidden and privacy.teacher_batch_size must be > 0".into());
@@ -413,6 +437,21 @@ mod tests {
         std::fs::write(&path, format!("{base}join_retry_secs = 100000\n")).unwrap();
         let msg = NodeConfig::load(&path).unwrap_err().to_string();
         assert!(msg.contains("join_retry_secs"), "{msg}");
+    }
+
+    #[test]
+    fn snr_thresholds_are_validated_by_name() {
+        let private = |min_snr, trust_snr| PrivacyConfig {
+            mode: PrivacyMode::Shards,
+            min_snr,
+            trust_snr,
+            ..PrivacyConfig::default()
+        };
+        assert!(private(Some(1.0), 1.5).validate().is_ok());
+        let err = private(Some(-1.0), 1.5).validate().unwrap_err();
+        assert!(err.contains("privacy.min_snr"), "{err}");
+        let err = private(None, f64::NAN).validate().unwrap_err();
+        assert!(err.contains("privacy.trust_snr"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,27 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Predict, from public facts alone and without joining, what this node's private releases
+    /// will be worth: the noise on every vote sum, the largest vote sum it can release, their
+    /// signal-to-noise ratio (teachers / classes / sigma), a warning when the noise will swamp
+    /// its votes, and what epsilon or query count would reach `privacy.trust_snr`. A joining
+    /// node logs the same plan before its first release.
+    Plan {
+        /// Node config file (TOML); its private CSV gives the record count.
+        #[arg(long)]
+        config: PathBuf,
+        /// Labels the coordinator will ask of the node over the run (its Welcome's
+        /// planned_queries: queries_per_round x rounds) [default: 20, one a round for the
+        /// default 20 rounds].
+        #[arg(long, default_value_t = 20)]
+        planned_queries: u64,
+        /// Queries the coordinator asks per round.
+        #[arg(long, default_value_t = 1)]
+        queries_per_round: usize,
+        /// Plan for this many private records instead of the CSV's.
+        #[arg(long)]
+        records: Option<usize>,
+    },
     /// Print accuracy and macro-F1 of a model on a labelled CSV.
     Evaluate {
         /// Model directory written by a run.
@@ -276,6 +297,18 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Evaluate { model, input }) => {
             let (rows, accuracy, macro_f1) = fd_client::predict::evaluate_csv(&model, &input)?;
             println!("rows {rows} | accuracy {accuracy:.4} | macro-F1 {macro_f1:.4}");
+            return Ok(());
+        }
+        Some(Command::Plan {
+            config,
+            planned_queries,
+            queries_per_round,
+            records,
+        }) => {
+            let config = NodeConfig::load(&config)?;
+            let plan =
+                fd_client::node::plan_node(&config, records, planned_queries, queries_per_round)?;
+            print!("{}", plan.describe());
             return Ok(());
         }
         None => {}

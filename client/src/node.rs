@@ -31,6 +31,62 @@ fn local_only_accuracy(
     Ok(learner.local_only()?.accuracy(holdout)?)
 }
 
+/// The privacy plan of a node (see [`crate::privacy::plan`]) without joining: its record count
+/// is its private CSV's training split (or `records` if given, to plan for another size), its
+/// teacher count follows from the config, and `planned_queries` (over the run) and
+/// `queries_per_round` stand for what the coordinator's Welcome would say.
+pub fn plan_node(
+    config: &NodeConfig,
+    records: Option<usize>,
+    planned_queries: u64,
+    queries_per_round: usize,
+) -> Result<crate::privacy::plan::Plan, NodeError> {
+    if config.privacy.mode == PrivacyMode::None {
+        return Err(NodeError::Mismatch(
+            "privacy.mode is \"none\": a non-private node releases its student's labels \
+             without noise, so there is nothing to plan; set [privacy] mode = \"shards\""
+                .into(),
+        ));
+    }
+    let records = match records {
+        Some(n) => n,
+        None => {
+            let private =
+                data::read_labelled_csv(&config.private_csv, &config.label_column, config.classes)?;
+            let (train, _) = private.split_holdout(
+                config.holdout_fraction,
+                &mut StdRng::seed_from_u64(config.seed),
+            );
+            train.rows()
+        }
+    };
+    let budget = crate::privacy::Budget {
+        epsilon: config.privacy.epsilon,
+        delta: config.privacy.delta,
+    };
+    budget.validate_for(records)?;
+    let teachers = match config.privacy.shards {
+        0 => crate::privacy::teachers::default_shards(records, config.privacy.shard_teacher),
+        k => k.min(records.max(1)),
+    };
+    let wanted = config
+        .privacy
+        .min_snr
+        .unwrap_or(0.0)
+        .max(config.privacy.trust_snr);
+    Ok(crate::privacy::plan::plan(
+        crate::privacy::plan::PlanInput {
+            records,
+            teachers,
+            classes: config.classes,
+            budget,
+            planned_queries,
+            queries_per_release: queries_per_round,
+        },
+        wanted,
+    )?)
+}
+
 /// Runs a node from its config: joins, trains, and writes `model.safetensors`, `model.json` and
 /// `report.json` into the output directory.
 pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
@@ -122,6 +178,8 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
         accuracy: outcome.final_accuracy,
         local_only_acc,
         harm_check: outcome.learner.harm_check().cloned(),
+        target_trust: outcome.learner.target_trust().cloned(),
+        privacy_plan: private_part.and_then(|p| p.plan.clone()),
         bytes_up: outcome.bytes_up,
         bytes_down: outcome.bytes_down,
         seconds: outcome.seconds,

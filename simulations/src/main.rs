@@ -205,6 +205,16 @@ struct Args {
     /// imbalance of the federation's private data (see `distill::target::balance_classes`).
     #[arg(long)]
     no_balance: bool,
+    /// Do no harm by prediction (with --privacy shards): a client whose planner predicts a
+    /// signal-to-noise ratio (teachers / classes / sigma) below this keeps the student it would
+    /// have trained alone [default: 1.5; 0 always trusts the target].
+    #[arg(long)]
+    trust_snr: Option<f64>,
+    /// Decline to spend (with --privacy shards): a client whose planner predicts a
+    /// signal-to-noise ratio below this releases nothing, leaves before its first release and
+    /// keeps its local-only student [default: unset, always release].
+    #[arg(long)]
+    min_snr: Option<f64>,
     /// Public records asked per round [default: all every round without privacy; with privacy
     /// each record at most once, rho x (median client records)^2 / 6250 of them in all,
     /// between one per round and 400, spread over the rounds].
@@ -570,6 +580,10 @@ fn apply_privacy_args(args: &Args, p: &mut PrivacyConfig) {
         p.clamp_floor = v;
     }
     p.balance_classes = !args.no_balance;
+    if let Some(v) = args.trust_snr {
+        p.trust_snr = v;
+    }
+    p.min_snr = args.min_snr;
     if let Some(v) = args.votes {
         p.votes = match v {
             VotesArg::Soft => Votes::Soft,

@@ -421,6 +421,80 @@ fn private_nodes_charge_their_ledgers_and_the_coordinator_reports_spending() {
     }
 }
 
+/// Three private nodes on CSV files, one of them swamped by its own noise (two teachers and
+/// epsilon 0.5: sigma far above the two votes it can cast). It says so before it spends
+/// anything, does not let the target teach its student, and ends exactly where training alone
+/// would have left it; `fd-client plan` prints the same warning without joining.
+#[test]
+fn a_swamped_private_node_warns_and_ends_no_worse_than_alone() {
+    let fixture = Fixture::new();
+    let (coordinator, addr) =
+        fixture.coordinator_with(3, "require_privacy = true\nqueries_per_round = 5\n");
+    let healthy = "[privacy]\nmode = \"shards\"\nepsilon = 8.0\ndelta = 1e-5\n";
+    let swamped = "[privacy]\nmode = \"shards\"\nepsilon = 0.5\ndelta = 1e-5\nshards = 2\n";
+    let nodes = [
+        ("hospital-a", [0, 1], healthy),
+        ("hospital-b", [1, 2], healthy),
+        ("clinic-c", [0, 2], swamped),
+    ];
+    let configs: Vec<PathBuf> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, classes, privacy))| {
+            fixture.node_with(name, "pki", classes, 40 + i as u64, &addr, privacy)
+        })
+        .collect();
+    // The plan without joining: 5 queries a round for 3 rounds, as the coordinator will ask.
+    let planned = (5 * ROUNDS).to_string();
+    let plan = run_ok(
+        Command::new(bin("fd-client"))
+            .args(["plan", "--config"])
+            .arg(&configs[2])
+            .args(["--planned-queries", &planned, "--queries-per-round", "5"]),
+    )
+    .expect("fd-client plan");
+    assert!(
+        plan.contains("WARNING") && plan.contains("above the largest vote sum"),
+        "{plan}"
+    );
+    let clients: Vec<Process> = nodes
+        .iter()
+        .zip(&configs)
+        .map(|((name, _, _), config)| start_client(name, config))
+        .collect();
+    let mut outputs = Vec::new();
+    for client in clients {
+        let name = client.name.clone();
+        let (status, output) = client.wait(LIMIT).expect("client finishes");
+        assert!(status.success(), "{name} failed:\n{output}");
+        outputs.push(output);
+    }
+    let (status, output) = coordinator.wait(LIMIT).expect("coordinator finishes");
+    assert!(status.success(), "coordinator failed:\n{output}");
+
+    let report = |name: &str| read_json(&fixture.path(&format!("out-{name}")).join("report.json"));
+    let clinic = report("clinic-c");
+    assert!(outputs[2].contains("privacy plan"), "{}", outputs[2]);
+    assert!(
+        outputs[2].contains("above the largest vote sum"),
+        "{}",
+        outputs[2]
+    );
+    assert!(outputs[2].contains("do no harm"), "{}", outputs[2]);
+    assert_eq!(clinic["privacy_plan"]["swamped"], true);
+    assert_eq!(clinic["target_trust"]["kept"], "local-only");
+    let (kept, alone) = (
+        clinic["accuracy"].as_f64().expect("accuracy"),
+        clinic["local_only_acc"].as_f64().expect("local_only_acc"),
+    );
+    assert!(kept >= alone, "kept {kept} < local-only {alone}");
+    for name in ["hospital-a", "hospital-b"] {
+        let r = report(name);
+        assert_eq!(r["privacy_plan"]["swamped"], false, "{name}");
+        assert_eq!(r["target_trust"]["kept"], "federated", "{name}");
+    }
+}
+
 #[test]
 fn a_non_private_node_is_turned_away_by_a_federation_that_requires_privacy() {
     let fixture = Fixture::new();

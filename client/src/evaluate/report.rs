@@ -47,6 +47,11 @@ pub struct NodeReport {
     /// The do-no-harm check (private mode by default): both students on private records held
     /// out of training, and which one the node kept.
     pub harm_check: Option<crate::distill::HarmCheck>,
+    /// Do no harm by prediction (private mode): the planner's signal-to-noise ratio, the
+    /// threshold it was held against, and which student the node kept.
+    pub target_trust: Option<crate::distill::TargetTrust>,
+    /// The privacy plan made before the first release (private mode with a budget).
+    pub privacy_plan: Option<crate::privacy::plan::Plan>,
     /// Bytes sent to the coordinator.
     pub bytes_up: u64,
     /// Bytes received from the coordinator.

@@ -181,6 +181,22 @@ impl Worker {
                 learner.set_round(rounds, rounds)?;
                 learner.set_target(&labeller.student_target(&target))?;
                 learner.train(learner.config().steps_per_round, alpha)?;
+                if let Some(plan) = labeller
+                    .private()
+                    .and_then(|p| p.plan.as_ref().map(|plan| (plan.snr, p.trust_snr)))
+                {
+                    let (snr, trust_snr) = plan;
+                    let verdict = learner.weigh_target(snr, trust_snr)?;
+                    if verdict.kept == "local-only" {
+                        tracing::warn!(
+                            snr,
+                            trust_snr,
+                            "do no harm: the planner predicts this node's vote sums to be mostly \
+                             noise, so the federation's target is unlikely to help; keeping the \
+                             local-only student (privacy.trust_snr sets the threshold)"
+                        );
+                    }
+                }
                 if let Some(check) = learner.check_harm()? {
                     if check.kept == "local-only" {
                         tracing::warn!(

@@ -355,18 +355,10 @@ impl NodeSession {
                         self.send_contribution(contribution);
                     }
                     Answer::BudgetSpent(reason) => {
-                        // Nothing was drawn or sent for this round. Tell the coordinator why
-                        // and stop; the federation goes on without this node.
-                        warn!(
-                            round,
-                            "privacy budget spent; leaving the federation: {reason}"
-                        );
-                        self.transmits.push_back(Message::Leave {
-                            reason: format!("privacy budget spent: {reason}"),
-                        });
-                        self.close("budget spent");
-                        self.left = Some(reason.clone());
-                        self.end(Event::Left(reason));
+                        self.leave_unreleased(round, "privacy budget spent", reason)
+                    }
+                    Answer::Declined(reason) => {
+                        self.leave_unreleased(round, "declined to spend (privacy plan)", reason)
                     }
                 }
             }
@@ -377,6 +369,18 @@ impl NodeSession {
                 self.end(Event::Finished);
             }
         }
+    }
+
+    /// Nothing was drawn or sent for `round`: tell the coordinator why and stop; the
+    /// federation goes on without this node.
+    fn leave_unreleased(&mut self, round: u32, why: &'static str, reason: String) {
+        warn!(round, "{why}; leaving the federation: {reason}");
+        self.transmits.push_back(Message::Leave {
+            reason: format!("{why}: {reason}"),
+        });
+        self.close(why);
+        self.left = Some(reason.clone());
+        self.end(Event::Left(reason));
     }
 
     /// The time is `now`: a back-off wait may be over.

@@ -26,6 +26,7 @@
 //!   `epsilon`.
 //! - [`ledger`]: the durable, per-node SQLite record of every charge; it refuses a release that
 //!   would exceed the budget.
+//! - [`plan`]: what a node's releases will be worth, from public facts, before it spends.
 //! - [`private_release`]: one round's release, in the only safe order (cost from the map,
 //!   durable charge, then noise).
 //! - [`release`]: what a node sends for a round's queries (its [`release::Labeller`]).
@@ -45,6 +46,7 @@
 pub mod accountant;
 pub mod ledger;
 pub mod mechanism;
+pub mod plan;
 pub mod release;
 mod search;
 pub mod teachers;

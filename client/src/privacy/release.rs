@@ -7,15 +7,16 @@
 
 use fd_protocol::{PrivacyReceipt, SoftLabels};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::distill::Learner;
 use crate::distill::ModelError;
 use crate::distill::target::{balance_classes, sharpen_private_target};
+use crate::privacy::plan::{Plan, PlanInput, plan, release_sigma};
 use crate::privacy::teachers::{TeacherEnsemble, Votes};
 use crate::privacy::{
     Budget, MECHANISM, NON_PRIVATE, PRIVACY_UNIT, PrivacyError, PrivacyLedger, Projection,
-    private_release, release_sensitivity, rho_for, sigma_for_rho,
+    private_release,
 };
 
 /// Why labelling failed.
@@ -47,6 +48,9 @@ pub enum Answer {
     Release(SoftLabels, Option<PrivacyReceipt>),
     /// The budget cannot pay for this release: nothing was drawn, nothing may be sent.
     BudgetSpent(String),
+    /// The planner predicts the release would be noise (below `privacy.min_snr`), so the
+    /// node declines to spend: nothing was drawn or charged, nothing may be sent.
+    Declined(String),
 }
 
 /// The teacher ensemble and everything that prices its releases.
@@ -75,6 +79,14 @@ pub struct PrivateLabeller {
     pub rows: ReleaseRows,
     /// Whether the student's target goes through [`balance_classes`] first.
     pub balance: bool,
+    /// Below this predicted signal-to-noise ratio the node declines to release anything
+    /// (`privacy.min_snr`); `None`: it always releases.
+    pub min_snr: Option<f64>,
+    /// Below this predicted ratio the node's student does not trust the target and keeps the
+    /// local-only student (`privacy.trust_snr`).
+    pub trust_snr: f64,
+    /// The plan, made before the first release.
+    pub plan: Option<Plan>,
     /// The last release, kept so that a round asked again (after a lost contribution or a
     /// coordinator restart) gets the same labels back: re-sending a release is
     /// post-processing and costs nothing, where drawing fresh noise would be charged again.
@@ -233,20 +245,50 @@ impl PrivateLabeller {
                 None,
             ));
         };
+        if p.plan.is_none() && p.fixed_sigma.is_none() {
+            let made = plan(
+                PlanInput {
+                    records: p.ensemble.records(),
+                    teachers,
+                    classes,
+                    budget: p.budget,
+                    planned_queries,
+                    queries_per_release: m,
+                },
+                p.min_snr.unwrap_or(p.trust_snr).max(p.trust_snr),
+            )?;
+            let text = made.summary();
+            if made.swamped || made.snr < p.trust_snr {
+                warn!(planned_queries, "privacy plan: {text}");
+            } else {
+                info!(planned_queries, "privacy plan: {text}");
+            }
+            let declined = p.min_snr.filter(|&min| made.snr < min);
+            p.plan = Some(made);
+            if let Some(min) = declined {
+                return Ok(Answer::Declined(format!(
+                    "the planned releases would have signal-to-noise {:.2}, below privacy.min_snr \
+                     = {min}; nothing was spent",
+                    p.plan.as_ref().map_or(0.0, |p| p.snr)
+                )));
+            }
+        }
+        if let (Some(plan), Some(min)) = (&p.plan, p.min_snr)
+            && plan.snr < min
+        {
+            return Ok(Answer::Declined(format!(
+                "signal-to-noise {:.2} is below privacy.min_snr = {min}",
+                plan.snr
+            )));
+        }
         let sigma = match (p.sigma, p.fixed_sigma) {
             (Some(s), _) | (None, Some(s)) => s,
             (None, None) => {
-                let rho_total = rho_for(p.budget)?;
-                let planned = planned_queries.max(m as u64) as f64;
-                // A hair under the even share, so that float rounding in the sum of the planned
-                // releases can never push the last one over the budget.
-                let rho_release = rho_total * m as f64 / planned * (1.0 - 1e-9);
-                let s = sigma_for_rho(m * classes, release_sensitivity(m), rho_release)?;
+                let s = release_sigma(p.budget, classes, planned_queries, m)?;
                 info!(
                     sigma = s,
                     epsilon = p.budget.epsilon,
                     delta = p.budget.delta,
-                    rho_total,
                     planned_queries,
                     teachers = p.ensemble.config().teachers,
                     "noise chosen: the budget's rho spread evenly over the planned queries"
@@ -298,13 +340,15 @@ fn soft_labels(query_ids: &[u32], classes: usize, probs: Vec<f32>) -> SoftLabels
 mod tests {
     use super::*;
 
-    /// A round asked twice gets the same labels and is charged once; a new round is charged.
-    #[test]
-    fn a_round_asked_again_is_resent_not_charged_again() {
+    /// 40 records on a line, two classes, four nearest-neighbour teachers, 10 public rows, a
+    /// budget of epsilon 10, and a ledger in a temporary directory.
+    fn fixture(
+        fixed_sigma: Option<f64>,
+        min_snr: Option<f64>,
+    ) -> (Learner, Labeller, tempfile::TempDir) {
         use crate::data::{Labelled, matrix};
         use crate::distill::{LocalTeacherConfig, TrainConfig};
         use crate::privacy::teachers::{EnsembleConfig, TeacherKind};
-        // 40 records on a line, two classes; 10 public rows.
         let xs: Vec<f32> = (0..40).flat_map(|i| [i as f32 / 10.0, 0.0]).collect();
         let ys: Vec<u32> = (0..40).map(|i| u32::from(i >= 20)).collect();
         let data = Labelled::new(xs.clone(), 2, ys).unwrap();
@@ -340,16 +384,13 @@ mod tests {
             epsilon: 10.0,
             delta: 1e-5,
         };
-        let mut labeller = Labeller::Private(Box::new(PrivateLabeller {
+        let labeller = Labeller::Private(Box::new(PrivateLabeller {
             ensemble,
             ledger: Some(
                 PrivacyLedger::open(&dir.path().join("l.sqlite"), budget, "data").unwrap(),
             ),
             budget,
-            // Sensitivity sqrt(2 * 3 queries): rho = 6 / (2 * 25) = 0.12 per release. The
-            // textbook bound rho + 2 sqrt(rho ln(1 / delta)) gives epsilon <= 2.5 after one
-            // and <= 3.6 after two, well inside the budget of 10.
-            fixed_sigma: Some(5.0),
+            fixed_sigma,
             local_steps: 0,
             steps_per_round: 0,
             sigma: None,
@@ -357,18 +398,55 @@ mod tests {
             votes: Votes::Soft,
             rows: ReleaseRows::VoteMass,
             balance: true,
+            min_snr,
+            trust_snr: 0.0,
+            plan: None,
             last_release: None,
         }));
+        (learner, labeller, dir)
+    }
+
+    fn charges(l: &Labeller) -> usize {
+        match l {
+            Labeller::Private(p) => p.ledger.as_ref().unwrap().charges().unwrap().len(),
+            Labeller::Student => 0,
+        }
+    }
+
+    /// With `min_snr` above what the planner predicts, the node declines before its first
+    /// release: nothing is charged and the plan is kept for its report; below, it releases.
+    #[test]
+    fn a_node_below_min_snr_declines_without_spending() {
+        // Four teachers, two classes: the mean class share is 2 votes against sigma of about
+        // 4.1 (epsilon 10, 9 planned queries, 3 a release; `plan::release_sigma`), ratio 0.49.
+        let (learner, mut labeller, _dir) = fixture(None, Some(1.0));
+        let answer = labeller.label_round(&learner, 0, 3, &[0, 1, 2], 9).unwrap();
+        assert!(
+            matches!(&answer, Answer::Declined(why) if why.contains("min_snr")),
+            "{answer:?}"
+        );
+        assert_eq!(charges(&labeller), 0);
+        let plan = labeller.private().unwrap().plan.clone().unwrap();
+        assert!(plan.snr < 1.0 && plan.sigma > 0.0, "{plan:?}");
+        let (learner, mut labeller, _dir) = fixture(None, Some(plan.snr * 0.5));
+        let answer = labeller.label_round(&learner, 0, 3, &[0, 1, 2], 9).unwrap();
+        assert!(matches!(answer, Answer::Release(..)), "{answer:?}");
+        assert_eq!(charges(&labeller), 1);
+    }
+
+    /// A round asked twice gets the same labels and is charged once; a new round is charged.
+    #[test]
+    fn a_round_asked_again_is_resent_not_charged_again() {
+        // Sensitivity sqrt(2 * 3 queries): rho = 6 / (2 * 25) = 0.12 per release. The textbook
+        // bound rho + 2 sqrt(rho ln(1 / delta)) gives epsilon <= 2.5 after one and <= 3.6
+        // after two, well inside the budget of 10.
+        let (learner, mut labeller, _dir) = fixture(Some(5.0), None);
         let release = |l: &mut Labeller, round| match l
             .label_round(&learner, round, 3, &[0, 1, 2], 9)
             .unwrap()
         {
             Answer::Release(labels, receipt) => (labels, receipt.unwrap()),
-            Answer::BudgetSpent(why) => panic!("{why}"),
-        };
-        let charges = |l: &Labeller| match l {
-            Labeller::Private(p) => p.ledger.as_ref().unwrap().charges().unwrap().len(),
-            Labeller::Student => 0,
+            Answer::BudgetSpent(why) | Answer::Declined(why) => panic!("{why}"),
         };
         let (first, receipt) = release(&mut labeller, 0);
         let (again, receipt_again) = release(&mut labeller, 0);

@@ -210,6 +210,11 @@ impl TeacherEnsemble {
         &self.config
     }
 
+    /// Private records the teachers are built on.
+    pub fn records(&self) -> usize {
+        self.shards.iter().map(Vec::len).sum()
+    }
+
     /// Total parameters of all teachers. A nearest-neighbour teacher's model is its shard, so
     /// the ensemble holds every record's features and label.
     pub fn parameters(&self) -> usize {
