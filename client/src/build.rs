@@ -14,7 +14,7 @@ use crate::data::{Labelled, Standardiser, Table, matrix};
 use crate::distill::{Learner, ModelCard, ModelError, TrainConfig};
 use crate::federation::SessionPlan;
 use crate::privacy::release::{Labeller, PrivateLabeller};
-use crate::privacy::teachers::{EnsembleConfig, TeacherEnsemble, TeacherKind, default_shards};
+use crate::privacy::teachers::{EnsembleConfig, TeacherEnsemble, TeacherKind};
 use crate::privacy::{Budget, PrivacyLedger};
 use crate::seeds::Stream;
 
@@ -214,11 +214,7 @@ fn build_labeller(
     };
     let records = private.len();
     budget.validate_for(records)?;
-    let teachers = if privacy.shards == 0 {
-        default_shards(records, privacy.shard_teacher)
-    } else {
-        privacy.shards
-    };
+    let teachers = privacy.teachers(records);
     let shard_size = (records / teachers.max(1)).max(1);
     let radius = match (privacy.shard_teacher, privacy.radius) {
         (TeacherKind::Mlp, _) => None,

@@ -148,7 +148,8 @@ pub struct PrivacyConfig {
     pub min_snr: Option<f64>,
     /// Below this predicted signal-to-noise ratio the node's student does not trust the
     /// federation's target: the node still contributes, but keeps the student it would have
-    /// trained alone (0: always trust). See `privacy::plan::DEFAULT_TRUST_SNR`.
+    /// trained alone (0: always trust). See `privacy::plan::DEFAULT_TRUST_SNR`. With a fixed
+    /// `sigma` no plan is made and the target is always trusted.
     pub trust_snr: f64,
 }
 
@@ -185,6 +186,15 @@ impl PrivacyConfig {
         self.mode == PrivacyMode::Shards
             && self.balance_classes
             && self.rows == ReleaseRows::VoteMass
+    }
+
+    /// Teachers for `records` private records: `shards`, or with 0 the default for the
+    /// teacher kind (`privacy::teachers::default_shards`).
+    pub fn teachers(&self, records: usize) -> usize {
+        match self.shards {
+            0 => crate::privacy::teachers::default_shards(records, self.shard_teacher),
+            k => k,
+        }
     }
 
     /// Whether a private node releases its summed votes without noise (an infinite budget and

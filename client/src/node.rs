@@ -50,30 +50,15 @@ pub fn plan_node(
     }
     let records = match records {
         Some(n) => n,
-        None => {
-            let private =
-                data::read_labelled_csv(&config.private_csv, &config.label_column, config.classes)?;
-            let (train, _) = private.split_holdout(
-                config.holdout_fraction,
-                &mut StdRng::seed_from_u64(config.seed),
-            );
-            train.rows()
-        }
+        None => training_split(config)?.1.rows(),
     };
     let budget = crate::privacy::Budget {
         epsilon: config.privacy.epsilon,
         delta: config.privacy.delta,
     };
     budget.validate_for(records)?;
-    let teachers = match config.privacy.shards {
-        0 => crate::privacy::teachers::default_shards(records, config.privacy.shard_teacher),
-        k => k.min(records.max(1)),
-    };
-    let wanted = config
-        .privacy
-        .min_snr
-        .unwrap_or(0.0)
-        .max(config.privacy.trust_snr);
+    let teachers = config.privacy.teachers(records);
+    let wanted = crate::privacy::plan::wanted_snr(config.privacy.min_snr, config.privacy.trust_snr);
     Ok(crate::privacy::plan::plan(
         crate::privacy::plan::PlanInput {
             records,
@@ -87,12 +72,13 @@ pub fn plan_node(
     )?)
 }
 
-/// Runs a node from its config: joins, trains, and writes `model.safetensors`, `model.json` and
-/// `report.json` into the output directory.
-pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
+/// The node's private CSV, and the same records split into training and held-out ones (by the
+/// config's fraction and seed); an error if no training record is left.
+fn training_split(
+    config: &NodeConfig,
+) -> Result<(data::Table, data::Table, data::Table), NodeError> {
     let private =
         data::read_labelled_csv(&config.private_csv, &config.label_column, config.classes)?;
-    let public = data::read_public_csv(&config.public_csv, &private.columns)?;
     let (train, holdout) = private.split_holdout(
         config.holdout_fraction,
         &mut StdRng::seed_from_u64(config.seed),
@@ -104,6 +90,14 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
             config.holdout_fraction
         )));
     }
+    Ok((private, train, holdout))
+}
+
+/// Runs a node from its config: joins, trains, and writes `model.safetensors`, `model.json` and
+/// `report.json` into the output directory.
+pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
+    let (private, train, holdout) = training_split(config)?;
+    let public = data::read_public_csv(&config.public_csv, &private.columns)?;
     let tls = fd_transport::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     if config.privacy.mode != PrivacyMode::None {
         std::fs::create_dir_all(&config.output_dir).map_err(|source| NodeError::Output {

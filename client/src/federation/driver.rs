@@ -181,11 +181,10 @@ impl Worker {
                 learner.set_round(rounds, rounds)?;
                 learner.set_target(&labeller.student_target(&target))?;
                 learner.train(learner.config().steps_per_round, alpha)?;
-                if let Some(plan) = labeller
-                    .private()
-                    .and_then(|p| p.plan.as_ref().map(|plan| (plan.snr, p.trust_snr)))
+                if let Some(p) = labeller.private()
+                    && let Some(plan) = &p.plan
                 {
-                    let (snr, trust_snr) = plan;
+                    let (snr, trust_snr) = (plan.snr, p.trust_snr);
                     let verdict = learner.weigh_target(snr, trust_snr)?;
                     if verdict.kept == "local-only" {
                         tracing::warn!(

@@ -33,6 +33,12 @@ use crate::privacy::{
 /// with the noise (the same run at 1.5 once gave 1 and 0).
 pub const DEFAULT_TRUST_SNR: f64 = 1.5;
 
+/// The ratio a node's plan aims its suggestions at: the higher of `min_snr` (declining to
+/// spend) and `trust_snr` (trusting the target).
+pub fn wanted_snr(min_snr: Option<f64>, trust_snr: f64) -> f64 {
+    min_snr.unwrap_or(0.0).max(trust_snr)
+}
+
 /// The public facts a plan is made from.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PlanInput {

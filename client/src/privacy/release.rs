@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::distill::Learner;
 use crate::distill::ModelError;
 use crate::distill::target::{balance_classes, sharpen_private_target};
-use crate::privacy::plan::{Plan, PlanInput, plan, release_sigma};
+use crate::privacy::plan::{Plan, PlanInput, plan, release_sigma, wanted_snr};
 use crate::privacy::teachers::{TeacherEnsemble, Votes};
 use crate::privacy::{
     Budget, MECHANISM, NON_PRIVATE, PRIVACY_UNIT, PrivacyError, PrivacyLedger, Projection,
@@ -255,7 +255,7 @@ impl PrivateLabeller {
                     planned_queries,
                     queries_per_release: m,
                 },
-                p.min_snr.unwrap_or(p.trust_snr).max(p.trust_snr),
+                wanted_snr(p.min_snr, p.trust_snr),
             )?;
             let text = made.summary();
             if made.swamped || made.snr < p.trust_snr {
@@ -263,21 +263,16 @@ impl PrivateLabeller {
             } else {
                 info!(planned_queries, "privacy plan: {text}");
             }
-            let declined = p.min_snr.filter(|&min| made.snr < min);
             p.plan = Some(made);
-            if let Some(min) = declined {
-                return Ok(Answer::Declined(format!(
-                    "the planned releases would have signal-to-noise {:.2}, below privacy.min_snr \
-                     = {min}; nothing was spent",
-                    p.plan.as_ref().map_or(0.0, |p| p.snr)
-                )));
-            }
         }
+        // Every round asks again: a declined node has left, but a round replayed after a
+        // reconnect must not slip through.
         if let (Some(plan), Some(min)) = (&p.plan, p.min_snr)
             && plan.snr < min
         {
             return Ok(Answer::Declined(format!(
-                "signal-to-noise {:.2} is below privacy.min_snr = {min}",
+                "the planned releases would have signal-to-noise {:.2}, below privacy.min_snr \
+                 = {min}; nothing was spent",
                 plan.snr
             )));
         }
