@@ -17,10 +17,33 @@
 //!
 //! A round that is retried after a crash is charged again: the earlier draw may have been
 //! sent, so both count.
+//!
+//! # Why adding adaptively chosen costs is sound: the ledger is a privacy filter
+//!
+//! The releases are not fixed in advance: the coordinator picks each round's queries after
+//! seeing earlier rounds' outputs, and a release's `rho` depends on how many it picks, so both
+//! the mechanisms and their privacy parameters are chosen adaptively. Summing the `rho`s of
+//! such a sequence and stopping before the sum passes a budget fixed in advance is a *privacy
+//! filter* (Rogers, Roth, Ullman and Vadhan, "Privacy Odometers and Filters", 2016): the whole
+//! interaction is then `rho_budget`-zCDP. For zCDP this holds because zCDP is Rényi DP of order
+//! `a` at `rho a` for every `a > 1`, and Rényi filters are valid at each fixed order (Feldman
+//! and Zrnic, "Individual Privacy Accounting via a Rényi Filter", 2021; Whitehouse, Ramdas,
+//! Rogers and Wu, "Fully-Adaptive Composition in Differential Privacy", 2023). OpenDP states
+//! the same for its own zCDP composition (its `make_privacy_filter` continuation rule relies on
+//! it): [`compose`] asks OpenDP whether `ZeroConcentratedDivergence` composes under
+//! `Adaptivity::FullyAdaptive` and fails closed if it ever says no. What the filter needs from
+//! this code, and gets: the budget is fixed when the ledger is created (the file refuses
+//! another), each charge's `rho` is decided before its noise is drawn, and a charge that would
+//! pass the budget is refused without a release. The filter is kept here rather than in
+//! OpenDP's in-memory queryable because it must outlive the process: a restart resumes it
+//! from the file.
 
 use std::path::{Path, PathBuf};
 
-use opendp::{combinators::CompositionMeasure, measures::ZeroConcentratedDivergence};
+use opendp::{
+    combinators::{Adaptivity, CompositionMeasure},
+    measures::ZeroConcentratedDivergence,
+};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::accountant::{Budget, epsilon_for};
@@ -107,8 +130,13 @@ fn read_rhos(conn: &Connection, path: &Path) -> Result<Vec<f64>, PrivacyError> {
     Ok(rhos)
 }
 
-/// Total zCDP cost of `rhos` by OpenDP's composition (adds in order, rounding up).
+/// Total zCDP cost of `rhos` by OpenDP's composition (adds in order, rounding up), valid
+/// under fully adaptive composition by OpenDP's own statement (checked on every call: see the
+/// module docs).
 fn compose(rhos: Vec<f64>) -> Result<f64, PrivacyError> {
+    ZeroConcentratedDivergence
+        .composability(Adaptivity::FullyAdaptive)
+        .map_err(|e| PrivacyError::opendp("checking zCDP's fully adaptive composition", e))?;
     ZeroConcentratedDivergence
         .compose(rhos)
         .map_err(|e| PrivacyError::opendp("composing the ledger's rho values", e))
