@@ -156,6 +156,13 @@ pub fn prepare(
     })
 }
 
+/// The share of its records (and of the target's rows) a private node holds out in each fold
+/// of its do-no-harm check unless configured: 0.2, five folds, every record held out once
+/// (see [`crate::distill::Learner::check_harm`]). The student the node keeps is trained on
+/// every record either way, so the check costs the final student nothing; below
+/// [`crate::distill::learner::MIN_RECORDS_TO_CHECK`] records there is no check.
+pub const PRIVATE_VALIDATION_FRACTION: f64 = 0.2;
+
 /// The student's training settings for a node in `mode`.
 ///
 /// A private node's student learns from sharpened targets
@@ -167,9 +174,15 @@ pub fn prepare(
 ///
 /// In private mode the shard ensemble is the reference teacher for the compression metrics,
 /// so a local teacher is trained only if the student distils from it.
+///
+/// A private node checks by default that the federation did not make it worse
+/// ([`crate::distill::HarmCheck`], on a validation split of
+/// [`PRIVATE_VALIDATION_FRACTION`] unless `training.validation_fraction` says otherwise).
 fn student_training(training: &TrainConfig, mode: PrivacyMode) -> TrainConfig {
     let mut t = training.clone();
     if mode == PrivacyMode::Shards {
+        t.validation_fraction
+            .get_or_insert(PRIVATE_VALIDATION_FRACTION);
         t.temperature = 1.0;
         t.temperature_end = None;
         t.confidence_weighting = true;

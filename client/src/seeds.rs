@@ -21,8 +21,10 @@ pub enum Stream {
     /// The shard ensemble's seed: shard assignment and, through [`Stream::TeacherWeights`],
     /// its teachers' weights.
     ShardTeachers,
-    /// Which private records the student holds out for its do-no-harm check.
+    /// How the do-no-harm check deals the private records into folds.
     Validation,
+    /// How the do-no-harm check deals the target's rows into folds.
+    TargetValidation,
     /// The student's public batches (and their jitter) for the distillation terms: a stream of
     /// its own, so that a student trained against a target draws exactly the private batches
     /// of the local-only student (the two then differ by what the target teaches, not by luck).
@@ -41,6 +43,7 @@ impl Stream {
             Stream::TeacherBatches => 0x7eac,
             Stream::ShardTeachers => 0x5a4d,
             Stream::Validation => 0x7a11,
+            Stream::TargetValidation => 0x7a11_9ab1,
             Stream::PublicBatches => 0x9ab1,
             Stream::TeacherPublicBatches => 0x7eac_9ab1,
         }
@@ -60,6 +63,7 @@ mod tests {
             Stream::TeacherBatches,
             Stream::ShardTeachers,
             Stream::Validation,
+            Stream::TargetValidation,
             Stream::PublicBatches,
             Stream::TeacherPublicBatches,
         ];

@@ -222,6 +222,13 @@ pub struct ClientResult {
     pub reputation: Option<f64>,
     /// Contributions the coordinator refused (late, duplicate, malformed).
     pub refused: u32,
+    /// The student the node kept (`"federated"` or `"local-only"`), when a do-no-harm rule
+    /// chose (the planner's verdict or the validation check).
+    pub kept: Option<String>,
+    /// The planner's verdict on the federation's target (private mode).
+    pub target_trust: Option<fd_client::distill::TargetTrust>,
+    /// The validation check (with a validation split).
+    pub harm_check: Option<fd_client::distill::HarmCheck>,
 }
 
 /// The whole simulation's results (written as JSON by `--json`).
@@ -602,6 +609,13 @@ fn client_results(
             federated_acc: o.final_accuracy,
             round_acc: o.round_accuracy.clone(),
             metrics: metrics[i].clone(),
+            kept: o
+                .learner
+                .harm_check()
+                .map(|h| h.kept.clone())
+                .or_else(|| o.learner.target_trust().map(|t| t.kept.clone())),
+            target_trust: o.learner.target_trust().cloned(),
+            harm_check: o.learner.harm_check().cloned(),
         });
     }
     Ok(clients)

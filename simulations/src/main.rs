@@ -130,9 +130,10 @@ struct Args {
     /// snapshot from the previous round [default: 0, off].
     #[arg(long)]
     self_distillation: Option<f64>,
-    /// Do no harm: hold this fraction of each client's private records out of its student's
-    /// (and teachers') training, and after the federation keep a student trained against the
-    /// target only if it beats one trained alone on them (e.g. 0.2; default off).
+    /// Do no harm: after the federation each client cross-validates a student trained against
+    /// the target against one trained alone, holding out this fraction of its private records
+    /// and of the target's rows in each fold, and keeps the federated student only if it is
+    /// clearly better [default: 0.2 with --privacy shards, off without; 0: off].
     #[arg(long)]
     validation_fraction: Option<f64>,
     /// Synthetic data: private records per client.

@@ -203,6 +203,27 @@ pub struct SweepRow {
     pub max_epsilon_spent: Option<f64>,
     /// Noise standard deviation of the first client's releases (last run).
     pub sigma: Option<f64>,
+    /// Every honest client of every run: what `worst_gain` and `harmed` are made of.
+    pub client_runs: Vec<ClientRun>,
+}
+
+/// One honest client in one run of a sweep.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientRun {
+    /// The run's seed.
+    pub seed: u64,
+    /// The node.
+    pub node: String,
+    /// Its private records.
+    pub records: usize,
+    /// Its local-only test accuracy.
+    pub local_only_acc: f64,
+    /// Its federated test accuracy.
+    pub federated_acc: f64,
+    /// The student it kept, if a do-no-harm rule chose.
+    pub kept: Option<String>,
+    /// The do-no-harm check's test statistic, if it made one.
+    pub z: Option<f64>,
 }
 
 /// Mean and sample standard deviation (`None` for fewer than two values).
@@ -247,6 +268,23 @@ impl SweepRow {
                 .last()
                 .and_then(|r| r.clients.first())
                 .and_then(|c| c.sigma),
+            client_runs: results
+                .iter()
+                .flat_map(|r| {
+                    r.clients
+                        .iter()
+                        .filter(|c| !c.byzantine)
+                        .map(|c| ClientRun {
+                            seed: r.config.seed,
+                            node: c.node.clone(),
+                            records: c.records,
+                            local_only_acc: c.local_only_acc,
+                            federated_acc: c.federated_acc,
+                            kept: c.kept.clone(),
+                            z: c.harm_check.as_ref().map(|h| h.z),
+                        })
+                })
+                .collect(),
         }
     }
 }

@@ -37,6 +37,16 @@ impl Labelled {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// The rows `rows` (each below [`Labelled::len`]), in that order.
+    pub fn rows(&self, rows: &[u32]) -> candle_core::Result<Labelled> {
+        let ids = Tensor::new(rows, &device())?;
+        Ok(Labelled {
+            x: self.x.index_select(&ids, 0)?,
+            y: self.y.index_select(&ids, 0)?,
+            labels: rows.iter().map(|&r| self.labels[r as usize]).collect(),
+        })
+    }
 }
 
 /// Builds a `[rows, width]` tensor from row-major values.

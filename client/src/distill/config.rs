@@ -61,13 +61,12 @@ pub struct TrainConfig {
     /// Self-distillation across rounds: weight of a `T^2 * KL` term pulling the student towards
     /// its own snapshot from the end of the previous round, on public records (0: off).
     pub self_distillation: f64,
-    /// Do no harm: the fraction of private records held out of the student's training (and
-    /// of the teachers') to choose, after the federation, between a student trained against
-    /// the federation's target and one trained on the node's records alone (see
-    /// [`crate::distill::HarmCheck`]); 0.2 is a reasonable value. `None` or 0: off (the
-    /// default for now: held-out records come from the node's own skewed mix of classes and
-    /// cannot see what the federation adds on the others, so on skewed digits the check still
-    /// kept harmful targets at epsilon 1-2 and cost accuracy at epsilon 8).
+    /// Do no harm: after the federation, choose between a student trained against the
+    /// federation's target and one trained on the node's records alone by cross-validation
+    /// (see [`crate::distill::Learner::check_harm`]); this is the share of the private
+    /// records (and of the target's rows) each fold holds out, so 0.2 makes five folds and
+    /// every record is held out once. `None`: 0.2 for a private node, off for a non-private
+    /// one (whose target carries no noise); 0: off.
     pub validation_fraction: Option<f64>,
 }
 

@@ -197,23 +197,34 @@ impl Worker {
                     }
                 }
                 if let Some(check) = learner.check_harm()? {
-                    if check.kept == "local-only" {
-                        tracing::warn!(
-                            federated = check.federated_validation_acc,
-                            local_only = check.local_only_validation_acc,
-                            validation_records = check.validation_records,
-                            "do no harm: the federation's target made the student worse on \
-                             held-out private records than training alone; keeping the \
-                             local-only student"
-                        );
+                    let local = check.kept == "local-only";
+                    let message = if local {
+                        "do no harm: cross-validation did not show the federated student better \
+                         (on the target's held-out rows) and no worse (on held-out private \
+                         records) than one trained alone; keeping the local-only student"
                     } else {
-                        info!(
-                            federated = check.federated_validation_acc,
-                            local_only = check.local_only_validation_acc,
-                            validation_records = check.validation_records,
-                            "do no harm: the federated student is at least as good as the \
-                             local-only one on held-out private records; keeping it"
-                        );
+                        "do no harm: cross-validation showed the federated student better than \
+                         one trained alone on the target's held-out rows and no worse on \
+                         held-out private records; keeping it"
+                    };
+                    macro_rules! report_check {
+                        ($level:ident) => {
+                            tracing::$level!(
+                                kept = %check.kept,
+                                target_z = check.target_z,
+                                private_z = check.z,
+                                federated = check.federated_validation_acc,
+                                local_only = check.local_only_validation_acc,
+                                validation_records = check.validation_records,
+                                target_rows = check.target_rows,
+                                "{message}"
+                            )
+                        };
+                    }
+                    if local {
+                        report_check!(warn);
+                    } else {
+                        report_check!(info);
                     }
                 }
                 Ok(WorkResult::Distilled {
