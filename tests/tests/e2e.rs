@@ -492,6 +492,23 @@ fn a_swamped_private_node_warns_and_ends_no_worse_than_alone() {
         let r = report(name);
         assert_eq!(r["privacy_plan"]["swamped"], false, "{name}");
         assert_eq!(r["target_trust"]["kept"], "federated", "{name}");
+        // Nodes that trust the target check it by default: five cross-validation folds over
+        // their private records (80 rows, more than the 25 a check needs).
+        let check = &r["harm_check"];
+        assert_eq!(check["folds"], 5, "{name}: {check}");
+        let (accuracy, alone) = (
+            r["accuracy"].as_f64().expect("accuracy"),
+            r["local_only_acc"].as_f64().expect("local_only_acc"),
+        );
+        match check["kept"].as_str() {
+            // Keeping the local-only student is keeping exactly the baseline.
+            Some("local-only") => assert_eq!(accuracy, alone, "{name}: {check}"),
+            Some("federated") => {
+                let z = check["target_z"].as_f64().expect("target_z");
+                assert!(z >= 1.645, "{name}: kept federated at target_z {z}");
+            }
+            other => panic!("{name}: kept {other:?}"),
+        }
     }
 }
 
