@@ -176,7 +176,7 @@ pub const PRIVATE_VALIDATION_FRACTION: f64 = 0.2;
 /// so a local teacher is trained only if the student distils from it.
 ///
 /// A private node checks by default that the federation did not make it worse
-/// ([`crate::distill::HarmCheck`], on a validation split of
+/// ([`crate::distill::HarmCheck`], cross-validated with folds of
 /// [`PRIVATE_VALIDATION_FRACTION`] unless `training.validation_fraction` says otherwise).
 fn student_training(training: &TrainConfig, mode: PrivacyMode) -> TrainConfig {
     let mut t = training.clone();

@@ -223,11 +223,11 @@ pub struct ClientResult {
     /// Contributions the coordinator refused (late, duplicate, malformed).
     pub refused: u32,
     /// The student the node kept (`"federated"` or `"local-only"`), when a do-no-harm rule
-    /// chose (the planner's verdict or the validation check).
+    /// chose (the planner's verdict or the cross-validation check).
     pub kept: Option<String>,
     /// The planner's verdict on the federation's target (private mode).
     pub target_trust: Option<fd_client::distill::TargetTrust>,
-    /// The validation check (with a validation split).
+    /// The do-no-harm cross-validation check (private nodes by default).
     pub harm_check: Option<fd_client::distill::HarmCheck>,
 }
 

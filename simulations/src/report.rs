@@ -222,8 +222,10 @@ pub struct ClientRun {
     pub federated_acc: f64,
     /// The student it kept, if a do-no-harm rule chose.
     pub kept: Option<String>,
-    /// The do-no-harm check's test statistic, if it made one.
+    /// The do-no-harm check's test statistic on the private records, if it made one.
     pub z: Option<f64>,
+    /// Its test statistic on the target's rows.
+    pub target_z: Option<f64>,
 }
 
 /// Mean and sample standard deviation (`None` for fewer than two values).
@@ -282,6 +284,7 @@ impl SweepRow {
                             federated_acc: c.federated_acc,
                             kept: c.kept.clone(),
                             z: c.harm_check.as_ref().map(|h| h.z),
+                            target_z: c.harm_check.as_ref().map(|h| h.target_z),
                         })
                 })
                 .collect(),
