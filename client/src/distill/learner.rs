@@ -434,7 +434,12 @@ impl Learner {
             let (target_x, target_labels, target_weights) = match &self.target {
                 Some((x, p)) => {
                     let labels: Vec<u32> = p.argmax(candle_core::D::Minus1)?.to_vec1()?;
-                    let confidence: Vec<f32> = crate::distill::row_confidence(p)?.to_vec1()?;
+                    // The training weights are these confidences when confidence weighting
+                    // is on ([`Learner::set_target`]); otherwise they are computed here.
+                    let confidence: Vec<f32> = match &self.target_weights {
+                        Some(w) => w.to_vec1()?,
+                        None => crate::distill::row_confidence(p)?.to_vec1()?,
+                    };
                     let total: f64 = confidence.iter().map(|&c| f64::from(c)).sum();
                     let weights = confidence
                         .iter()
