@@ -112,6 +112,7 @@ impl Node {
             holdout: self.holdout.clone(),
             max_frame_len: fd_protocol::DEFAULT_MAX_FRAME_LEN,
             join_retry,
+            public_sha256: None,
         }
     }
 }

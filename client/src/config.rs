@@ -288,6 +288,51 @@ pub const DEFAULT_JOIN_RETRY_SECS: u64 = 60;
 /// misconfiguration, and it keeps every deadline far from overflowing the clock.
 pub const MAX_JOIN_RETRY_SECS: u64 = 86_400;
 
+/// `config` with each `KEY=VALUE` of `settings` applied (`--set`): the key is a dotted path of
+/// the config file's keys (`training.local_steps`), the value a TOML value (`500`, `[64, 32]`,
+/// `"shards"`; a value that is not TOML is taken as a string, so `privacy.mode=shards` works).
+/// The result is read back through the same checks as a file, so an unknown key or a value of
+/// the wrong type is refused naming the key.
+pub fn apply_settings(config: &NodeConfig, settings: &[String]) -> Result<NodeConfig, String> {
+    if settings.is_empty() {
+        return Ok(config.clone());
+    }
+    let mut table = toml::Table::try_from(config).map_err(|e| e.to_string())?;
+    for setting in settings {
+        set_dotted(&mut table, setting)?;
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
+}
+
+/// Sets one `a.b.c=value` in `table`, creating tables on the way.
+pub(crate) fn set_dotted(table: &mut toml::Table, setting: &str) -> Result<(), String> {
+    let (key, text) = setting
+        .split_once('=')
+        .ok_or_else(|| format!("'{setting}' is not KEY=VALUE"))?;
+    let key = key.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(text.into())),
+        Err(_) => toml::Value::String(text.trim().to_owned()),
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().filter(|p| !p.is_empty()).ok_or_else(|| {
+        format!("'{setting}': empty key")
+    })?;
+    let mut here = table;
+    for part in parts {
+        let entry = here
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        here = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("'{key}': '{part}' is not a table of keys"))?;
+    }
+    here.insert(last.to_owned(), value);
+    Ok(())
+}
+
 impl NodeConfig {
     /// Reads and validates a TOML config; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
@@ -361,6 +406,110 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The config `REFERENCE` stands for: its placeholders and every default.
+    fn reference_default() -> NodeConfig {
+        NodeConfig {
+            coordinator: "127.0.0.1:4433".parse().expect("address"),
+            server_name: default_server_name(),
+            ca: "ca.pem".into(),
+            cert: "node.pem".into(),
+            key: "node.key".into(),
+            private_csv: "private.csv".into(),
+            public_csv: "public.csv".into(),
+            label_column: default_label_column(),
+            classes: 10,
+            holdout_fraction: default_holdout(),
+            output_dir: default_output_dir(),
+            seed: default_seed(),
+            join_retry_secs: DEFAULT_JOIN_RETRY_SECS,
+            training: TrainConfig::default(),
+            privacy: PrivacyConfig::default(),
+        }
+    }
+
+    /// Every leaf key of `table`, dotted.
+    fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(t) => leaf_keys(t, &format!("{key}."), out),
+                _ => out.push(key),
+            }
+        }
+    }
+
+    #[test]
+    fn the_printed_reference_config_is_the_defaults_and_names_every_key() {
+        let parsed: NodeConfig = toml::from_str(REFERENCE).expect("reference parses");
+        assert_eq!(parsed, reference_default());
+        // Every key the config serialises (Options that are set included) is in the text,
+        // set or commented out, under its own name.
+        let mut full = reference_default();
+        full.training.temperature_end = Some(2.0);
+        full.training.validation_fraction = Some(0.2);
+        full.training.image = Some(crate::distill::ImageShape {
+            height: 8,
+            width: 8,
+        });
+        full.privacy.sigma = Some(1.0);
+        full.privacy.ledger = Some("l".into());
+        full.privacy.radius = Some(1.0);
+        full.privacy.min_snr = Some(1.0);
+        let mut keys = Vec::new();
+        leaf_keys(&toml::Table::try_from(&full).expect("serialises"), "", &mut keys);
+        assert!(keys.len() > 50, "{keys:?}");
+        for key in keys {
+            // A key is named as `leaf =`, or inside an inline table `parent = { leaf = ...`.
+            let mut parts = key.rsplit('.');
+            let leaf = parts.next().expect("a leaf");
+            let parent = parts.next().unwrap_or(leaf);
+            let named = REFERENCE.lines().any(|l| {
+                let l = l.trim_start_matches("# ").trim_start();
+                l.starts_with(&format!("{leaf} ="))
+                    || (l.starts_with(&format!("{parent} = {{")) && l.contains(&format!("{leaf} =")))
+            });
+            assert!(named, "--print-config does not name {key}");
+        }
+        // The commented-out keys are real: uncommented, the text still parses, and sets them.
+        let uncommented: String = REFERENCE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.split(' ').nth(1) == Some("=") => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let all: NodeConfig = toml::from_str(&uncommented).expect("uncommented parses");
+        assert_eq!(all.privacy.min_snr, Some(1.0));
+        assert_eq!(all.privacy.ledger, Some("ledger.sqlite".into()));
+        assert!(all.training.image.is_some() && all.training.temperature_end.is_some());
+    }
+
+    #[test]
+    fn settings_reach_nested_keys_and_refuse_unknown_ones_by_name() {
+        let base = reference_default();
+        let set = |s: &[&str]| {
+            apply_settings(&base, &s.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        let c = set(&[
+            "training.local_steps=500",
+            "privacy.mode=shards",
+            "training.hidden=[64, 32]",
+            "holdout_fraction = 0.3",
+        ])
+        .expect("applies");
+        assert_eq!(c.training.local_steps, 500);
+        assert_eq!(c.privacy.mode, PrivacyMode::Shards);
+        assert_eq!(c.training.hidden, [64, 32]);
+        assert_eq!(c.holdout_fraction, 0.3);
+        let msg = set(&["training.local_stepz=5"]).expect_err("unknown key");
+        assert!(msg.contains("local_stepz"), "{msg}");
+        let msg = set(&["training.local_steps=many"]).expect_err("wrong type");
+        assert!(msg.contains("local_steps"), "{msg}");
+        assert!(set(&["no-equals-sign"]).is_err());
+        assert!(set(&["seed.x=1"]).expect_err("not a table").contains("seed"));
+    }
 
     /// The keys a node config cannot do without, classes aside.
     const REQUIRED: &str = "coordinator = \"127.0.0.1:4433\"\nca = \"a\"\ncert = \"b\"\n\
@@ -525,3 +674,78 @@ mod tests {
         assert!(msg.contains("bogus"), "{msg}");
     }
 }
+/// A complete node config with every key at its default, commented (`fd-client --print-config`).
+/// The required keys hold placeholders; optional keys without a default are commented out.
+/// Tests check that it parses to the defaults and names every key the config has.
+pub const REFERENCE: &str = r#"# fd-client node config: every key, at its default. Paths are relative to this file.
+coordinator = "127.0.0.1:4433"   # required: the coordinator's UDP address
+server_name = "localhost"        # a name in the coordinator's certificate (fd-certs issue --san)
+ca = "ca.pem"                    # required: the federation CA certificate (PEM)
+cert = "node.pem"                # required: this node's certificate (fd-certs issue --name)
+key = "node.key"                 # required: this node's private key (PEM)
+private_csv = "private.csv"      # required: numeric features + the label column; never leaves the node
+public_csv = "public.csv"        # required: the federation's public file (same features; a label column is ignored)
+label_column = "label"           # the label column of private_csv (integers 0..classes)
+classes = 10                     # required: number of classes
+holdout_fraction = 0.2           # private records held out to measure the student (small: noisy)
+output_dir = "fd-node-out"       # model.safetensors, model.json, report.json (a finished run is kept: --force)
+seed = 1                         # holdout split, initialisation, batches
+join_retry_secs = 60             # how long the first join retries an unreachable coordinator (0: once)
+
+[training]
+architecture = "mlp"             # "mlp" (hidden) or "cnn" ([training.cnn]; needs image)
+hidden = [256]                   # the MLP student's hidden widths
+dropout = 0.0                    # after each dense hidden layer, while training
+learning_rate = 0.001            # AdamW
+weight_decay = 0.0001            # AdamW
+batch_size = 64
+local_steps = 300                # steps on private records before the first contribution
+steps_per_round = 200            # steps per round once a target exists
+temperature = 4.0                # 2 by default when image is set
+# temperature_end = 2.0          # the last round's temperature (temperature_schedule)
+temperature_schedule = "constant" # "constant", "linear" or "cosine"
+alpha_start = 0.7                # weight of the private cross-entropy in the first round...
+alpha_end = 0.3                  # ...and in the last
+alpha_schedule = "linear"        # "constant", "linear" or "cosine"
+input_noise = 0.5                # Gaussian jitter on training inputs (standardised units)
+max_shift = 0                    # random image shifts in pixels (image data)
+confidence_weighting = false     # weight target rows by their confidence
+seed = 1                         # overridden by the top-level seed
+self_distillation = 0.0          # pull towards the previous round's own student (0: off)
+# image = { height = 8, width = 8 }  # image data: pixels row-major
+# validation_fraction = 0.2      # do-no-harm check folds: 0.2 for private nodes, off otherwise; 0: off
+
+[training.cnn]                   # with architecture = "cnn"
+channels = [8, 16]               # 3x3 convolutions, a 2x2 max-pool between them
+kernel = 3
+hidden = []
+
+[training.teacher]               # a larger local teacher; it never leaves the node
+enabled = true
+hidden = [512, 256]
+local_steps = 200
+steps_per_round = 20
+feature_weight = 0.0             # feature distillation from it (MSE through a projection)
+logit_weight = 0.0               # distil its logits on public records
+augment = false                  # ...on perturbed public records
+
+[privacy]
+mode = "none"                    # "none": no noise; "shards": record-level differential privacy
+epsilon = 2.0                    # the node's total budget over the run
+delta = 0.00001                  # must be below 1 / records
+shards = 0                       # teachers; 0 = one per record (nearest), one per 20 records up to 250 (mlp)
+shard_teacher = "nearest"        # "nearest" or "mlp"
+teacher_hidden = 64              # mlp shard teachers: hidden width
+teacher_local_steps = 100        # mlp shard teachers: steps before the first release
+teacher_steps_per_round = 20     # mlp shard teachers: steps per round
+teacher_batch_size = 16          # mlp shard teachers: batch size
+clamp_floor = 1.0
+votes = "soft"                   # mlp shard teachers: "soft" or "hard" votes
+rows = "vote-mass"               # "vote-mass" or "normalised"
+balance_classes = true           # undo the federation's class imbalance in the target (free)
+trust_snr = 1.5                  # below this predicted signal-to-noise the node keeps its local-only student
+# min_snr = 1.0                  # below this it releases nothing and leaves (fd-client plan)
+# sigma = 10.0                   # fixed noise; default: spread the budget over the planned queries
+# radius = 4.5                   # nearest teachers abstain beyond it; default: read off the public set
+# ledger = "ledger.sqlite"       # default: next to private_csv (<file>.privacy-ledger.sqlite)
+"#;

@@ -33,6 +33,18 @@ pub enum NodeError {
     /// The data does not fit the config.
     #[error("{0}")]
     Mismatch(String),
+    /// The output directory holds a finished run, which a new run would overwrite.
+    #[error(
+        "{}: holds a finished run ({summary}); a new run would overwrite its model and \
+         report. Pass --force to overwrite it, or set another output_dir",
+        dir.display()
+    )]
+    Finished {
+        /// The output directory.
+        dir: PathBuf,
+        /// What the finished run's report says, in brief.
+        summary: String,
+    },
     /// The privacy ledger or budget is unusable.
     #[error(transparent)]
     Privacy(#[from] PrivacyError),

@@ -27,6 +27,7 @@ pub mod distill;
 mod error;
 pub mod evaluate;
 pub mod federation;
+pub mod logging;
 pub mod node;
 pub mod predict;
 pub mod privacy;

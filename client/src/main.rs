@@ -140,6 +140,28 @@ struct Args {
     /// [default: 60; 0: give up at once].
     #[arg(long)]
     join_retry_secs: Option<u64>,
+    /// Fraction of the private records held out to measure the student [default: 0.2]. A
+    /// small node's held-out set is small (20 records measure accuracy to about +-0.1), so
+    /// its reported accuracy is noisy.
+    #[arg(long)]
+    holdout_fraction: Option<f64>,
+    /// Any config key, as KEY=VALUE with a dotted key and a TOML value, e.g. `--set
+    /// training.local_steps=500 --set privacy.mode='"shards"'` (a bare word is read as a
+    /// string: `--set privacy.mode=shards`). Repeatable; applied after the file and the other
+    /// flags. `--print-config` lists every key.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Overwrite the output directory even if it holds a finished run (its report.json). Without
+    /// it such a run is refused before anything is written; an interrupted run (no report)
+    /// resumes either way.
+    #[arg(long)]
+    force: bool,
+    /// Print a complete node config, every key at its default with a comment, and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Also write the log to this file (appended; plain text, no colour codes).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<PrivacyMode, String> {
@@ -264,6 +286,11 @@ fn config_from(args: Args) -> anyhow::Result<NodeConfig> {
     if let Some(v) = args.delta {
         config.privacy.delta = v;
     }
+    if let Some(v) = args.holdout_fraction {
+        config.holdout_fraction = v;
+    }
+    let config = fd_client::config::apply_settings(&config, &args.set)
+        .map_err(|m| anyhow::anyhow!("--set: {m}"))?;
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
@@ -276,14 +303,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    fd_client::logging::init(cli.run.log_file.as_deref())?;
+    if cli.run.print_config {
+        print!("{}", fd_client::config::REFERENCE);
+        return Ok(());
+    }
     match cli.command {
         Some(Command::Predict {
             model,
@@ -313,9 +338,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    let force = cli.run.force;
     let config = config_from(cli.run)?;
     tracing::info!(coordinator = %config.coordinator, privacy = ?config.privacy.mode, "starting node");
-    let report = fd_client::node::run_node(&config).await?;
+    let report = fd_client::node::run_node(&config, force).await?;
     println!(
         "node {}: {} rounds, held-out accuracy {:.4}, report in {}",
         report.node,

@@ -93,11 +93,37 @@ fn training_split(
     Ok((private, train, holdout))
 }
 
+/// Refuses, before anything is read or written, to run into an output directory whose
+/// `report.json` says a run finished there (a report is written only at the end of a run):
+/// the new run would replace its model and report. An interrupted run leaves no report, so
+/// running again resumes with the coordinator. `force` skips the check.
+pub fn check_output_dir(config: &NodeConfig, force: bool) -> Result<(), NodeError> {
+    let report = config.output_dir.join("report.json");
+    if force || !report.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let summary = match (value.get("rounds"), value.get("accuracy")) {
+        (Some(rounds), Some(acc)) => format!(
+            "{rounds} rounds, held-out accuracy {:.4}, report.json",
+            acc.as_f64().unwrap_or(f64::NAN)
+        ),
+        _ => "report.json".to_owned(),
+    };
+    Err(NodeError::Finished {
+        dir: config.output_dir.clone(),
+        summary,
+    })
+}
+
 /// Runs a node from its config: joins, trains, and writes `model.safetensors`, `model.json` and
-/// `report.json` into the output directory.
-pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
+/// `report.json` into the output directory. Refuses an output directory that holds a finished
+/// run unless `force` (see [`check_output_dir`]).
+pub async fn run_node(config: &NodeConfig, force: bool) -> Result<NodeReport, NodeError> {
+    check_output_dir(config, force)?;
     let (private, train, holdout) = training_split(config)?;
-    let public = data::read_public_csv(&config.public_csv, &private.columns)?;
+    let public = data::read_public_csv(&config.public_csv, &private.columns, Some(&config.label_column))?;
     let tls = fd_transport::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     if config.privacy.mode != PrivacyMode::None {
         std::fs::create_dir_all(&config.output_dir).map_err(|source| NodeError::Output {
@@ -121,12 +147,13 @@ pub async fn run_node(config: &NodeConfig) -> Result<NodeReport, NodeError> {
         data_fingerprint: private.fingerprint(),
     };
     let node = builder.build(&train, &holdout, &public)?;
-    let plan = node.plan(
+    let mut plan = node.plan(
         config.coordinator,
         &config.server_name,
         tls,
         std::time::Duration::from_secs(config.join_retry_secs),
     );
+    plan.public_sha256 = Some(data::file_sha256(&config.public_csv)?);
     let card = node.card;
     let outcome = run_session(plan, node.learner, node.labeller).await?;
     let student = outcome.learner.student();

@@ -7,12 +7,13 @@ use crate::data::{self, matrix};
 use crate::distill::{ModelError, Student};
 use crate::evaluate::metrics::{accuracy, macro_f1};
 
-/// Predicts every row of `input` (the model's feature columns, any order, no label) with the
+/// Predicts every row of `input` (the model's feature columns, any order; its label column, if
+/// there, is ignored) with the
 /// student saved in `model_dir`, and writes `output`: a `predicted` class and one probability
 /// column per class. Returns the number of rows.
 pub fn predict_csv(model_dir: &Path, input: &Path, output: &Path) -> Result<usize, NodeError> {
     let (student, card) = Student::load(model_dir)?;
-    let table = data::read_public_csv(input, &card.columns)?;
+    let table = data::read_public_csv(input, &card.columns, Some(&card.label_column))?;
     let x = matrix(card.standardiser.apply(&table), table.width()).map_err(ModelError::from)?;
     let probs = student.probabilities(&x)?;
     let classes = card.student.classes;

@@ -719,6 +719,8 @@ mod tests {
             public_records: 4,
             classes: 2,
             private_records: 10,
+            public_sha256: None,
+            private: false,
         }
     }
 

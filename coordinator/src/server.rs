@@ -954,6 +954,8 @@ mod tests {
                 public_records: 2,
                 classes: 2,
                 private_records: 5,
+                public_sha256: None,
+                private: false,
             };
             let arrived = Input::Arrived {
                 node: node.into(),

@@ -184,6 +184,8 @@ async fn connect_quietly(ca: &Ca, name: &str, addr: SocketAddr, public: u32, cla
         public_records: public,
         classes,
         private_records: 5,
+        public_sha256: None,
+        private: false,
     });
     write_message(&mut node.send, &hello, DEFAULT_MAX_FRAME_LEN)
         .await

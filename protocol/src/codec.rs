@@ -11,7 +11,7 @@
 use crate::Message;
 
 /// Protocol version written in, and required of, every frame.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default maximum payload length of one frame: 32 MiB, enough for the target of a public set of
 /// ~800k queries x 10 classes, far beyond anything the simulations send.
@@ -161,6 +161,8 @@ mod tests {
                 public_records: 359,
                 classes: 10,
                 private_records: 108,
+                public_sha256: Some([7; 32]),
+                private: true,
             }),
             Message::Welcome(Welcome {
                 node: "hospital-a".into(),

@@ -82,6 +82,14 @@ pub struct Hello {
     pub classes: u16,
     /// Records in the node's private training split (declared; used for reporting only).
     pub private_records: u32,
+    /// SHA-256 of the node's public CSV file, byte for byte (what `sha256sum` prints), so a
+    /// coordinator that names the public set refuses a node holding another file of the same
+    /// length. `None` from nodes without a file (the simulator's in-memory nodes).
+    pub public_sha256: Option<[u8; 32]>,
+    /// Whether the node releases differentially private labels (every contribution with a
+    /// receipt): a federation that requires privacy refuses a node that does not at once,
+    /// instead of asking it for a round it will never answer.
+    pub private: bool,
 }
 
 /// The coordinator's admission message.

@@ -738,6 +738,8 @@ async fn hello(
         public_records: shared.public_records,
         classes: shared.classes,
         private_records: 100,
+        public_sha256: None,
+        private: false,
     });
     write_message(&mut send, &hello, DEFAULT_MAX_FRAME_LEN)
         .await

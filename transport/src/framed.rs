@@ -134,6 +134,8 @@ mod tests {
             public_records: 1000,
             classes: 10,
             private_records: 500,
+            public_sha256: None,
+            private: false,
         })
     }
 

@@ -288,25 +288,58 @@ pub fn read_labelled_csv(
 }
 
 /// Reads an unlabelled CSV whose columns must be exactly `columns` (in any order); the result
-/// has its columns in the order of `columns`.
-pub fn read_public_csv(path: &Path, columns: &[String]) -> Result<Table, DataError> {
-    read_csv(path, None, Some(columns))
+/// has its columns in the order of `columns`. A column named `ignore` (the label column, in a
+/// public file that still carries its labels or a file given to `predict`) is skipped.
+pub fn read_public_csv(
+    path: &Path,
+    columns: &[String],
+    ignore: Option<&str>,
+) -> Result<Table, DataError> {
+    read_csv(path, None, Some((columns, ignore)))
+}
+
+/// SHA-256 of a file's bytes, as `sha256sum` computes it.
+pub fn file_sha256(path: &Path) -> Result<[u8; 32], DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Ok(out)
+}
+
+/// The 1-based line of the record that starts at byte `offset` of `bytes`, counted from the
+/// newlines before it. The csv crate's own line count is one too low after CRLF line ends
+/// (files from Excel, Windows and Python's csv module): it ends a record at the `\r` and
+/// starts the next at the `\n`, so line ends at the offset are skipped before counting.
+fn line_at(bytes: &[u8], offset: u64) -> u64 {
+    let mut end = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+    while end < bytes.len() && matches!(bytes[end], b'\r' | b'\n') {
+        end += 1;
+    }
+    1 + bytes[..end].iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 fn read_csv(
     path: &Path,
     label: Option<(&str, usize)>,
-    expected_columns: Option<&[String]>,
+    expected_columns: Option<(&[String], Option<&str>)>,
 ) -> Result<Table, DataError> {
     let file = path.to_path_buf();
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    let csv_error = |e: csv::Error| csv_error(&file, &bytes, e);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| csv_error(&file, e))?;
+        .from_reader(&bytes[..]);
     let header: Vec<String> = reader
         .headers()
-        .map_err(|e| csv_error(&file, e))?
+        .map_err(csv_error)?
         .iter()
         .map(str::to_owned)
         .collect();
@@ -333,11 +366,17 @@ fn read_csv(
     };
     // For each output feature column, the index of the input field that feeds it.
     let (columns, sources): (Vec<String>, Vec<usize>) = match expected_columns {
-        Some(expected) => {
-            if let Some(extra) = header.iter().find(|h| !expected.contains(h)) {
+        Some((expected, ignore)) => {
+            if let Some(extra) = header
+                .iter()
+                .find(|h| !expected.contains(h) && Some(h.as_str()) != ignore)
+            {
+                let ignored = ignore
+                    .map(|l| format!("; a label column '{l}' would be ignored"))
+                    .unwrap_or_default();
                 return Err(header_error(format!(
-                    "unexpected column '{extra}' (the public file must hold exactly the private \
-                     feature columns, without the label)"
+                    "unexpected column '{extra}' (expected exactly the feature columns {}{ignored})",
+                    expected.join(", ")
                 )));
             }
             let mut sources = Vec::with_capacity(expected.len());
@@ -364,8 +403,8 @@ fn read_csv(
     let mut features = Vec::new();
     let mut labels = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(&file, e))?;
-        let line = record.position().map_or(0, |p| p.line());
+        let record = record.map_err(csv_error)?;
+        let line = || record.position().map_or(0, |p| line_at(&bytes, p.byte()));
         for (name, &src) in columns.iter().zip(&sources) {
             let text = &record[src];
             match text.parse::<f32>() {
@@ -373,7 +412,7 @@ fn read_csv(
                 _ => {
                     return Err(DataError::NotANumber {
                         file,
-                        line,
+                        line: line(),
                         column: name.clone(),
                         value: text.to_owned(),
                     });
@@ -389,7 +428,7 @@ fn read_csv(
                 _ => {
                     return Err(DataError::BadLabel {
                         file,
-                        line,
+                        line: line(),
                         column: name.to_owned(),
                         value: text.to_owned(),
                         classes,
@@ -408,8 +447,8 @@ fn read_csv(
     })
 }
 
-fn csv_error(file: &Path, e: csv::Error) -> DataError {
-    let line = e.position().map_or(0, |p| p.line());
+fn csv_error(file: &Path, bytes: &[u8], e: csv::Error) -> DataError {
+    let line = e.position().map_or(0, |p| line_at(bytes, p.byte()));
     match e.into_kind() {
         csv::ErrorKind::Io(source) => DataError::Io {
             file: file.to_path_buf(),
@@ -469,7 +508,7 @@ mod tests {
         assert_eq!(t.labels, [0, 1]);
         // Public columns in another order come back in the private order.
         let public = write(dir.path(), "q.csv", "b,a\n20,10\n");
-        let q = read_public_csv(&public, &t.columns).unwrap();
+        let q = read_public_csv(&public, &t.columns, None).unwrap();
         assert_eq!(q.features, [10.0, 20.0]);
     }
 
@@ -498,19 +537,52 @@ mod tests {
         ));
 
         let extra = write(dir.path(), "extra.csv", "a,z\n1,0\n");
-        let msg = read_public_csv(&extra, &["a".into()])
+        let msg = read_public_csv(&extra, &["a".into()], None)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("'z'"), "{msg}");
 
         let inf = write(dir.path(), "inf.csv", "a\ninf\n");
-        assert!(read_public_csv(&inf, &["a".into()]).is_err());
+        assert!(read_public_csv(&inf, &["a".into()], None).is_err());
 
         let missing = dir.path().join("missing.csv");
-        let msg = read_public_csv(&missing, &["a".into()])
+        let msg = read_public_csv(&missing, &["a".into()], None)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("missing.csv"), "{msg}");
+    }
+
+    #[test]
+    fn crlf_files_report_the_same_lines_as_lf_files() {
+        // The same three faults as above, with Windows line ends: the csv crate alone reports
+        // each one line too low after a CRLF.
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text, line) in [
+            ("nan.csv", "a,y\r\n1,0\r\n2,1\r\nx,1\r\n", "line 4"),
+            ("label.csv", "a,y\r\n1,0\r\n1,7\r\n", "line 3"),
+            ("short.csv", "a,y\r\n1,0\r\n1,1\r\n2\r\n", "line 4"),
+        ] {
+            let path = write(dir.path(), name, text);
+            let msg = read_labelled_csv(&path, "y", 2).unwrap_err().to_string();
+            assert!(msg.contains(line), "{name}: {msg}");
+            let lf = write(dir.path(), &format!("lf-{name}"), &text.replace("\r\n", "\n"));
+            let msg = read_labelled_csv(&lf, "y", 2).unwrap_err().to_string();
+            assert!(msg.contains(line), "lf-{name}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_label_column_in_a_public_file_is_ignored_and_other_extras_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = write(dir.path(), "q.csv", "b,label,a\n20,3,10\n");
+        let cols = ["a".to_owned(), "b".to_owned()];
+        let q = read_public_csv(&public, &cols, Some("label")).unwrap();
+        assert_eq!(q.features, [10.0, 20.0]);
+        assert!(q.labels.is_empty());
+        // Without naming it, the label column is an unexpected column, and the message lists
+        // the columns it expected.
+        let msg = read_public_csv(&public, &cols, None).unwrap_err().to_string();
+        assert!(msg.contains("'label'") && msg.contains("a, b"), "{msg}");
     }
 
     #[test]

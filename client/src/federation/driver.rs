@@ -40,6 +40,8 @@ pub struct SessionPlan {
     pub max_frame_len: usize,
     /// How long the first join retries an unreachable coordinator.
     pub join_retry: Duration,
+    /// SHA-256 of the public CSV file, sent in Hello (see [`Hello::public_sha256`]).
+    pub public_sha256: Option<[u8; 32]>,
 }
 
 /// What a finished session produced.
@@ -95,6 +97,8 @@ pub async fn run_session_with_hook(
             public_records: learner.public_records() as u32,
             classes: learner.student().config().classes as u16,
             private_records: plan.private_records,
+            public_sha256: plan.public_sha256,
+            private: !matches!(labeller, Labeller::Student),
         },
         non_private: matches!(labeller, Labeller::Student),
         join_retry: plan.join_retry,

@@ -634,6 +634,8 @@ mod tests {
                 public_records: PUBLIC,
                 classes: CLASSES,
                 private_records: 40,
+                public_sha256: None,
+                private: false,
             },
             non_private,
         })
