@@ -12,4 +12,4 @@ mod error;
 pub mod pki;
 
 pub use error::CertError;
-pub use pki::{Ca, Identity, init_ca_dir, issue_to_dir};
+pub use pki::{Ca, Identity, init_ca_dir, issue_to_dir, revoke_in_dir};

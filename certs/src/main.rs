@@ -72,6 +72,25 @@ enum Command {
         #[arg(long, value_name = "SANS", value_delimiter = ',', requires = "server")]
         san: Vec<String>,
     },
+    /// Revoke a certificate this CA issued: adds DIR/<NAME>.pem's serial to DIR/revoked.txt and
+    /// rewrites DIR/crl.pem, the revocation list signed by the CA.
+    ///
+    /// The coordinator refuses revoked certificates in the TLS handshake when its config names
+    /// the list (`crl = "certs/crl.pem"`); it reads the list at start, so copy the new crl.pem
+    /// to it and restart it (a restart continues from its state). Revoking twice changes nothing.
+    Revoke {
+        /// CA directory holding ca.pem, ca.key and the certificate to revoke.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "FD_CERTS_DIR",
+            default_value = "certs"
+        )]
+        dir: PathBuf,
+        /// Name of the node whose certificate (DIR/<NAME>.pem) is revoked.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +150,20 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "Give {name} these two files and {} (the key over a secure channel).",
                 dir.join(fd_certs::pki::CA_CERT_FILE).display()
+            );
+        }
+        Command::Revoke { dir, name } => {
+            let (crl, newly) = fd_certs::revoke_in_dir(&dir, &name)
+                .with_context(|| format!("revoking the certificate of {name}"))?;
+            if newly {
+                println!("revoked {name}; wrote {}", crl.display());
+            } else {
+                println!("{name} was already revoked; rewrote {}", crl.display());
+            }
+            println!(
+                "Copy {} to the coordinator (its config's `crl`) and restart it: it refuses \
+                 revoked certificates from then on.",
+                crl.display()
             );
         }
     }

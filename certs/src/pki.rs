@@ -39,6 +39,11 @@ use crate::CertError;
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of the CA private key inside a CA directory.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The certificate revocation list the coordinator loads (`crl` in its config), in the CA
+/// directory; `fd-certs revoke` rewrites it.
+pub const CRL_FILE: &str = "crl.pem";
+/// The revocations behind [`CRL_FILE`], one per line: serial (hex), name, time (RFC 3339).
+pub const REVOKED_FILE: &str = "revoked.txt";
 /// Longest accepted node or server name (also the X.509 upper bound for a common name).
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest accepted federation name: the CA's common name "`<federation> federation CA`" must fit
@@ -258,6 +263,42 @@ impl Ca {
         self.issue(name, sans, ExtendedKeyUsagePurpose::ServerAuth, "server")
     }
 
+    /// A certificate revocation list signed by this CA listing `revoked` (serial and time of
+    /// revocation), numbered `number` (CRL numbers must grow with each list). It is valid until
+    /// the CA expires: the coordinator reads it at start, and `fd-certs revoke` replaces it.
+    pub fn crl_pem(
+        &self,
+        revoked: &[(Vec<u8>, OffsetDateTime)],
+        number: u64,
+    ) -> Result<String, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - CLOCK_SKEW,
+            next_update: self.not_after.max(now + Duration::days(1)),
+            crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial),
+                    revocation_time: *at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let generate = |source| CertError::Generate {
+            action: "sign the certificate revocation list".into(),
+            source,
+        };
+        params
+            .signed_by(&self.issuer)
+            .map_err(generate)?
+            .pem()
+            .map_err(generate)
+    }
+
     fn issue(
         &self,
         name: &str,
@@ -384,6 +425,112 @@ pub fn issue_to_dir(
         identity.cert_pem.as_bytes(),
     )?;
     Ok((cert_path, key_path))
+}
+
+/// Revokes the certificate `dir/<name>.pem` (issued by the CA in `dir`): adds its serial to
+/// `dir/revoked.txt` and rewrites `dir/crl.pem`, signed by the CA, listing every revocation so
+/// far. Returns the CRL's path and whether the certificate was newly revoked (revoking twice
+/// changes nothing). The coordinator refuses a revoked certificate in the TLS handshake once it
+/// loads the new list (`crl` in its config; read at start, so restart it).
+pub fn revoke_in_dir(dir: &Path, name: &str) -> Result<(PathBuf, bool), CertError> {
+    validate_name(name)?;
+    let ca = Ca::load(dir)?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let pem = read_text(
+        &cert_path,
+        "revoke names a certificate this CA directory issued (fd-certs issue writes <name>.pem here)",
+    )?;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| CertError::BadPem {
+        origin: cert_path.display().to_string(),
+        expected: "a PEM CERTIFICATE block",
+        reason: e.to_string(),
+    })?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der).map_err(|e| CertError::BadPem {
+        origin: cert_path.display().to_string(),
+        expected: "an X.509 certificate",
+        reason: e.to_string(),
+    })?;
+    let ca_der =
+        CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| CertError::BadPem {
+            origin: CA_CERT_FILE.into(),
+            expected: "a PEM CERTIFICATE block",
+            reason: e.to_string(),
+        })?;
+    let ca_subject = x509_parser::parse_x509_certificate(&ca_der)
+        .map(|(_, c)| c.subject().as_raw().to_vec())
+        .unwrap_or_default();
+    if x509.issuer().as_raw() != ca_subject.as_slice() {
+        return Err(CertError::BadCa {
+            origin: cert_path.display().to_string(),
+            reason: "this certificate was not issued by the CA in this directory".into(),
+        });
+    }
+    let serial = x509.raw_serial().to_vec();
+    let serial_hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let list_path = dir.join(REVOKED_FILE);
+    let text = match fs::read_to_string(&list_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(CertError::Io {
+                action: "read",
+                path: list_path,
+                source,
+            });
+        }
+    };
+    let mut revoked = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |reason: &str| CertError::BadPem {
+            origin: format!("{} line {}", list_path.display(), i + 1),
+            expected: "a revocation: serial (hex), name, time (RFC 3339)",
+            reason: reason.to_owned(),
+        };
+        let mut fields = line.split_whitespace();
+        let (Some(hex), Some(_name), Some(at)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(bad("fewer than three fields"));
+        };
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|k| {
+                hex.get(k..k + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| bad("the serial is not hex"))?;
+        let at = OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| bad(&e.to_string()))?;
+        revoked.push((bytes, at));
+    }
+    let newly = !revoked.iter().any(|(s, _)| *s == serial);
+    let mut new_text = text.clone();
+    if newly {
+        let now = OffsetDateTime::now_utc();
+        let stamp = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| CertError::BadPem {
+                origin: "the clock".into(),
+                expected: "a time",
+                reason: e.to_string(),
+            })?;
+        if !new_text.is_empty() && !new_text.ends_with('\n') {
+            new_text.push('\n');
+        }
+        new_text.push_str(&format!("{serial_hex} {name} {stamp}\n"));
+        revoked.push((serial, now));
+    }
+    // CRL numbers must grow: the seconds since the epoch do, one list per second at most.
+    let number = OffsetDateTime::now_utc().unix_timestamp().max(1) as u64;
+    let crl = ca.crl_pem(&revoked, number)?;
+    let crl_path = dir.join(CRL_FILE);
+    replace_file(&list_path, new_text.as_bytes(), CERT_MODE)?;
+    replace_file(&crl_path, crl.as_bytes(), CERT_MODE)?;
+    Ok((crl_path, newly))
 }
 
 /// Checks a node or server name: 1..=64 characters of `[A-Za-z0-9._-]`, starting with a letter

@@ -313,13 +313,16 @@ pub(crate) fn set_dotted(table: &mut toml::Table, setting: &str) -> Result<(), S
         .ok_or_else(|| format!("'{setting}' is not KEY=VALUE"))?;
     let key = key.trim();
     let value = match toml::from_str::<toml::Table>(&format!("v = {text}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(text.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.into())),
         Err(_) => toml::Value::String(text.trim().to_owned()),
     };
     let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts.pop().filter(|p| !p.is_empty()).ok_or_else(|| {
-        format!("'{setting}': empty key")
-    })?;
+    let last = parts
+        .pop()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("'{setting}': empty key"))?;
     let mut here = table;
     for part in parts {
         let entry = here
@@ -457,7 +460,11 @@ mod tests {
         full.privacy.radius = Some(1.0);
         full.privacy.min_snr = Some(1.0);
         let mut keys = Vec::new();
-        leaf_keys(&toml::Table::try_from(&full).expect("serialises"), "", &mut keys);
+        leaf_keys(
+            &toml::Table::try_from(&full).expect("serialises"),
+            "",
+            &mut keys,
+        );
         assert!(keys.len() > 50, "{keys:?}");
         for key in keys {
             // A key is named as `leaf =`, or inside an inline table `parent = { leaf = ...`.
@@ -467,7 +474,8 @@ mod tests {
             let named = REFERENCE.lines().any(|l| {
                 let l = l.trim_start_matches("# ").trim_start();
                 l.starts_with(&format!("{leaf} ="))
-                    || (l.starts_with(&format!("{parent} = {{")) && l.contains(&format!("{leaf} =")))
+                    || (l.starts_with(&format!("{parent} = {{"))
+                        && l.contains(&format!("{leaf} =")))
             });
             assert!(named, "--print-config does not name {key}");
         }
@@ -508,7 +516,11 @@ mod tests {
         let msg = set(&["training.local_steps=many"]).expect_err("wrong type");
         assert!(msg.contains("local_steps"), "{msg}");
         assert!(set(&["no-equals-sign"]).is_err());
-        assert!(set(&["seed.x=1"]).expect_err("not a table").contains("seed"));
+        assert!(
+            set(&["seed.x=1"])
+                .expect_err("not a table")
+                .contains("seed")
+        );
     }
 
     /// The keys a node config cannot do without, classes aside.

@@ -123,7 +123,11 @@ pub fn check_output_dir(config: &NodeConfig, force: bool) -> Result<(), NodeErro
 pub async fn run_node(config: &NodeConfig, force: bool) -> Result<NodeReport, NodeError> {
     check_output_dir(config, force)?;
     let (private, train, holdout) = training_split(config)?;
-    let public = data::read_public_csv(&config.public_csv, &private.columns, Some(&config.label_column))?;
+    let public = data::read_public_csv(
+        &config.public_csv,
+        &private.columns,
+        Some(&config.label_column),
+    )?;
     let tls = fd_transport::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
     if config.privacy.mode != PrivacyMode::None {
         std::fs::create_dir_all(&config.output_dir).map_err(|source| NodeError::Output {

@@ -38,7 +38,18 @@ pub struct FederationConfig {
     /// Number of rounds.
     #[serde(default = "default_rounds")]
     pub rounds: u32,
-    /// Records in the public reference set (every node must hold the same set).
+    /// The public reference set's CSV file, which every node must hold byte for byte: its
+    /// SHA-256 becomes `public_sha256` and its row count `public_records` (each must agree if
+    /// also given). The coordinator reads nothing else from it.
+    #[serde(default)]
+    pub public_csv: Option<PathBuf>,
+    /// SHA-256 (hex, as `sha256sum` prints it) of the public CSV file; nodes whose file differs
+    /// are refused at admission with both values. None (and no `public_csv`): not checked.
+    #[serde(default)]
+    pub public_sha256: Option<String>,
+    /// Records in the public reference set (every node must hold the same set); read from
+    /// `public_csv` when it is given.
+    #[serde(default)]
     pub public_records: u32,
     /// Number of classes.
     pub classes: u16,
@@ -74,6 +85,18 @@ pub struct FederationConfig {
     /// holds 10,000 nodes with room for reconnects overlapping their old connections.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Names (from their certificates) of the only nodes admitted; empty: any node holding a
+    /// certificate from the federation CA.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Most distinct nodes admitted over the run (a node that reconnects counts once); none:
+    /// no limit. `nodes` is how many to wait for before round 0, not a limit.
+    #[serde(default)]
+    pub max_nodes: Option<usize>,
+    /// Certificate revocation list (PEM, from `fd-certs revoke`): the node certificates it
+    /// names are refused in the TLS handshake. Read at start.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 /// The longest join or round timeout accepted, in seconds (30 days): beyond it a wait is a
@@ -110,6 +133,83 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 12_000;
 /// so beyond a million the limit protects nothing.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 
+/// `config` with each `KEY=VALUE` of `settings` applied (`--set`): a dotted key of the config
+/// file (`aggregation.trim`) and a TOML value (a value that is not TOML is taken as a string).
+/// The result goes through the same parsing as a file, so an unknown key or a wrong type is
+/// refused naming the key.
+pub fn apply_settings(
+    config: &FederationConfig,
+    settings: &[String],
+) -> Result<FederationConfig, String> {
+    if settings.is_empty() {
+        return Ok(config.clone());
+    }
+    let mut table = toml::Table::try_from(config).map_err(|e| e.to_string())?;
+    for setting in settings {
+        let (key, text) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("'{setting}' is not KEY=VALUE"))?;
+        let key = key.trim();
+        let value = match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+            Ok(mut t) => t
+                .remove("v")
+                .unwrap_or_else(|| toml::Value::String(text.into())),
+            Err(_) => toml::Value::String(text.trim().to_owned()),
+        };
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts
+            .pop()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| format!("'{setting}': empty key"))?;
+        let mut here = &mut table;
+        for part in parts {
+            here = here
+                .entry(part.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| format!("'{key}': '{part}' is not a table of keys"))?;
+        }
+        here.insert(last.to_owned(), value);
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
+}
+
+/// A complete federation config with every key at its default, commented
+/// (`fd-coordinator --print-config`). Required keys hold placeholders; optional keys without a
+/// default are commented out. Tests check that it parses to the defaults and names every key.
+pub const REFERENCE: &str = r#"# fd-coordinator federation config: every key, at its default. Paths are relative to this file.
+name = "federation"              # shown to nodes
+listen = "127.0.0.1:4433"        # UDP address; "0.0.0.0:4433" to serve other machines (open the firewall)
+ca = "ca.pem"                    # required: the federation CA certificate (fd-certs init)
+cert = "coordinator.pem"         # required: fd-certs issue --server (its --san must match the nodes' server_name)
+key = "coordinator.key"          # required
+nodes = 3                        # required: nodes to wait for before round 0 (a start, not a limit: see max_nodes)
+rounds = 20
+# public_csv = "public.csv"      # the public file every node holds; sets public_sha256 and public_records
+# public_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # or its SHA-256 alone
+public_records = 359             # required unless public_csv: rows of the public file
+classes = 10                     # required
+queries_per_round = 0            # public records asked per round; 0: all of them (no privacy)
+join_timeout_secs = 600          # wait this long for `nodes`; then start with a quorum, or stop
+round_timeout_secs = 600         # a round closes with what it has after this
+require_privacy = false          # refuse nodes and contributions without a DP receipt
+# summary_json = "summary.json"  # the run summary (JSON)
+quorum = 1                       # fewest accepted contributions for a round to be aggregated
+# state_dir = "state"            # SQLite state: a restart continues; `fd-coordinator status` reads it
+max_connections = 12000          # connections held at once (>= nodes); more are refused and retry
+allow = []                       # names of the only nodes admitted; empty: any certificate of the CA
+# max_nodes = 10                 # most distinct nodes admitted over the run
+# crl = "crl.pem"                # revocation list from fd-certs revoke; read at start
+
+[aggregation]
+strategy = "dynamic"             # mean | median | trimmed-mean | confidence | reputation | dynamic
+trim = 0.2                       # trimmed-mean: fraction cut from each end
+reputation_rate = 0.5            # weight of the newest round in the reputation average
+sharpen = 1.0                    # (0, 1]: aggregate p^(1/sharpen), renormalised; 1 = off
+"#;
+
 impl FederationConfig {
     /// Reads and validates a TOML config; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<FederationConfig, ConfigError> {
@@ -131,13 +231,66 @@ impl FederationConfig {
         if let Some(p) = config.summary_json.as_mut().filter(|p| p.is_relative()) {
             *p = base.join(&*p);
         }
-        if let Some(p) = config.state_dir.as_mut().filter(|p| p.is_relative()) {
-            *p = base.join(&*p);
+        for p in [
+            &mut config.state_dir,
+            &mut config.public_csv,
+            &mut config.crl,
+        ] {
+            if let Some(p) = p.as_mut().filter(|p| p.is_relative()) {
+                *p = base.join(&*p);
+            }
         }
         config
-            .validate()
+            .resolve_public()
+            .and_then(|()| config.validate())
             .map_err(|message| ConfigError { file, message })?;
         Ok(config)
+    }
+
+    /// Reads `public_csv`, if named: its SHA-256 and its row count (records after the header
+    /// line; quoted fields may span lines) fill `public_sha256` and `public_records`, which
+    /// must agree with any value the config gives.
+    pub fn resolve_public(&mut self) -> Result<(), String> {
+        let Some(path) = &self.public_csv else {
+            return Ok(());
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("public_csv {}: cannot read: {e}", path.display()))?;
+        let sha = fd_protocol::sha256_hex(&ring::digest::digest(&ring::digest::SHA256, &bytes));
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(&bytes[..]);
+        let mut rows: u32 = 0;
+        for record in reader.records() {
+            record.map_err(|e| format!("public_csv {}: {e}", path.display()))?;
+            rows = rows.checked_add(1).ok_or("public_csv: too many rows")?;
+        }
+        if let Some(given) = &self.public_sha256
+            && !given.eq_ignore_ascii_case(&sha)
+        {
+            return Err(format!(
+                "public_sha256 ({given}) is not the SHA-256 of public_csv {} ({sha})",
+                path.display()
+            ));
+        }
+        if self.public_records != 0 && self.public_records != rows {
+            return Err(format!(
+                "public_records ({}) differs from the {rows} rows of public_csv {}; leave \
+                 public_records out to read it from the file",
+                self.public_records,
+                path.display()
+            ));
+        }
+        self.public_sha256 = Some(sha);
+        self.public_records = rows;
+        Ok(())
+    }
+
+    /// The public file's SHA-256 as bytes, if the federation names one.
+    pub fn public_fingerprint(&self) -> Option<[u8; 32]> {
+        self.public_sha256
+            .as_deref()
+            .and_then(fd_protocol::parse_sha256_hex)
     }
 
     /// Checks ranges; the message names the field.
@@ -149,7 +302,41 @@ impl FederationConfig {
             return Err("rounds must be >= 1".into());
         }
         if self.public_records == 0 {
-            return Err("public_records must be >= 1".into());
+            return Err(
+                "public_records must be >= 1 (or name the file: public_csv = \"public.csv\")"
+                    .into(),
+            );
+        }
+        if let Some(sha) = &self.public_sha256
+            && fd_protocol::parse_sha256_hex(sha).is_none()
+        {
+            return Err(format!(
+                "public_sha256 must be 64 hex digits (sha256sum's output), got '{sha}'"
+            ));
+        }
+        if let Some(bad) = self
+            .allow
+            .iter()
+            .find(|n| fd_certs::pki::validate_name(n).is_err())
+        {
+            return Err(format!(
+                "allow: '{bad}' is not a node name (1-64 of A-Z a-z 0-9 . _ -)"
+            ));
+        }
+        if let Some(max) = self.max_nodes
+            && max < self.nodes
+        {
+            return Err(format!(
+                "max_nodes ({max}) is below nodes ({}), so round 0 could never start",
+                self.nodes
+            ));
+        }
+        if !self.allow.is_empty() && self.allow.len() < self.nodes {
+            return Err(format!(
+                "allow names {} nodes, fewer than nodes ({}), so round 0 could never start",
+                self.allow.len(),
+                self.nodes
+            ));
         }
         if self.classes < 2 {
             return Err(format!("classes must be >= 2, got {}", self.classes));
@@ -294,6 +481,11 @@ pub(crate) fn test_config(nodes: usize, rounds: u32, public_records: u32) -> Fed
         aggregation: AggregationConfig::default(),
         state_dir: None,
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        public_csv: None,
+        public_sha256: None,
+        allow: Vec::new(),
+        max_nodes: None,
+        crl: None,
     }
 }
 
@@ -408,6 +600,142 @@ mod tests {
             msg.contains("summary_json") && msg.contains("no-such-dir"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_printed_reference_config_is_the_defaults_and_names_every_key() {
+        let parsed: FederationConfig = toml::from_str(REFERENCE).expect("reference parses");
+        let expected = FederationConfig {
+            name: default_name(),
+            listen: default_listen(),
+            ca: "ca.pem".into(),
+            cert: "coordinator.pem".into(),
+            key: "coordinator.key".into(),
+            nodes: 3,
+            rounds: default_rounds(),
+            public_records: 359,
+            classes: 10,
+            queries_per_round: 0,
+            join_timeout_secs: default_join_timeout(),
+            round_timeout_secs: default_round_timeout(),
+            quorum: default_quorum(),
+            ..test_config(3, 1, 1)
+        };
+        assert_eq!(parsed, expected);
+        let mut full = expected.clone();
+        full.public_csv = Some("p".into());
+        full.public_sha256 = Some("0".repeat(64));
+        full.summary_json = Some("s".into());
+        full.state_dir = Some("d".into());
+        full.max_nodes = Some(3);
+        full.crl = Some("c".into());
+        full.allow = vec!["a".into()];
+        let table = toml::Table::try_from(&full).expect("serialises");
+        let mut keys: Vec<String> = Vec::new();
+        for (k, v) in &table {
+            match v {
+                toml::Value::Table(t) => keys.extend(t.keys().cloned()),
+                _ => keys.push(k.clone()),
+            }
+        }
+        assert!(keys.len() > 20, "{keys:?}");
+        for key in keys {
+            let named = REFERENCE
+                .lines()
+                .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} =")));
+            assert!(named, "--print-config does not name {key}");
+        }
+        // Uncommented, the optional keys parse too.
+        let uncommented: String = REFERENCE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.split(' ').nth(1) == Some("=") => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let all: FederationConfig = toml::from_str(&uncommented).expect("uncommented parses");
+        assert_eq!(all.max_nodes, Some(10));
+        assert!(all.public_sha256.is_some() && all.crl.is_some() && all.state_dir.is_some());
+    }
+
+    #[test]
+    fn settings_override_nested_keys_and_refuse_unknown_ones() {
+        let c = apply_settings(
+            &config(),
+            &[
+                "aggregation.trim=0.1".into(),
+                "allow=[\"a\", \"b\"]".into(),
+                "require_privacy=true".into(),
+            ],
+        )
+        .expect("applies");
+        assert_eq!(c.aggregation.trim, 0.1);
+        assert_eq!(c.allow, ["a", "b"]);
+        assert!(c.require_privacy);
+        let msg = apply_settings(&config(), &["quorumm=2".into()]).expect_err("unknown");
+        assert!(msg.contains("quorumm"), "{msg}");
+    }
+
+    #[test]
+    fn the_public_file_gives_its_fingerprint_and_row_count_and_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("public.csv");
+        // Three records; the quoted field spans two lines, so lines are not records.
+        std::fs::write(&path, "a,b\n1,2\n3,\"4\n\"\n5,6\n").unwrap();
+        let mut c = FederationConfig {
+            public_csv: Some(path.clone()),
+            public_records: 0,
+            ..config()
+        };
+        c.resolve_public().expect("reads");
+        assert_eq!(c.public_records, 3);
+        // sha256sum of those bytes, computed independently here.
+        let expected = fd_protocol::sha256_hex(ring::digest::digest(
+            &ring::digest::SHA256,
+            &std::fs::read(&path).unwrap(),
+        ));
+        assert_eq!(c.public_sha256.as_deref(), Some(expected.as_str()));
+        assert_eq!(c.validate(), Ok(()));
+        let mut wrong_count = FederationConfig {
+            public_csv: Some(path.clone()),
+            public_records: 4,
+            ..config()
+        };
+        let msg = wrong_count.resolve_public().unwrap_err();
+        assert!(
+            msg.contains("public_records (4)") && msg.contains("3 rows"),
+            "{msg}"
+        );
+        let mut wrong_sha = FederationConfig {
+            public_csv: Some(path),
+            public_sha256: Some("ab".repeat(32)),
+            ..config()
+        };
+        let msg = wrong_sha.resolve_public().unwrap_err();
+        assert!(
+            msg.contains(&"ab".repeat(32)) && msg.contains(&expected),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn membership_settings_that_could_never_start_are_refused() {
+        let c = FederationConfig {
+            max_nodes: Some(2),
+            ..config()
+        };
+        assert!(c.validate().unwrap_err().starts_with("max_nodes (2)"));
+        let c = FederationConfig {
+            allow: vec!["a".into(), "b".into()],
+            ..config()
+        };
+        assert!(c.validate().unwrap_err().starts_with("allow names 2"));
+        let c = FederationConfig {
+            allow: vec!["a".into(), "b".into(), "no/slash".into()],
+            ..config()
+        };
+        assert!(c.validate().unwrap_err().contains("no/slash"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod aggregate;
 pub mod config;
 pub mod rounds;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod summary;
 

@@ -145,11 +145,18 @@ pub struct Rounds {
     next_round: u32,
     target: Target,
     present: BTreeSet<String>,
+    /// Every node admitted in this run (and, after a restart, every node a committed round
+    /// asked): what `max_nodes` counts.
+    members: BTreeSet<String>,
     nodes: BTreeMap<String, NodeSummary>,
     /// Closed rounds in brief; their full records go out as [`Event::RoundClosed`] (to the
     /// store) and are not kept, so memory stays flat however many rounds run.
     log: Vec<RoundBrief>,
     ended_early: Option<String>,
+    /// When this process started the federation, and the seconds it had run before (in
+    /// earlier processes, from the last committed round).
+    started: Instant,
+    wall_before: f64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -184,7 +191,22 @@ impl Rounds {
                 }
             }
         }
+        // Counters carry on from the last committed round.
+        let mut wall_before = 0.0;
+        if let Some(last) = resume.records.last() {
+            wall_before = last.wall_seconds;
+            for (node, [up, down]) in &last.bytes {
+                let s = nodes.entry(node.clone()).or_insert_with(|| NodeSummary {
+                    node: node.clone(),
+                    ..NodeSummary::default()
+                });
+                s.bytes_up = *up;
+                s.bytes_down = *down;
+            }
+        }
         Rounds {
+            started: now,
+            wall_before,
             phase: Phase::Joining {
                 deadline: now + Duration::from_secs(config.join_timeout_secs),
             },
@@ -192,6 +214,11 @@ impl Rounds {
             target,
             aggregator,
             present: BTreeSet::new(),
+            members: resume
+                .records
+                .iter()
+                .flat_map(|r| r.asked.iter().cloned())
+                .collect(),
             nodes,
             log: resume.records.iter().map(RoundBrief::of).collect(),
             ended_early: None,
@@ -302,7 +329,20 @@ impl Rounds {
         self.summary(node).bytes_down += bytes;
     }
 
-    /// The run so far (the driver adds the wall time).
+    /// Seconds the federation has run at `now`, across restarts.
+    pub fn wall_seconds_at(&self, now: Instant) -> f64 {
+        self.wall_before + now.saturating_duration_since(self.started).as_secs_f64()
+    }
+
+    /// The run so far, with its wall time at `now` (across restarts).
+    pub fn summary_at(&self, now: Instant) -> Summary {
+        Summary {
+            wall_seconds: self.wall_seconds_at(now),
+            ..self.summary_now()
+        }
+    }
+
+    /// The run so far, without wall time (see [`Rounds::summary_at`]).
     pub fn summary_now(&self) -> Summary {
         let labels = self.target.to_labels();
         let nodes: Vec<NodeSummary> = self.nodes.values().cloned().collect();
@@ -343,9 +383,62 @@ impl Rounds {
         });
     }
 
+    /// Why `node` (saying `hello`) may not join, if it may not. Membership first (the allow-list
+    /// and `max_nodes`), then what the node holds and does (its public file, its privacy, its
+    /// classes): each refusal names both sides.
+    fn refusal(&self, node: &str, hello: &Hello) -> Option<String> {
+        let config = &self.config;
+        if matches!(self.phase, Phase::Done) {
+            return Some("the federation is over".to_owned());
+        }
+        if !config.allow.is_empty() && !config.allow.iter().any(|n| n == node) {
+            return Some(format!(
+                "node '{node}' is not on this federation's allow-list; ask the operator to add it"
+            ));
+        }
+        if let Some(max) = config.max_nodes
+            && !self.members.contains(node)
+            && self.members.len() >= max
+        {
+            return Some(format!(
+                "the federation is full: {} nodes admitted, max_nodes = {max}",
+                self.members.len()
+            ));
+        }
+        if let Some(expected) = config.public_fingerprint() {
+            match hello.public_sha256 {
+                Some(got) if got == expected => {}
+                Some(got) => {
+                    return Some(format!(
+                        "public set mismatch: the node's public file has SHA-256 {}, the \
+                         federation's has {}; every node must hold the operator's file byte \
+                         for byte",
+                        fd_protocol::sha256_hex(got),
+                        fd_protocol::sha256_hex(expected)
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "the node did not say which public file it holds; the federation's has \
+                         SHA-256 {}",
+                        fd_protocol::sha256_hex(expected)
+                    ));
+                }
+            }
+        }
+        if config.require_privacy && !hello.private {
+            return Some(
+                "this federation requires differential privacy and the node releases its \
+                 labels without noise; set [privacy] mode = \"shards\" in the node's config"
+                    .to_owned(),
+            );
+        }
+        None
+    }
+
     fn arrive(&mut self, now: Instant, node: String, hello: Hello, bytes: u64) {
-        let reject = if matches!(self.phase, Phase::Done) {
-            Some("the federation is over".to_owned())
+        let reject = if let Some(why) = self.refusal(&node, &hello) {
+            Some(why)
         } else if hello.public_records != self.config.public_records {
             Some(format!(
                 "public set mismatch: node has {} records, federation uses {}",
@@ -372,6 +465,7 @@ impl Rounds {
             info!(node, private_records = hello.private_records, "admitted");
         }
         self.present.insert(node.clone());
+        self.members.insert(node.clone());
         let s = self.summary(&node);
         s.bytes_up += bytes;
         s.finished = false;
@@ -627,6 +721,12 @@ impl Rounds {
             reputations,
             receipts,
             aggregate,
+            bytes: self
+                .nodes
+                .values()
+                .map(|n| (n.node.clone(), [n.bytes_up, n.bytes_down]))
+                .collect(),
+            wall_seconds: self.wall_seconds_at(now),
         };
         let closed = Message::RoundClosed(RoundClosed {
             round,
@@ -722,6 +822,91 @@ mod tests {
             public_sha256: None,
             private: false,
         }
+    }
+
+    /// The Reject reason each node got, in order, from the transmits so far.
+    fn rejections(rounds: &mut Rounds) -> Vec<(String, String)> {
+        std::iter::from_fn(|| rounds.poll_transmit())
+            .filter_map(|t| match t.message.as_deref() {
+                Some(Message::Reject { reason }) => Some((t.node, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn admission_applies_the_allow_list_the_maximum_the_public_file_and_privacy() {
+        let t0 = Instant::now();
+        let sha = [3u8; 32];
+        let config = FederationConfig {
+            allow: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            max_nodes: Some(3),
+            public_sha256: Some(fd_protocol::sha256_hex(sha)),
+            require_privacy: true,
+            ..config()
+        };
+        let aggregator = config.aggregation.build();
+        let mut rounds = Rounds::new(config, aggregator, t0);
+        let good = Hello {
+            public_sha256: Some(sha),
+            private: true,
+            ..hello()
+        };
+        let arrive = |rounds: &mut Rounds, node: &str, hello: Hello| {
+            rounds.handle(
+                t0,
+                Input::Arrived {
+                    node: node.into(),
+                    hello,
+                    bytes: 1,
+                },
+            );
+            rejections(rounds)
+        };
+        let refused = arrive(&mut rounds, "mallory", good.clone());
+        assert!(refused[0].1.contains("allow-list"), "{refused:?}");
+        let other_file = Hello {
+            public_sha256: Some([4u8; 32]),
+            ..good.clone()
+        };
+        let refused = arrive(&mut rounds, "a", other_file);
+        let why = &refused[0].1;
+        // Both fingerprints, in hex, so the operator can compare them with sha256sum.
+        assert!(
+            why.contains(&"04".repeat(32)) && why.contains(&"03".repeat(32)),
+            "{why}"
+        );
+        let refused = arrive(
+            &mut rounds,
+            "a",
+            Hello {
+                public_sha256: None,
+                ..good.clone()
+            },
+        );
+        assert!(refused[0].1.contains("did not say"), "{refused:?}");
+        let refused = arrive(
+            &mut rounds,
+            "a",
+            Hello {
+                private: false,
+                ..good.clone()
+            },
+        );
+        assert!(
+            refused[0].1.contains("requires differential privacy"),
+            "{refused:?}"
+        );
+        for node in ["a", "b", "c"] {
+            assert!(
+                arrive(&mut rounds, node, good.clone()).is_empty(),
+                "{node} admitted"
+            );
+        }
+        // The fourth distinct node is over max_nodes = 3; a member reconnecting is not.
+        let refused = arrive(&mut rounds, "d", good.clone());
+        assert!(refused[0].1.contains("max_nodes = 3"), "{refused:?}");
+        assert!(arrive(&mut rounds, "b", good).is_empty(), "b reconnects");
     }
 
     /// A machine, its virtual clock's origin, and helpers to drive it.

@@ -100,7 +100,21 @@ pub enum CoordinatorError {
 /// directory, its stateless-reset key comes from the stored secret (see [`Store::reset_secret`]).
 pub fn bind(config: &FederationConfig) -> Result<quinn::Endpoint, CoordinatorError> {
     let tls = fd_transport::tls::TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
-    let server = fd_transport::tls::server_config(&tls)?;
+    let crl = match &config.crl {
+        Some(path) => Some((
+            std::fs::read_to_string(path).map_err(|e| fd_transport::TlsError::Crl {
+                origin: path.display().to_string(),
+                reason: format!("cannot read: {e}"),
+            })?,
+            path.display().to_string(),
+        )),
+        None => None,
+    };
+    let server = fd_transport::tls::server_config_with_crl(
+        &tls,
+        crl.as_ref()
+            .map(|(pem, origin)| (pem.as_str(), origin.as_str())),
+    )?;
     match &config.state_dir {
         Some(dir) => {
             let secret = Store::open(dir, config)?.reset_secret()?;
@@ -532,6 +546,8 @@ impl Io {
 trait Effects {
     /// Persists a closed round.
     fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError>;
+    /// Persists that the federation is over, with its final summary.
+    fn mark_finished(&mut self, summary: &Summary) -> Result<(), StoreError>;
     /// The federation is over: refuse new connections from now on, before Finished goes out
     /// (a node that connects after reading it must be refused, not left to time out).
     fn close_admission(&mut self);
@@ -571,6 +587,7 @@ async fn settle(rounds: &mut Rounds, effects: &mut impl Effects) -> Result<Settl
                 }
                 rounds::Event::Finished => {
                     effects.close_admission();
+                    effects.mark_finished(&rounds.summary_at(Instant::now()))?;
                     finished = true;
                 }
             }
@@ -612,7 +629,6 @@ impl Driver {
         inbox: &mut mpsc::Receiver<PeerEvent>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Summary, CoordinatorError> {
-        let started = Instant::now();
         let mut shutdown = std::pin::pin!(shutdown);
         info!(expected = self.config.nodes, "waiting for nodes");
         loop {
@@ -638,7 +654,7 @@ impl Driver {
             // before it fires.
             let event = tokio::select! {
                 biased;
-                () = &mut shutdown => return Ok(self.shut_down(started)),
+                () = &mut shutdown => return Ok(self.shut_down()),
                 e = inbox.recv() => e,
                 () = sleep => None,
             };
@@ -683,7 +699,7 @@ impl Driver {
                 None => self.rounds.handle_timeout(now),
             }
         }
-        let wall_seconds = started.elapsed().as_secs_f64();
+        let wall_seconds = self.rounds.wall_seconds_at(Instant::now());
         // Wait (up to FINISH_TIMEOUT in all) for each node to close after Finished, so the last
         // frame is delivered before the endpoint goes away.
         let deadline = tokio::time::Instant::now() + FINISH_TIMEOUT;
@@ -698,7 +714,7 @@ impl Driver {
     /// Stops on a shutdown signal: every connection is closed with [`CLOSE_SHUTDOWN`], and the
     /// summary says where the run stopped. Nothing needs committing: each closed round was
     /// committed before anything announced it, and the open one is asked again after a restart.
-    fn shut_down(&mut self, started: Instant) -> Summary {
+    fn shut_down(&mut self) -> Summary {
         let done = self.rounds.summary_now().rounds;
         let why = format!("shut down by a signal after {done} committed rounds");
         match &self.config.state_dir {
@@ -715,8 +731,7 @@ impl Driver {
         for peer in self.io.peers.values().chain(arriving.as_ref()) {
             peer.connection.close(CLOSE_SHUTDOWN, reason);
         }
-        let mut summary = self.rounds.summary_now();
-        summary.wall_seconds = started.elapsed().as_secs_f64();
+        let mut summary = self.rounds.summary_at(Instant::now());
         summary.ended_early = Some(why);
         summary
     }
@@ -789,6 +804,13 @@ impl Effects for Io {
             store.commit(record)?;
             // Only now is the round durable; tests that kill the coordinator wait for this line.
             info!(round = record.round, "round committed");
+        }
+        Ok(())
+    }
+
+    fn mark_finished(&mut self, summary: &Summary) -> Result<(), StoreError> {
+        if let Some(store) = &mut self.store {
+            store.mark_finished(summary)?;
         }
         Ok(())
     }
@@ -879,6 +901,11 @@ mod tests {
 
     impl Effects for Recorder {
         fn close_admission(&mut self) {}
+
+        fn mark_finished(&mut self, _: &Summary) -> Result<(), StoreError> {
+            self.log.push("finished".into());
+            Ok(())
+        }
 
         fn commit(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
             self.log.push(format!("commit round {}", record.round));
@@ -988,6 +1015,8 @@ mod tests {
             [
                 "Refused to a failed",
                 "commit round 0",
+                // The end is durable before Finished announces it.
+                "finished",
                 "RoundClosed to b",
                 "Finished to b"
             ]

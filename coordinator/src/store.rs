@@ -130,7 +130,7 @@ impl Store {
     /// database is recorded as configured at the next start.
     fn check_terms(&self, config: &FederationConfig) -> Result<(), StoreError> {
         let aggregation = &config.aggregation;
-        let terms: [(&'static str, String); 11] = [
+        let mut terms: Vec<(&'static str, String)> = vec![
             ("name", config.name.clone()),
             ("rounds", config.rounds.to_string()),
             ("public_records", config.public_records.to_string()),
@@ -147,6 +147,10 @@ impl Store {
             ),
             ("aggregation.sharpen", aggregation.sharpen.to_string()),
         ];
+        // Only when configured: a federation that names its public file keeps naming the same.
+        if let Some(sha) = &config.public_sha256 {
+            terms.push(("public_sha256", sha.to_ascii_lowercase()));
+        }
         for (field, configured) in terms {
             let stored: Option<String> = self.sql(|c| {
                 c.query_row(
@@ -177,6 +181,70 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Opens an existing state database read-only, without a config (`fd-coordinator status`):
+    /// safe while the daemon runs (SQLite's WAL lets readers and one writer work at once).
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(DATABASE);
+        if !path.exists() {
+            return Err(StoreError::Corrupt {
+                path,
+                message: "no state database here; is this the coordinator's state_dir?".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store { conn, path };
+        store.sql(|c| c.busy_timeout(std::time::Duration::from_secs(5)))?;
+        Ok(store)
+    }
+
+    /// The federation's recorded terms (name, rounds, classes, ...), by key.
+    pub fn terms(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.sql(|c| {
+            let mut s = c.prepare(
+                "SELECT key, value FROM federation WHERE key NOT IN ('listen', 'finished')",
+            )?;
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })
+    }
+
+    /// Records that the federation is over, with its final summary (in the same table as the
+    /// terms, synchronously): a restart on this state then says so and exits.
+    pub fn mark_finished(&self, summary: &crate::Summary) -> Result<(), StoreError> {
+        let json = serde_json::to_string(summary)
+            .map_err(|e| self.corrupt(format!("cannot encode the summary: {e}")))?;
+        self.sql(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO federation (key, value) VALUES ('finished', ?1)",
+                [json],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The final summary, if the federation this state belongs to is over.
+    pub fn finished(&self) -> Result<Option<crate::Summary>, StoreError> {
+        let text: Option<String> = self.sql(|c| {
+            c.query_row(
+                "SELECT value FROM federation WHERE key = 'finished'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| self.corrupt(format!("the finished run's summary: {e}")))
+        })
+        .transpose()
     }
 
     /// The address recorded by [`Store::record_listen`], if any.
@@ -401,7 +469,65 @@ mod tests {
                 query_ids: vec![round * 2, round * 2 + 1],
                 probs: vec![0.125, 0.875, 1.0, 0.0],
             }),
+            bytes: [("a".into(), [100 * (round as u64 + 1), 7])].into(),
+            wall_seconds: 1.5 * (round as f64 + 1.0),
         }
+    }
+
+    #[test]
+    fn status_reads_a_running_and_a_finished_federation_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), &config()).unwrap();
+        store.commit(&record(0)).unwrap();
+        store.commit(&record(1)).unwrap();
+        // Read while the writer holds the database open, as while the daemon runs.
+        let running = crate::status::read(dir.path()).unwrap();
+        assert!(!running.finished);
+        assert_eq!((running.rounds_done, running.rounds_planned), (2, 3));
+        let a = &running.nodes[0];
+        assert_eq!(a.node, "a");
+        assert_eq!(
+            (a.contributions, a.last_round, a.weight),
+            (2, Some(1), Some(0.75))
+        );
+        // record(1): a's receipt says epsilon 3; its counters are round 1's (200 up, 7 down).
+        assert_eq!(a.epsilon_spent, Some(3.0));
+        assert_eq!((a.bytes_up, a.bytes_down), (200, 7));
+        assert_eq!(running.wall_seconds, 3.0);
+        assert_eq!(running.nodes[1].epsilon_spent, None, "b sent no receipt");
+        let text = crate::status::render(&running);
+        assert!(
+            text.contains("2 of 3 rounds committed; not finished"),
+            "{text}"
+        );
+        store.commit(&record(2)).unwrap();
+        let summary = crate::Summary {
+            federation: "t".into(),
+            rounds: 3,
+            wall_seconds: 9.5,
+            nodes: vec![crate::summary::NodeSummary {
+                node: "a".into(),
+                bytes_up: 1000,
+                bytes_down: 2000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        store.mark_finished(&summary).unwrap();
+        let done = crate::status::read(dir.path()).unwrap();
+        assert!(done.finished && done.ended_early.is_none());
+        assert_eq!(done.rounds_done, 3);
+        assert_eq!(
+            (done.nodes[0].bytes_up, done.nodes[0].bytes_down),
+            (1000, 2000)
+        );
+        assert_eq!(done.wall_seconds, 9.5);
+        assert!(crate::status::render(&done).contains("3 of 3 rounds committed; finished"));
+        assert_eq!(store.finished().unwrap().map(|s| s.rounds), Some(3));
+        // Read-only: a directory without a database is an error, and nothing is created.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(crate::status::read(empty.path()).is_err());
+        assert!(!empty.path().join(DATABASE).exists());
     }
 
     #[test]

@@ -45,6 +45,13 @@ pub struct RoundRecord {
     /// The round's aggregate (skipped in the summary file: the store keeps it).
     #[serde(skip)]
     pub aggregate: Option<SoftLabels>,
+    /// Bytes received from and sent to each node over the whole run, as the round closed: a
+    /// restarted coordinator carries its counters on from the last committed round.
+    #[serde(default)]
+    pub bytes: BTreeMap<String, [u64; 2]>,
+    /// Seconds the federation had run (across restarts) when the round closed.
+    #[serde(default)]
+    pub wall_seconds: f64,
 }
 
 /// One line of the summary's round log: what the coordinator keeps in memory of a closed round.

@@ -127,6 +127,11 @@ fn start_until(
         aggregation: AggregationConfig::default(),
         state_dir: None,
         max_connections: fd_coordinator::config::DEFAULT_MAX_CONNECTIONS,
+        public_csv: None,
+        public_sha256: None,
+        allow: Vec::new(),
+        max_nodes: None,
+        crl: None,
     };
     let config = adjust(config);
     config.validate().unwrap();

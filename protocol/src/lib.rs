@@ -23,3 +23,21 @@ pub use messages::{
 
 /// ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"fd/1";
+
+/// Lower-case hex of a SHA-256 digest, as `sha256sum` prints it.
+pub fn sha256_hex(digest: impl AsRef<[u8]>) -> String {
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses 64 hex digits (either case) into a SHA-256 digest.
+pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}

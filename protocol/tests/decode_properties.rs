@@ -407,7 +407,11 @@ fn gen_message(rng: &mut StdRng, variant: usize) -> Message {
             public_records: gen_u32(rng),
             classes: gen_u16(rng),
             private_records: gen_u32(rng),
-            public_sha256: if rng.random() { Some(rng.random()) } else { None },
+            public_sha256: if rng.random() {
+                Some(rng.random())
+            } else {
+                None
+            },
             private: rng.random(),
         }),
         1 => Message::Welcome(Welcome {

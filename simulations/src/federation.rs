@@ -491,6 +491,11 @@ fn coordinator_setup(
         },
         state_dir: None,
         max_connections: fd_coordinator::config::DEFAULT_MAX_CONNECTIONS.max(config.clients),
+        public_csv: None,
+        public_sha256: None,
+        allow: Vec::new(),
+        max_nodes: None,
+        crl: None,
     };
     federation
         .validate()

@@ -23,6 +23,16 @@ pub enum TlsError {
     /// The client-certificate verifier could not be built from the CA certificate.
     #[error("cannot build the client-certificate verifier from the CA certificate: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The certificate revocation list is unreadable.
+    #[error(
+        "{origin}: not a certificate revocation list ({reason}); make it with `fd-certs revoke`"
+    )]
+    Crl {
+        /// Where the list came from.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
     #[error("the TLS configuration cannot be used for QUIC: {0}")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),

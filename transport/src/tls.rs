@@ -89,20 +89,59 @@ impl TlsIdentity {
 /// Refuses, before any node connects, a certificate that is not a server certificate (see
 /// [`TlsError::WrongUsage`]).
 pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> {
+    server_config_with_crl(id, None)
+}
+
+/// [`server_config`] that also refuses the node certificates a revocation list names
+/// (`crl`: the PEM text of `fd-certs revoke`'s `crl.pem`, and where it came from, for errors).
+/// rustls checks the list's signature against the federation CA; a revoked certificate fails
+/// the handshake with a `certificate_revoked` alert.
+pub fn server_config_with_crl(
+    id: &TlsIdentity,
+    crl: Option<(&str, &str)>,
+) -> Result<quinn::ServerConfig, TlsError> {
     let chain = parse_certs(&id.cert_pem, "the server certificate")?;
     if let Some(leaf) = chain.first() {
         check_usage(leaf, Usage::Server, "the coordinator's certificate")?;
     }
-    unchecked_server_config(id)
+    let crls = match crl {
+        Some((pem, origin)) => {
+            let bad = |reason: String| TlsError::Crl {
+                origin: origin.to_owned(),
+                reason,
+            };
+            let crls =
+                rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(e.to_string()))?;
+            if crls.is_empty() {
+                return Err(bad("no X509 CRL block".into()));
+            }
+            crls
+        }
+        None => Vec::new(),
+    };
+    build_server_config(id, crls)
 }
 
 /// [`server_config`] without the usage check: what an impostor could build, for tests that
 /// show nodes refuse it.
+#[cfg(test)]
 pub(crate) fn unchecked_server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> {
+    build_server_config(id, Vec::new())
+}
+
+fn build_server_config(
+    id: &TlsIdentity,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let roots = Arc::new(root_store(&id.ca_pem)?);
-    // Client certificate REQUIRED: the builder's default rejects anonymous clients.
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    // Client certificate REQUIRED: the builder's default rejects anonymous clients. With a
+    // revocation list, the default also refuses a certificate whose status it cannot tell.
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls)
+        .build()?;
     let chain = parse_certs(&id.cert_pem, "the server certificate")?;
     let key = parse_key(&id.key_pem, "the server private key")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)

@@ -315,7 +315,9 @@ pub fn file_sha256(path: &Path) -> Result<[u8; 32], DataError> {
 /// (files from Excel, Windows and Python's csv module): it ends a record at the `\r` and
 /// starts the next at the `\n`, so line ends at the offset are skipped before counting.
 fn line_at(bytes: &[u8], offset: u64) -> u64 {
-    let mut end = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+    let mut end = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
     while end < bytes.len() && matches!(bytes[end], b'\r' | b'\n') {
         end += 1;
     }
@@ -565,7 +567,11 @@ mod tests {
             let path = write(dir.path(), name, text);
             let msg = read_labelled_csv(&path, "y", 2).unwrap_err().to_string();
             assert!(msg.contains(line), "{name}: {msg}");
-            let lf = write(dir.path(), &format!("lf-{name}"), &text.replace("\r\n", "\n"));
+            let lf = write(
+                dir.path(),
+                &format!("lf-{name}"),
+                &text.replace("\r\n", "\n"),
+            );
             let msg = read_labelled_csv(&lf, "y", 2).unwrap_err().to_string();
             assert!(msg.contains(line), "lf-{name}: {msg}");
         }
@@ -581,7 +587,9 @@ mod tests {
         assert!(q.labels.is_empty());
         // Without naming it, the label column is an unexpected column, and the message lists
         // the columns it expected.
-        let msg = read_public_csv(&public, &cols, None).unwrap_err().to_string();
+        let msg = read_public_csv(&public, &cols, None)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("'label'") && msg.contains("a, b"), "{msg}");
     }
 
