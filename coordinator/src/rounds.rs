@@ -325,7 +325,12 @@ impl Rounds {
     }
 
     /// Counts bytes the driver sent to `node`.
+    /// Only admitted nodes are counted: a node refused at admission is not one of the
+    /// federation's, and its Reject is not its traffic.
     pub fn record_sent(&mut self, node: &str, bytes: u64) {
+        if !self.members.contains(node) {
+            return;
+        }
         self.summary(node).bytes_down += bytes;
     }
 

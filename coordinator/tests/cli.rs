@@ -34,6 +34,15 @@ fn the_example_config_loads() {
     let config = fd_coordinator::FederationConfig::load(std::path::Path::new(example))
         .expect("examples/federation.toml is valid");
     assert_eq!(config.quorum, 2);
+    assert!(config.require_privacy);
+    let plain = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/federation-plain.toml"
+    );
+    let config = fd_coordinator::FederationConfig::load(std::path::Path::new(plain))
+        .expect("examples/federation-plain.toml is valid");
+    assert!(!config.require_privacy);
+    assert_eq!(config.queries_per_round, 0);
 }
 
 #[test]

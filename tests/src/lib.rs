@@ -24,9 +24,15 @@ fn bin_dir() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let path = bin_dir().join(name);
-    let ready = ["fd-certs", "fd-coordinator", "fd-client", "fd-load"]
-        .iter()
-        .all(|b| bin_dir().join(b).exists());
+    let ready = [
+        "fd-certs",
+        "fd-coordinator",
+        "fd-client",
+        "fd-load",
+        "fd-sim",
+    ]
+    .iter()
+    .all(|b| bin_dir().join(b).exists());
     if !ready {
         let built = BUILT.get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -515,13 +515,18 @@ fn a_swamped_private_node_warns_and_ends_no_worse_than_alone() {
 #[test]
 fn a_non_private_node_is_turned_away_by_a_federation_that_requires_privacy() {
     let fixture = Fixture::new();
-    let (coordinator, addr) = fixture.coordinator_with(1, "require_privacy = true\n");
+    let (mut coordinator, addr) = fixture.coordinator_with(1, "require_privacy = true\n");
     let config = fixture.node("hospital-a", "pki", &[0, 1, 2], 40, &addr);
     let (status, output) = start_client("hospital-a", &config)
         .wait(LIMIT)
         .expect("client exits");
     assert!(!status.success());
     assert!(output.contains("requires differential privacy"), "{output}");
+    // Refused at admission (its Hello says it is not private), so the coordinator never asks
+    // it for a round and then waits out the round's deadline for it.
+    coordinator
+        .wait_for_stderr("rejected", 1)
+        .expect("the coordinator rejects the node at admission");
     drop(coordinator);
 }
 

@@ -22,10 +22,11 @@ pub enum SessionError {
         message: String,
     },
     /// The coordinator closed the connection before welcoming this node; usually its
-    /// certificate was refused (signed by another CA, expired, or not a node certificate).
+    /// certificate was refused (signed by another CA, expired, revoked, or not a node
+    /// certificate).
     #[error(
         "not admitted by the coordinator at {addr}: {message} (is this node's certificate issued \
-         by the federation CA?)"
+         by the federation CA, and not revoked? The coordinator's log says which)"
     )]
     NotAdmitted {
         /// Coordinator address.
