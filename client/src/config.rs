@@ -406,6 +406,82 @@ impl NodeConfig {
     }
 }
 
+/// A complete node config with every key at its default, commented (`fd-client --print-config`).
+/// The required keys hold placeholders; optional keys without a default are commented out.
+/// Tests check that it parses to the defaults and names every key the config has.
+pub const REFERENCE: &str = r#"# fd-client node config: every key, at its default. Paths are relative to this file.
+coordinator = "127.0.0.1:4433"   # required: the coordinator's UDP address
+server_name = "localhost"        # a name in the coordinator's certificate (fd-certs issue --san)
+ca = "ca.pem"                    # required: the federation CA certificate (PEM)
+cert = "node.pem"                # required: this node's certificate (fd-certs issue --name)
+key = "node.key"                 # required: this node's private key (PEM)
+private_csv = "private.csv"      # required: numeric features + the label column; never leaves the node
+public_csv = "public.csv"        # required: the federation's public file (same features; a label column is ignored)
+label_column = "label"           # the label column of private_csv (integers 0..classes)
+classes = 10                     # required: number of classes
+holdout_fraction = 0.2           # private records held out to measure the student (small: noisy)
+output_dir = "fd-node-out"       # model.safetensors, model.json, report.json (a finished run is kept: --force)
+seed = 1                         # holdout split, initialisation, batches
+join_retry_secs = 60             # how long the first join retries an unreachable coordinator (0: once)
+
+[training]
+architecture = "mlp"             # "mlp" (hidden) or "cnn" ([training.cnn]; needs image)
+hidden = [256]                   # the MLP student's hidden widths
+dropout = 0.0                    # after each dense hidden layer, while training
+learning_rate = 0.001            # AdamW
+weight_decay = 0.0001            # AdamW
+batch_size = 64
+local_steps = 300                # steps on private records before the first contribution
+steps_per_round = 200            # steps per round once a target exists
+temperature = 4.0                # 2 by default when image is set
+# temperature_end = 2.0          # the last round's temperature (temperature_schedule)
+temperature_schedule = "constant" # "constant", "linear" or "cosine"
+alpha_start = 0.7                # weight of the private cross-entropy in the first round...
+alpha_end = 0.3                  # ...and in the last
+alpha_schedule = "linear"        # "constant", "linear" or "cosine"
+input_noise = 0.5                # Gaussian jitter on training inputs (standardised units)
+max_shift = 0                    # random image shifts in pixels (image data)
+confidence_weighting = false     # weight target rows by their confidence
+seed = 1                         # overridden by the top-level seed
+self_distillation = 0.0          # pull towards the previous round's own student (0: off)
+# image = { height = 8, width = 8 }  # image data: pixels row-major
+# validation_fraction = 0.2      # do-no-harm check folds: 0.2 for private nodes, off otherwise; 0: off
+
+[training.cnn]                   # with architecture = "cnn"
+channels = [8, 16]               # 3x3 convolutions, a 2x2 max-pool between them
+kernel = 3
+hidden = []
+
+[training.teacher]               # a larger local teacher; it never leaves the node
+enabled = true
+hidden = [512, 256]
+local_steps = 200
+steps_per_round = 20
+feature_weight = 0.0             # feature distillation from it (MSE through a projection)
+logit_weight = 0.0               # distil its logits on public records
+augment = false                  # ...on perturbed public records
+
+[privacy]
+mode = "none"                    # "none": no noise; "shards": record-level differential privacy
+epsilon = 2.0                    # the node's total budget over the run
+delta = 0.00001                  # must be below 1 / records
+shards = 0                       # teachers; 0 = one per record (nearest), one per 20 records up to 250 (mlp)
+shard_teacher = "nearest"        # "nearest" or "mlp"
+teacher_hidden = 64              # mlp shard teachers: hidden width
+teacher_local_steps = 100        # mlp shard teachers: steps before the first release
+teacher_steps_per_round = 20     # mlp shard teachers: steps per round
+teacher_batch_size = 16          # mlp shard teachers: batch size
+clamp_floor = 1.0
+votes = "soft"                   # mlp shard teachers: "soft" or "hard" votes
+rows = "vote-mass"               # "vote-mass" or "normalised"
+balance_classes = true           # undo the federation's class imbalance in the target (free)
+trust_snr = 1.5                  # below this predicted signal-to-noise the node keeps its local-only student
+# min_snr = 1.0                  # below this it releases nothing and leaves (fd-client plan)
+# sigma = 10.0                   # fixed noise; default: spread the budget over the planned queries
+# radius = 4.5                   # nearest teachers abstain beyond it; default: read off the public set
+# ledger = "ledger.sqlite"       # default: next to private_csv (<file>.privacy-ledger.sqlite)
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,78 +762,3 @@ mod tests {
         assert!(msg.contains("bogus"), "{msg}");
     }
 }
-/// A complete node config with every key at its default, commented (`fd-client --print-config`).
-/// The required keys hold placeholders; optional keys without a default are commented out.
-/// Tests check that it parses to the defaults and names every key the config has.
-pub const REFERENCE: &str = r#"# fd-client node config: every key, at its default. Paths are relative to this file.
-coordinator = "127.0.0.1:4433"   # required: the coordinator's UDP address
-server_name = "localhost"        # a name in the coordinator's certificate (fd-certs issue --san)
-ca = "ca.pem"                    # required: the federation CA certificate (PEM)
-cert = "node.pem"                # required: this node's certificate (fd-certs issue --name)
-key = "node.key"                 # required: this node's private key (PEM)
-private_csv = "private.csv"      # required: numeric features + the label column; never leaves the node
-public_csv = "public.csv"        # required: the federation's public file (same features; a label column is ignored)
-label_column = "label"           # the label column of private_csv (integers 0..classes)
-classes = 10                     # required: number of classes
-holdout_fraction = 0.2           # private records held out to measure the student (small: noisy)
-output_dir = "fd-node-out"       # model.safetensors, model.json, report.json (a finished run is kept: --force)
-seed = 1                         # holdout split, initialisation, batches
-join_retry_secs = 60             # how long the first join retries an unreachable coordinator (0: once)
-
-[training]
-architecture = "mlp"             # "mlp" (hidden) or "cnn" ([training.cnn]; needs image)
-hidden = [256]                   # the MLP student's hidden widths
-dropout = 0.0                    # after each dense hidden layer, while training
-learning_rate = 0.001            # AdamW
-weight_decay = 0.0001            # AdamW
-batch_size = 64
-local_steps = 300                # steps on private records before the first contribution
-steps_per_round = 200            # steps per round once a target exists
-temperature = 4.0                # 2 by default when image is set
-# temperature_end = 2.0          # the last round's temperature (temperature_schedule)
-temperature_schedule = "constant" # "constant", "linear" or "cosine"
-alpha_start = 0.7                # weight of the private cross-entropy in the first round...
-alpha_end = 0.3                  # ...and in the last
-alpha_schedule = "linear"        # "constant", "linear" or "cosine"
-input_noise = 0.5                # Gaussian jitter on training inputs (standardised units)
-max_shift = 0                    # random image shifts in pixels (image data)
-confidence_weighting = false     # weight target rows by their confidence
-seed = 1                         # overridden by the top-level seed
-self_distillation = 0.0          # pull towards the previous round's own student (0: off)
-# image = { height = 8, width = 8 }  # image data: pixels row-major
-# validation_fraction = 0.2      # do-no-harm check folds: 0.2 for private nodes, off otherwise; 0: off
-
-[training.cnn]                   # with architecture = "cnn"
-channels = [8, 16]               # 3x3 convolutions, a 2x2 max-pool between them
-kernel = 3
-hidden = []
-
-[training.teacher]               # a larger local teacher; it never leaves the node
-enabled = true
-hidden = [512, 256]
-local_steps = 200
-steps_per_round = 20
-feature_weight = 0.0             # feature distillation from it (MSE through a projection)
-logit_weight = 0.0               # distil its logits on public records
-augment = false                  # ...on perturbed public records
-
-[privacy]
-mode = "none"                    # "none": no noise; "shards": record-level differential privacy
-epsilon = 2.0                    # the node's total budget over the run
-delta = 0.00001                  # must be below 1 / records
-shards = 0                       # teachers; 0 = one per record (nearest), one per 20 records up to 250 (mlp)
-shard_teacher = "nearest"        # "nearest" or "mlp"
-teacher_hidden = 64              # mlp shard teachers: hidden width
-teacher_local_steps = 100        # mlp shard teachers: steps before the first release
-teacher_steps_per_round = 20     # mlp shard teachers: steps per round
-teacher_batch_size = 16          # mlp shard teachers: batch size
-clamp_floor = 1.0
-votes = "soft"                   # mlp shard teachers: "soft" or "hard" votes
-rows = "vote-mass"               # "vote-mass" or "normalised"
-balance_classes = true           # undo the federation's class imbalance in the target (free)
-trust_snr = 1.5                  # below this predicted signal-to-noise the node keeps its local-only student
-# min_snr = 1.0                  # below this it releases nothing and leaves (fd-client plan)
-# sigma = 10.0                   # fixed noise; default: spread the budget over the planned queries
-# radius = 4.5                   # nearest teachers abstain beyond it; default: read off the public set
-# ledger = "ledger.sqlite"       # default: next to private_csv (<file>.privacy-ledger.sqlite)
-"#;

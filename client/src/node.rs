@@ -215,3 +215,32 @@ pub async fn run_node(config: &NodeConfig, force: bool) -> Result<NodeReport, No
     write_json(&config.output_dir.join("report.json"), &report)?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_run_is_kept_unless_forced_and_an_interrupted_one_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config: NodeConfig = toml::from_str(crate::config::REFERENCE).unwrap();
+        config.output_dir = dir.path().join("out");
+        // No output directory yet, or one without a report (an interrupted run): go on.
+        assert!(check_output_dir(&config, false).is_ok());
+        std::fs::create_dir_all(&config.output_dir).unwrap();
+        std::fs::write(config.output_dir.join("model.json"), "{}").unwrap();
+        assert!(check_output_dir(&config, false).is_ok());
+        // A report is written only at the end of a run: refused, naming what it holds.
+        std::fs::write(
+            config.output_dir.join("report.json"),
+            r#"{"rounds": 20, "accuracy": 0.9375}"#,
+        )
+        .unwrap();
+        let msg = check_output_dir(&config, false).unwrap_err().to_string();
+        assert!(
+            msg.contains("20 rounds") && msg.contains("0.9375") && msg.contains("--force"),
+            "{msg}"
+        );
+        assert!(check_output_dir(&config, true).is_ok());
+    }
+}

@@ -256,7 +256,7 @@ impl FederationConfig {
         };
         let bytes = std::fs::read(path)
             .map_err(|e| format!("public_csv {}: cannot read: {e}", path.display()))?;
-        let sha = fd_protocol::sha256_hex(&ring::digest::digest(&ring::digest::SHA256, &bytes));
+        let sha = fd_protocol::sha256_hex(ring::digest::digest(&ring::digest::SHA256, &bytes));
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .from_reader(&bytes[..]);

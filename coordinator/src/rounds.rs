@@ -538,7 +538,13 @@ impl Rounds {
         for node in self.present.clone() {
             self.send_shared(&node, message.clone(), After::Continue);
         }
-        info!(round, asked = self.present.len(), "round opened");
+        info!(
+            round,
+            asked = self.present.len(),
+            "round {} of {} opened",
+            round + 1,
+            self.config.rounds
+        );
     }
 
     fn receive(&mut self, now: Instant, node: String, message: Message) {
@@ -827,6 +833,52 @@ mod tests {
             public_sha256: None,
             private: false,
         }
+    }
+
+    #[test]
+    fn a_resumed_federation_carries_its_byte_counters_and_wall_time_on() {
+        let t0 = Instant::now();
+        let record = RoundRecord {
+            round: 0,
+            query_ids: vec![0, 1],
+            asked: vec!["a".into()],
+            accepted: vec!["a".into()],
+            aggregated: false,
+            closed_by: ClosedBy::AllAnswered,
+            weights: BTreeMap::new(),
+            reputations: BTreeMap::new(),
+            receipts: BTreeMap::new(),
+            aggregate: None,
+            bytes: [("a".to_owned(), [500, 900])].into(),
+            wall_seconds: 12.0,
+        };
+        let config = config();
+        let aggregator = config.aggregation.build();
+        let mut rounds = Rounds::resume(
+            config,
+            aggregator,
+            t0,
+            Resume {
+                rounds_done: 1,
+                records: vec![record],
+                ..Resume::default()
+            },
+        );
+        rounds.handle(
+            t0,
+            Input::Arrived {
+                node: "a".into(),
+                hello: hello(),
+                bytes: 10,
+            },
+        );
+        let summary = rounds.summary_at(t0 + Duration::from_secs(3));
+        let a = summary.nodes.iter().find(|n| n.node == "a").expect("a");
+        // 500 before the restart and the 10-byte Hello after it.
+        assert_eq!(a.bytes_up, 510);
+        assert_eq!(a.bytes_down, 900);
+        assert_eq!(summary.wall_seconds, 15.0);
+        assert!(rounds.members.contains("a"));
     }
 
     /// The Reject reason each node got, in order, from the transmits so far.

@@ -393,7 +393,7 @@ fn private_nodes_charge_their_ledgers_and_the_coordinator_reports_spending() {
     let (coordinator, addr) = fixture.coordinator_with(2, "require_privacy = true\n");
     let privacy = "[privacy]\nmode = \"shards\"\nepsilon = 3.0\ndelta = 1e-5\nshards = 4\n";
     let nodes = [("hospital-a", [0, 1]), ("hospital-b", [1, 2])];
-    let _ = fixture.federate(coordinator, &addr, &nodes, 30, privacy);
+    let printed = fixture.federate(coordinator, &addr, &nodes, 30, privacy);
 
     let summary = read_json(&fixture.path("summary.json"));
     for node in summary["nodes"].as_array().expect("nodes") {
@@ -402,7 +402,20 @@ fn private_nodes_charge_their_ledgers_and_the_coordinator_reports_spending() {
         assert_eq!(spending["releases"], ROUNDS);
         let eps = spending["epsilon_total"].as_f64().expect("epsilon_total");
         assert!(eps > 0.0 && eps <= 3.0, "{eps}");
+        // The printed table has the same figure in its epsilon column.
+        let name = node["node"].as_str().expect("name");
+        let row = printed
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{printed}"));
+        let last: f64 = row
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no epsilon in '{row}'"));
+        assert!((last - eps).abs() < 1e-3, "{row} against {eps}");
     }
+    assert!(printed.contains("epsilon"), "{printed}");
     for name in ["hospital-a", "hospital-b"] {
         let out = fixture.path(&format!("out-{name}"));
         let report = read_json(&out.join("report.json"));
@@ -612,6 +625,29 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
     );
     // Round r aggregated queries 2r and 2r + 1.
     assert_eq!(before.target.len(), 2 * k);
+    // `fd-coordinator status` on the interrupted run: k of 30 rounds, not finished, both
+    // nodes with their bytes so far.
+    let status_json = |dir: &Path| -> serde_json::Value {
+        let out = run_ok(
+            Command::new(bin("fd-coordinator"))
+                .args(["status", "--json", "--state-dir"])
+                .arg(dir),
+        )
+        .expect("status");
+        serde_json::from_str(&out).expect("status JSON")
+    };
+    let running = status_json(&fixture.path("state"));
+    assert_eq!(running["finished"], false);
+    assert_eq!(running["rounds_done"], k as u64);
+    assert_eq!(running["rounds_planned"], CRASH_ROUNDS);
+    let nodes_so_far = running["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes_so_far.len(), 2);
+    assert!(
+        nodes_so_far
+            .iter()
+            .all(|n| n["bytes_up"].as_u64() > Some(0)),
+        "{running}"
+    );
 
     // Same config, same state: it comes back on the address the nodes know.
     let (coordinator, again) = fixture.start_coordinator(&config);
@@ -645,6 +681,9 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
     for node in summary["nodes"].as_array().expect("nodes") {
         assert_eq!(node["contributions"], CRASH_ROUNDS, "{node}");
     }
+    let finished = status_json(&fixture.path("state"));
+    assert_eq!(finished["finished"], true);
+    assert_eq!(finished["rounds_done"], CRASH_ROUNDS);
     let after = read_state(&fixture.path("state"));
     assert_eq!(after.rounds.len(), CRASH_ROUNDS as usize);
     assert_eq!(after.contributions.len(), 2 * CRASH_ROUNDS as usize);

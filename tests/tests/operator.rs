@@ -113,6 +113,22 @@ fn the_readme_walkthrough_runs_as_written_and_a_rerun_changes_nothing() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no accuracy in:\n{output}"));
     assert!(accuracy > 0.5, "accuracy {accuracy}:\n{output}");
+    // predict read the same labelled file, ignoring its label column: one row per record.
+    let test_rows = std::fs::read_to_string(root.join("walkthrough/data/test.csv"))
+        .expect("test.csv")
+        .lines()
+        .count();
+    let predictions =
+        std::fs::read_to_string(root.join("walkthrough/predictions.csv")).expect("predictions.csv");
+    assert_eq!(
+        predictions.lines().count(),
+        test_rows,
+        "header and one row per record"
+    );
+    assert!(
+        predictions.starts_with("predicted,p0,"),
+        "{predictions:.40}"
+    );
 
     let state = root.join("walkthrough/state");
     let json = run_ok(

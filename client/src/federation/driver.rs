@@ -170,9 +170,24 @@ impl Worker {
                     planned_queries,
                 )?;
                 let temperature = learner.temperature();
+                let epsilon_spent = labeller.spent().ok().flatten().map(|(e, _)| e);
                 info!(
                     round = open.round,
-                    alpha, temperature, accuracy, "trained and labelled"
+                    alpha,
+                    temperature,
+                    accuracy,
+                    epsilon_spent,
+                    "round {} of {}: trained and labelled",
+                    open.round + 1,
+                    open.rounds
+                );
+                crate::logging::round_progress(
+                    open.round + 1,
+                    open.rounds,
+                    match epsilon_spent {
+                        Some(e) => format!("held-out accuracy {accuracy:.3}, epsilon {e:.3}"),
+                        None => format!("held-out accuracy {accuracy:.3}"),
+                    },
                 );
                 Ok(WorkResult::Round {
                     round: open.round,
@@ -287,6 +302,7 @@ impl Driver {
     async fn on_event(&mut self, event: Event) -> Option<Result<(), SessionError>> {
         match event {
             Event::Connect => {
+                info!(coordinator = %self.plan.coordinator, "connecting to the coordinator");
                 let now = Instant::now();
                 match connect(&self.endpoint, &self.plan).await {
                     Ok(connection) => {
