@@ -1,5 +1,10 @@
-//! Built-in datasets. Nothing is downloaded: digits and breast cancer ship inside `smartcore`.
+//! Datasets: the built-in ones, and a user's labelled CSV file ([`load_csv`]). Nothing is
+//! downloaded: digits and breast cancer ship inside `smartcore`.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
 use fd_client::data::Table;
 
 /// A labelled dataset.
@@ -25,10 +30,13 @@ pub enum DatasetKind {
     BreastCancer,
     /// Generated class-conditional Gaussian mixtures, as large as asked (see `SyntheticSpec`).
     Synthetic,
+    /// A labelled CSV file (`fd-sim --csv`, see [`load_csv`]); not a `--dataset` choice.
+    #[value(skip)]
+    Csv,
 }
 
 /// Loads a built-in dataset; `None` for [`DatasetKind::Synthetic`], which is generated per
-/// client by [`synthetic`].
+/// client by [`synthetic`], and for [`DatasetKind::Csv`], which [`load_csv`] reads.
 pub fn load(kind: DatasetKind) -> Option<Dataset> {
     let (name, raw, labels, images) = match kind {
         DatasetKind::Digits => {
@@ -40,7 +48,7 @@ pub fn load(kind: DatasetKind) -> Option<Dataset> {
             let raw = smartcore::dataset::breast_cancer::load_dataset();
             ("breast-cancer", raw.data, raw.target, false)
         }
-        DatasetKind::Synthetic => return None,
+        DatasetKind::Synthetic | DatasetKind::Csv => return None,
     };
     let labels: Vec<u32> = labels;
     let width = raw.len() / labels.len().max(1);
@@ -55,6 +63,74 @@ pub fn load(kind: DatasetKind) -> Option<Dataset> {
         },
         classes,
         images,
+    })
+}
+
+/// Most classes a CSV file may have: the protocol carries the class count as a 16-bit number.
+pub const MAX_CSV_CLASSES: usize = u16::MAX as usize;
+
+/// A user's labelled CSV file, as `fd-sim --csv` loads it: where it came from (what the JSON
+/// reports) and its records.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CsvData {
+    /// The file.
+    pub path: PathBuf,
+    /// The label column.
+    pub label_column: String,
+    /// Number of classes (given, or the largest label + 1).
+    pub classes: usize,
+    /// Records read.
+    pub records: usize,
+    /// Feature columns (every column but the label).
+    pub features: usize,
+    /// The records, features then labels (not written to the JSON).
+    #[serde(skip)]
+    pub dataset: Arc<Dataset>,
+}
+
+/// Reads a labelled CSV file with the client's reader (`fd_client::data::read_labelled_csv`),
+/// so a bad file is reported by file, line and column: every column but `label_column` must be
+/// numeric, and labels must be class indices. With `classes` `None`, the number of classes is
+/// the largest label + 1 (labels must then be below [`MAX_CSV_CLASSES`]).
+pub fn load_csv(
+    path: &Path,
+    label_column: &str,
+    classes: Option<usize>,
+) -> anyhow::Result<CsvData> {
+    if let Some(c) = classes {
+        anyhow::ensure!(
+            (2..=MAX_CSV_CLASSES).contains(&c),
+            "--classes {c}: a classifier needs between 2 and {MAX_CSV_CLASSES} classes"
+        );
+    }
+    let bound = classes.unwrap_or(MAX_CSV_CLASSES);
+    let table =
+        fd_client::data::read_labelled_csv(path, label_column, bound).with_context(|| {
+            format!("reading the labelled data (--csv, label column '{label_column}')")
+        })?;
+    let largest = table.labels.iter().copied().max().unwrap_or(0) as usize;
+    let classes = classes.unwrap_or(largest + 1);
+    anyhow::ensure!(
+        classes >= 2,
+        "{}: column '{label_column}' holds only class 0; a classifier needs at least two classes",
+        path.display()
+    );
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Ok(CsvData {
+        path: path.to_path_buf(),
+        label_column: label_column.to_owned(),
+        classes,
+        records: table.rows(),
+        features: table.width(),
+        dataset: Arc::new(Dataset {
+            name,
+            table,
+            classes,
+            images: false,
+        }),
     })
 }
 
@@ -103,6 +179,32 @@ mod tests {
         let b = load(DatasetKind::BreastCancer).unwrap();
         assert!(load(DatasetKind::Synthetic).is_none());
         assert_eq!((b.table.rows(), b.table.width(), b.classes), (569, 30, 2));
+    }
+
+    #[test]
+    fn a_csv_file_gives_its_features_and_infers_the_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.csv");
+        std::fs::write(&path, "a,y,b\n0.5,0,1\n1.5,2,2\n2.5,1,3\n").unwrap();
+        let csv = load_csv(&path, "y", None).unwrap();
+        // Labels 0, 2 and 1: three classes; columns a and b are the features.
+        assert_eq!((csv.classes, csv.records, csv.features), (3, 3, 2));
+        assert_eq!(csv.dataset.table.columns, ["a", "b"]);
+        assert_eq!(csv.dataset.table.features, [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]);
+        assert_eq!(csv.dataset.name, "data.csv");
+        // Given, the class count bounds the labels: label 2 on line 3 is out of 0..2.
+        let err = format!("{:#}", load_csv(&path, "y", Some(2)).unwrap_err());
+        assert!(err.contains("line 3") && err.contains("'y'"), "{err}");
+        assert!(load_csv(&path, "y", Some(1)).is_err());
+    }
+
+    #[test]
+    fn a_csv_file_of_one_class_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.csv");
+        std::fs::write(&path, "x,label\n1,0\n2,0\n").unwrap();
+        let err = load_csv(&path, "label", None).unwrap_err().to_string();
+        assert!(err.contains("only class 0"), "{err}");
     }
 }
 

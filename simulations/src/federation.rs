@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -21,7 +22,7 @@ use fd_transport::TlsIdentity;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use crate::datasets::{self, DatasetKind, SyntheticSpec};
+use crate::datasets::{self, CsvData, DatasetKind, SyntheticSpec};
 use crate::faults::{ClientFault, FaultConfig, FaultHook};
 use crate::partition;
 pub use crate::students::StudentMix;
@@ -29,8 +30,12 @@ pub use crate::students::StudentMix;
 /// What to simulate.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimConfig {
-    /// Built-in dataset.
+    /// Built-in dataset, or [`DatasetKind::Csv`] for the file in `csv`.
     pub dataset: DatasetKind,
+    /// The user's labelled CSV file (with `dataset` [`DatasetKind::Csv`]; see
+    /// [`SimConfig::from_csv`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csv: Option<CsvData>,
     /// Number of clients.
     pub clients: usize,
     /// Number of rounds.
@@ -126,6 +131,7 @@ impl SimConfig {
         let images = dataset == DatasetKind::Digits;
         SimConfig {
             dataset,
+            csv: None,
             clients: 10,
             rounds: 20,
             beta: 0.5,
@@ -148,6 +154,21 @@ impl SimConfig {
             faults: FaultConfig::default(),
             round_timeout_secs: None,
         }
+    }
+}
+
+impl SimConfig {
+    /// The same setup on a user's CSV file: the generic recipe of the tabular datasets, or, with
+    /// `image` (rows are `height x width` pixels, which CNN students need), the same at
+    /// temperature 1, as for images.
+    pub fn from_csv(csv: CsvData, image: Option<ImageShape>) -> SimConfig {
+        let mut config = SimConfig::new(DatasetKind::Csv);
+        config.csv = Some(csv);
+        if image.is_some() {
+            config.training.image = image;
+            config.training.temperature = 1.0;
+        }
+        config
     }
 }
 
@@ -285,7 +306,7 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 
 /// Runs the federation and the baselines.
 pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
-    let (name, classes, split) = load_split(config);
+    let (name, classes, split) = load_split(config)?;
     let ca = Ca::generate("fd-sim")?;
     let (endpoint, federation) = coordinator_setup(config, &ca, &name, classes, &split)?;
     let addr = endpoint.local_addr()?;
@@ -396,7 +417,7 @@ fn client_seed(seed: u64, i: usize) -> u64 {
 /// `client-NN.csv` per client, features then a `label` column. Lets another implementation
 /// (the PyTorch peer in `benchmarks/`) train on exactly the records this run would.
 pub fn export_split(config: &SimConfig, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let (_, _, split) = load_split(config);
+    let (_, _, split) = load_split(config)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let public = fd_client::data::Table {
         labels: split.public_labels.clone(),
@@ -419,10 +440,21 @@ pub fn export_split(config: &SimConfig, dir: &Path) -> anyhow::Result<Vec<PathBu
     Ok(paths)
 }
 
-/// The dataset split into test, public and per-client private records.
-fn load_split(config: &SimConfig) -> (String, usize, partition::Split) {
+/// The dataset split into test, public and per-client private records: a CSV file or a
+/// built-in dataset by the same split, the synthetic data generated per client.
+fn load_split(config: &SimConfig) -> anyhow::Result<(String, usize, partition::Split)> {
     let mut rng = StdRng::seed_from_u64(config.seed);
-    match datasets::load(config.dataset) {
+    let data = match (&config.csv, config.dataset) {
+        (Some(csv), DatasetKind::Csv) => Some(csv.dataset.clone()),
+        (None, DatasetKind::Csv) => {
+            anyhow::bail!("dataset 'csv' without a file: build the config with SimConfig::from_csv")
+        }
+        (Some(_), other) => {
+            anyhow::bail!("a CSV file and the built-in dataset {other:?} cannot both be used")
+        }
+        (None, kind) => datasets::load(kind).map(Arc::new),
+    };
+    Ok(match data {
         Some(data) => {
             let split = partition::split(
                 &data.table,
@@ -433,14 +465,14 @@ fn load_split(config: &SimConfig) -> (String, usize, partition::Split) {
                 config.public_fraction,
                 &mut rng,
             );
-            (data.name, data.classes, split)
+            (data.name.clone(), data.classes, split)
         }
         None => {
             let spec = &config.synthetic;
             let split = datasets::synthetic(spec, config.clients, config.beta, &mut rng);
             ("synthetic".to_owned(), spec.classes, split)
         }
-    }
+    })
 }
 
 /// The coordinator's endpoint on loopback (certificates from the throw-away `ca`) and its

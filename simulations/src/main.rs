@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use fd_client::config::{PrivacyConfig, PrivacyMode, ReleaseRows};
-use fd_client::distill::TrainConfig;
+use fd_client::distill::{ImageShape, TrainConfig};
 use fd_client::privacy::teachers::{TeacherKind, Votes};
 use fd_coordinator::aggregate::AggregatorKind;
 use fd_sim::datasets::{DatasetKind, SyntheticSpec};
@@ -20,6 +20,8 @@ use fd_sim::report::AggregatorRow;
 /// test, 20% public reference (labels dropped) and 60% private records spread over the clients by
 /// a Dirichlet distribution over labels. Prints per-client local-only and federated test accuracy
 /// and the centralised upper bound.
+///
+/// The data is a built-in dataset (--dataset) or a labelled CSV file of your own (--csv).
 #[derive(Debug, Parser)]
 #[command(name = "fd-sim", version)]
 struct Args {
@@ -43,6 +45,25 @@ struct Args {
     /// Built-in dataset.
     #[arg(long, value_enum, default_value_t = DatasetKind::Digits)]
     dataset: DatasetKind,
+    /// Your own labelled data instead of a built-in dataset: a CSV file with a header row, one
+    /// record per row, a label column (--label) of class indices 0, 1, 2, ... and every other
+    /// column a numeric feature. It gets the same split, partition, baselines and table as the
+    /// built-in datasets.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "dataset",
+        requires = "label"
+    )]
+    csv: Option<PathBuf>,
+    /// With --csv: the name of the label column.
+    #[arg(long, value_name = "COLUMN", requires = "csv")]
+    label: Option<String>,
+    /// With --csv: every row is an image of HEIGHT x WIDTH pixels, row by row (e.g. 8x8), so
+    /// that CNN students (--student cnn or mixed) can be used. HEIGHT x WIDTH must equal the
+    /// number of feature columns.
+    #[arg(long, value_name = "HxW", requires = "csv", value_parser = parse_image_shape)]
+    image_shape: Option<ImageShape>,
     /// Hidden layer widths of the MLP students, comma-separated.
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
@@ -142,9 +163,10 @@ struct Args {
     /// Synthetic data: number of features.
     #[arg(long, default_value_t = 20)]
     features: usize,
-    /// Synthetic data: number of classes.
-    #[arg(long, default_value_t = 10)]
-    classes: usize,
+    /// Number of classes: of the synthetic data [default: 10], or of --csv data, whose labels
+    /// must then all be below it [default for --csv: the largest label + 1].
+    #[arg(long)]
+    classes: Option<usize>,
     /// Synthetic data: Gaussian components per class.
     #[arg(long, default_value_t = 2)]
     modes: usize,
@@ -314,6 +336,18 @@ enum PrivacyArg {
     Shards,
 }
 
+/// Parses `--image-shape HxW` (e.g. `8x8`).
+fn parse_image_shape(text: &str) -> Result<ImageShape, String> {
+    let bad = || format!("'{text}' is not HEIGHTxWIDTH with two whole numbers above 0, e.g. 8x8");
+    let (h, w) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+    let height: usize = h.trim().parse().map_err(|_| bad())?;
+    let width: usize = w.trim().parse().map_err(|_| bad())?;
+    if height == 0 || width == 0 {
+        return Err(bad());
+    }
+    Ok(ImageShape { height, width })
+}
+
 fn parse_epsilon(text: &str) -> anyhow::Result<f64> {
     let e = match text.trim() {
         "inf" | "infinity" => f64::INFINITY,
@@ -390,7 +424,10 @@ fn init_tracing() {
 /// Builds the simulation's configuration from the arguments, checking them on the way.
 fn build_config(args: &Args) -> anyhow::Result<SimConfig> {
     check_run_args(args)?;
-    let mut config = SimConfig::new(args.dataset);
+    let mut config = match &args.csv {
+        Some(path) => csv_config(args, path)?,
+        None => SimConfig::new(args.dataset),
+    };
     config.clients = args.clients;
     config.rounds = args.rounds;
     config.beta = args.beta;
@@ -407,6 +444,29 @@ fn build_config(args: &Args) -> anyhow::Result<SimConfig> {
     apply_fault_args(args, &mut config)?;
     apply_privacy_args(args, &mut config.privacy);
     Ok(config)
+}
+
+/// Loads the `--csv` file and checks `--image-shape` against its feature columns.
+fn csv_config(args: &Args, path: &Path) -> anyhow::Result<SimConfig> {
+    let label = args
+        .label
+        .as_deref()
+        .context("--csv needs --label COLUMN: the name of the label column")?;
+    let csv = fd_sim::datasets::load_csv(path, label, args.classes)?;
+    if let Some(shape) = args.image_shape {
+        let pixels = shape.height * shape.width;
+        anyhow::ensure!(
+            pixels == csv.features,
+            "--image-shape {}x{} is {pixels} pixels, but {} has {} feature columns (every column \
+             but '{label}'); give a shape whose height x width is {}",
+            shape.height,
+            shape.width,
+            path.display(),
+            csv.features,
+            csv.features
+        );
+    }
+    Ok(SimConfig::from_csv(csv, args.image_shape))
 }
 
 /// Checks the number of clients, the number of rounds and the Dirichlet beta.
@@ -427,7 +487,8 @@ fn apply_synthetic_args(args: &Args, spec: &mut SyntheticSpec) -> anyhow::Result
         "--records-per-client must be at least 1"
     );
     anyhow::ensure!(args.features >= 1, "--features must be at least 1");
-    anyhow::ensure!(args.classes >= 2, "--classes must be at least 2");
+    let classes = args.classes.unwrap_or(10);
+    anyhow::ensure!(classes >= 2, "--classes must be at least 2");
     anyhow::ensure!(
         args.public_records >= 1,
         "--public-records must be at least 1"
@@ -435,7 +496,7 @@ fn apply_synthetic_args(args: &Args, spec: &mut SyntheticSpec) -> anyhow::Result
     anyhow::ensure!(args.separation > 0.0, "--separation must be > 0");
     spec.records_per_client = args.records_per_client;
     spec.features = args.features;
-    spec.classes = args.classes;
+    spec.classes = classes;
     spec.public_records = args.public_records;
     spec.separation = args.separation;
     anyhow::ensure!(args.modes >= 1, "--modes must be at least 1");
@@ -534,7 +595,7 @@ fn apply_schedule_args(args: &Args, t: &mut TrainConfig) {
 fn apply_student_args(args: &Args, config: &mut SimConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.student == fd_sim::students::StudentMix::Mlp || config.training.image.is_some(),
-        "--student {} needs image data: use --dataset digits",
+        "--student {} needs image data: use --dataset digits, or --csv with --image-shape",
         format!("{:?}", args.student).to_lowercase()
     );
     config.students = args.student;
