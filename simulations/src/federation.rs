@@ -239,6 +239,10 @@ pub struct ClientResult {
     pub fault: Option<String>,
     /// Its share of the aggregate in the last round the coordinator accepted it in.
     pub weight: Option<f64>,
+    /// Its share of the aggregate in each round the coordinator closed (index: round, from 0);
+    /// `None` in rounds where it was not accepted or no aggregate was made. From the
+    /// coordinator's round records.
+    pub round_weight: Vec<Option<f64>>,
     /// Its reputation at the coordinator after the last round (reputation-keeping strategies).
     pub reputation: Option<f64>,
     /// Contributions the coordinator refused (late, duplicate, malformed).
@@ -308,7 +312,12 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     let (name, classes, split) = load_split(config)?;
     let ca = Ca::generate("fd-sim")?;
-    let (endpoint, federation) = coordinator_setup(config, &ca, &name, classes, &split)?;
+    // Privacy ledgers, and the coordinator's state store: its round records are the only place
+    // that keeps every node's weight in every round.
+    let scratch = tempfile::tempdir().context("temporary directory for ledgers and state")?;
+    let state_dir = scratch.path().join("coordinator");
+    let (endpoint, mut federation) = coordinator_setup(config, &ca, &name, classes, &split)?;
+    federation.state_dir = Some(state_dir.clone());
     let addr = endpoint.local_addr()?;
     config
         .faults
@@ -321,9 +330,8 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     }
     let fault_plan = faults.plan(config.clients, config.rounds, config.seed);
 
-    let ledgers = tempfile::tempdir().context("temporary directory for privacy ledgers")?;
     let started = Instant::now();
-    let coordinator = tokio::spawn(fd_coordinator::run(federation, endpoint));
+    let coordinator = tokio::spawn(fd_coordinator::run(federation.clone(), endpoint));
     let mut sessions = Vec::new();
     let mut tests = Vec::new();
     for (i, private) in split.clients.iter().enumerate() {
@@ -337,7 +345,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
                 ..config.training.clone()
             },
             privacy: config.privacy.clone(),
-            ledger: ledgers.path().join(format!("{name}.sqlite")),
+            ledger: scratch.path().join(format!("{name}.sqlite")),
             data_fingerprint: private.fingerprint(),
         };
         let node = builder.build(private, &split.test, &split.public)?;
@@ -373,6 +381,10 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     }
     let summary = coordinator.await.context("coordinator task panicked")??;
     let wall_seconds = started.elapsed().as_secs_f64();
+    let records = fd_coordinator::store::Store::open(&state_dir, &federation)
+        .and_then(|store| store.load(federation.classes))
+        .context("reading the coordinator's round records")?
+        .records;
 
     // Students against their teachers, one client at a time and before the baselines start,
     // so the measured inference times do not compete with other work of this process.
@@ -394,6 +406,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         metrics,
         &fault_plan.faults,
         &summary,
+        &records,
     )?;
     Ok(sim_result(
         config,
@@ -614,6 +627,7 @@ fn client_results(
     metrics: Vec<StudentMetrics>,
     faults: &[Option<ClientFault>],
     summary: &fd_coordinator::Summary,
+    records: &[fd_coordinator::summary::RoundRecord],
 ) -> anyhow::Result<Vec<ClientResult>> {
     let mut clients = Vec::new();
     for (i, o) in outcomes.iter().enumerate() {
@@ -633,6 +647,10 @@ fn client_results(
                 ClientFault::Drops { round } => format!("drops in round {round}"),
             }),
             weight: seen.and_then(|n| n.weight),
+            round_weight: records
+                .iter()
+                .map(|r| r.weights.get(&o.node).copied())
+                .collect(),
             reputation: seen.and_then(|n| n.reputation),
             refused: seen.map_or(0, |n| n.refused),
             epsilon_spent: spent.map(|(e, _)| e),

@@ -11,6 +11,7 @@ use fd_coordinator::aggregate::AggregatorKind;
 use fd_sim::datasets::{DatasetKind, SyntheticSpec};
 use fd_sim::faults::Attack;
 use fd_sim::federation::{self, SimConfig};
+use fd_sim::plots;
 use fd_sim::report::AggregatorRow;
 
 /// Simulate a federated knowledge-distillation run on one machine.
@@ -21,7 +22,8 @@ use fd_sim::report::AggregatorRow;
 /// a Dirichlet distribution over labels. Prints per-client local-only and federated test accuracy
 /// and the centralised upper bound.
 ///
-/// The data is a built-in dataset (--dataset) or a labelled CSV file of your own (--csv).
+/// The data is a built-in dataset (--dataset) or a labelled CSV file of your own (--csv). With
+/// --plots, the results are also drawn as charts.
 #[derive(Debug, Parser)]
 #[command(name = "fd-sim", version)]
 struct Args {
@@ -246,6 +248,15 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw charts into this directory (created if missing), each as a PNG and an SVG file:
+    /// accuracy-per-round (every client's test accuracy after each round as a faint line, their
+    /// mean, the local-only mean and the centralised bound), epsilon-sweep (mean accuracy
+    /// against epsilon beside the local-only mean; only with several --epsilon values) and
+    /// aggregator-weights (each client's share of the aggregate in each round). The per-round
+    /// charts draw one run, named in their subtitle: the first (seed --seed) with --repeats, at
+    /// the last epsilon of a sweep, of the last aggregator with --compare-aggregators.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
     /// Write the split this run would use (test.csv, public.csv with its true labels, one
     /// client-NN.csv per client) into this directory and exit without running.
     #[arg(long, value_name = "DIR")]
@@ -399,16 +410,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let out = Outputs {
+        json: args.json.as_deref(),
+        plots: args.plots.as_deref(),
+    };
     if args.compare_aggregators {
-        return compare_aggregators(&runtime, config, epsilons[0], args.json);
+        return compare_aggregators(&runtime, config, epsilons[0], out);
     }
-    run_epsilons(
-        &runtime,
-        config,
-        &epsilons,
-        args.repeats,
-        args.json.as_deref(),
-    )
+    run_epsilons(&runtime, config, &epsilons, args.repeats, out)
 }
 
 /// Logs to stderr, at the level `RUST_LOG` asks for (`warn` by default).
@@ -691,20 +700,33 @@ fn parse_epsilons(texts: &[String], mode: PrivacyMode) -> anyhow::Result<Vec<f64
     Ok(epsilons)
 }
 
+/// Where results go besides the terminal.
+#[derive(Debug, Clone, Copy)]
+struct Outputs<'a> {
+    /// `--json`.
+    json: Option<&'a Path>,
+    /// `--plots`.
+    plots: Option<&'a Path>,
+}
+
 /// Runs the federation `repeats` times per epsilon (seeds counting up from the configured
 /// one), printing each table (one line a run when repeating), then the sweep table (with more
-/// than one epsilon or repeat), and writing the last result (and the sweep) as JSON.
+/// than one epsilon or repeat), writing the last result (and the sweep) as JSON and drawing the
+/// charts.
 fn run_epsilons(
     runtime: &tokio::runtime::Runtime,
     mut config: SimConfig,
     epsilons: &[f64],
     repeats: u32,
-    json: Option<&Path>,
+    out: Outputs<'_>,
 ) -> anyhow::Result<()> {
     let summary = epsilons.len() > 1 || repeats > 1;
     let first_seed = config.seed;
+    let last_seed = first_seed + u64::from(repeats) - 1;
     let mut rows = Vec::new();
     let mut last = None;
+    // The run the per-round charts draw: the first of the last epsilon.
+    let mut drawn = None;
     for &epsilon in epsilons {
         set_epsilon(&mut config, epsilon)?;
         let mut results = Vec::new();
@@ -712,10 +734,8 @@ fn run_epsilons(
             config.seed = first_seed + r;
             let result = runtime.block_on(federation::run(&config))?;
             if repeats == 1 {
-                print!("{}", fd_sim::report::table(&result));
-                if summary {
-                    println!();
-                }
+                let gap = if summary { "\n" } else { "" };
+                print!("{}{gap}", fd_sim::report::table(&result));
             } else {
                 println!(
                     "{}",
@@ -725,20 +745,47 @@ fn run_epsilons(
             results.push(result);
         }
         rows.push(fd_sim::report::SweepRow::from_results(epsilon, &results));
+        drawn = results.first().cloned();
         last = results.pop();
     }
     if summary {
-        if repeats > 1 {
-            println!();
-        }
-        println!(
-            "accuracy against epsilon (per record of each node's private data), {repeats} \
-             run(s) each, seeds {first_seed}..={}:",
-            first_seed + u64::from(repeats) - 1
+        print!(
+            "{}accuracy against epsilon (per record of each node's private data), {repeats} \
+             run(s) each, seeds {first_seed}..={last_seed}:\n{}",
+            if repeats > 1 { "\n" } else { "" },
+            fd_sim::report::sweep_table(&rows)
         );
-        print!("{}", fd_sim::report::sweep_table(&rows));
     }
-    if let (Some(path), Some(result)) = (json, last) {
+    if let (Some(dir), Some(result)) = (out.plots, &drawn) {
+        let mut run = format!("seed {}", result.config.seed);
+        if repeats > 1 {
+            run.push_str(&format!(", the first of {repeats} runs"));
+        }
+        if epsilons.len() > 1 {
+            run.push_str(", the last epsilon of the sweep");
+        }
+        let seeds = if repeats > 1 {
+            format!("{repeats} runs (seeds {first_seed}..={last_seed})")
+        } else {
+            format!("1 run (seed {first_seed})")
+        };
+        let charts = vec![
+            (
+                plots::ACCURACY_PER_ROUND,
+                plots::accuracy_per_round(result, &run),
+            ),
+            (
+                plots::EPSILON_SWEEP,
+                plots::epsilon_sweep(&rows, result, &seeds),
+            ),
+            (
+                plots::AGGREGATOR_WEIGHTS,
+                plots::aggregator_weights(result, &run),
+            ),
+        ];
+        print!("{}", plots::describe(&plots::write_charts(dir, charts)?));
+    }
+    if let (Some(path), Some(result)) = (out.json, last) {
         let mut value = serde_json::to_value(&result)?;
         if summary {
             value["sweep"] = serde_json::to_value(&rows)?;
@@ -765,12 +812,13 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the federation once per aggregator and prints (and writes) one row per aggregator.
+/// Runs the federation once per aggregator and prints (and writes, and draws) one row per
+/// aggregator.
 fn compare_aggregators(
     runtime: &tokio::runtime::Runtime,
     mut config: federation::SimConfig,
     epsilon: f64,
-    json: Option<PathBuf>,
+    out: Outputs<'_>,
 ) -> anyhow::Result<()> {
     set_epsilon(&mut config, epsilon)?;
     let mut rows = Vec::new();
@@ -778,17 +826,40 @@ fn compare_aggregators(
     for kind in AggregatorKind::ALL {
         config.aggregator = kind;
         let result = runtime.block_on(federation::run(&config))?;
-        print!("{}", fd_sim::report::table(&result));
-        println!();
+        println!("{}", fd_sim::report::table(&result));
         rows.push(AggregatorRow::from_result(&result));
         last = Some(result);
     }
-    println!("aggregators compared (accuracy over honest clients):");
-    print!("{}", fd_sim::report::aggregator_table(&rows));
-    if let (Some(path), Some(result)) = (json, last) {
+    print!(
+        "aggregators compared (accuracy over honest clients):\n{}",
+        fd_sim::report::aggregator_table(&rows)
+    );
+    if let (Some(dir), Some(result)) = (out.plots, &last) {
+        let run = format!(
+            "seed {}, the last of the {} aggregators compared",
+            result.config.seed,
+            rows.len()
+        );
+        let charts = vec![
+            (
+                plots::ACCURACY_PER_ROUND,
+                plots::accuracy_per_round(result, &run),
+            ),
+            (
+                plots::EPSILON_SWEEP,
+                Err("--compare-aggregators runs a single epsilon".to_owned()),
+            ),
+            (
+                plots::AGGREGATOR_WEIGHTS,
+                plots::aggregator_weights(result, &run),
+            ),
+        ];
+        print!("{}", plots::describe(&plots::write_charts(dir, charts)?));
+    }
+    if let (Some(path), Some(result)) = (out.json, last) {
         let mut value = serde_json::to_value(&result)?;
         value["aggregators"] = serde_json::to_value(&rows)?;
-        write_json(&path, &value)?;
+        write_json(path, &value)?;
     }
     Ok(())
 }
