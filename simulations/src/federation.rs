@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,7 +14,7 @@ use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::distill::target::balance_classes;
 use fd_client::distill::{ImageShape, LocalTeacherConfig, TrainConfig, train_local_only};
 use fd_client::evaluate::{StudentMetrics, measure, reference};
-use fd_client::federation::{ContributionHook, SessionOutcome, run_session_with_hook};
+use fd_client::federation::{ContributionHook, Outgoing, SessionOutcome, run_session_with_hook};
 use fd_client::privacy::release::Labeller;
 use fd_client::privacy::{MECHANISM, NON_PRIVATE};
 use fd_coordinator::FederationConfig;
@@ -308,8 +309,34 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
+/// What a running simulation reports as it goes (progress bars, log lines). Called from the
+/// clients' tasks, so implementations must be cheap and thread-safe.
+pub trait Progress: Send + Sync {
+    /// Round `round` (from 0) of `rounds` has opened: every earlier round has closed.
+    fn round_started(&self, round: u32, rounds: u32);
+    /// The federation has ended; the baselines train next.
+    fn federation_done(&self);
+}
+
+/// Reports nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn round_started(&self, _: u32, _: u32) {}
+    fn federation_done(&self) {}
+}
+
 /// Runs the federation and the baselines.
 pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
+    run_with_progress(config, Arc::new(NoProgress)).await
+}
+
+/// Runs the federation and the baselines, telling `progress` as rounds open.
+pub async fn run_with_progress(
+    config: &SimConfig,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<SimResult> {
     let (name, classes, split) = load_split(config)?;
     let ca = Ca::generate("fd-sim")?;
     // Privacy ledgers, and the coordinator's state store: its round records are the only place
@@ -329,6 +356,11 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         faults.straggler_delay_secs = federation.round_timeout_secs as f64 * 1.5;
     }
     let fault_plan = faults.plan(config.clients, config.rounds, config.seed);
+    let rounds_seen = Arc::new(RoundsSeen {
+        progress: progress.clone(),
+        rounds: config.rounds,
+        next: AtomicU32::new(0),
+    });
 
     let started = Instant::now();
     let coordinator = tokio::spawn(fd_coordinator::run(federation.clone(), endpoint));
@@ -360,15 +392,15 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         // few seconds, not a minute.
         let plan = node.plan(addr, "localhost", tls, JOIN_RETRY);
         let fault = fault_plan.faults.get(i).copied().flatten();
-        let hook = fault.map(|f| {
-            Box::new(FaultHook::new(f, config.seed.wrapping_add(i as u64)))
-                as Box<dyn ContributionHook>
+        let hook = Box::new(SimHook {
+            fault: fault.map(|f| FaultHook::new(f, config.seed.wrapping_add(i as u64))),
+            rounds: rounds_seen.clone(),
         });
         sessions.push(tokio::spawn(run_session_with_hook(
             plan,
             node.learner,
             node.labeller,
-            hook,
+            Some(hook),
         )));
     }
     let mut outcomes = Vec::new();
@@ -381,6 +413,7 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
     }
     let summary = coordinator.await.context("coordinator task panicked")??;
     let wall_seconds = started.elapsed().as_secs_f64();
+    progress.federation_done();
     let records = fd_coordinator::store::Store::open(&state_dir, &federation)
         .and_then(|store| store.load(federation.classes))
         .context("reading the coordinator's round records")?
@@ -418,6 +451,40 @@ pub async fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
         &summary,
         wall_seconds,
     ))
+}
+
+/// Tells a [`Progress`] when a round opens: the first contribution any client sends in a round
+/// means every earlier round has closed.
+struct RoundsSeen {
+    progress: Arc<dyn Progress>,
+    rounds: u32,
+    /// One past the latest round reported.
+    next: AtomicU32,
+}
+
+impl RoundsSeen {
+    fn saw(&self, round: u32) {
+        if self.next.fetch_max(round + 1, Ordering::Relaxed) <= round {
+            self.progress.round_started(round, self.rounds);
+        }
+    }
+}
+
+/// Every simulated client's hook: notes the round for the progress report, then applies the
+/// client's fault, if it has one (a healthy client's contributions go out unchanged).
+struct SimHook {
+    fault: Option<FaultHook>,
+    rounds: Arc<RoundsSeen>,
+}
+
+impl ContributionHook for SimHook {
+    fn outgoing(&mut self, round: u32, labels: &mut fd_protocol::SoftLabels) -> Outgoing {
+        self.rounds.saw(round);
+        match &mut self.fault {
+            Some(f) => f.outgoing(round, labels),
+            None => Outgoing::Send,
+        }
+    }
 }
 
 /// The seed of client `i`'s models (and of its local-only baseline).

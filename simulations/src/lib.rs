@@ -6,7 +6,8 @@
 //! file ([`datasets`]), split into a shared test set, a public reference set and non-IID
 //! private shards ([`partition`]). [`federation`] runs it all and the baselines (local-only and
 //! centralised); [`faults`] injects byzantine, dropping and straggling clients. [`report`]
-//! prints the tables and [`plots`] draws the charts (with `fd-plot`).
+//! prints the tables, [`plots`] draws the charts (with `fd-plot`) and [`progress`] shows how
+//! far a run has got.
 
 #![warn(missing_docs)]
 
@@ -16,5 +17,6 @@ pub mod federation;
 pub mod load;
 pub mod partition;
 pub mod plots;
+pub mod progress;
 pub mod report;
 pub mod students;

@@ -1,5 +1,6 @@
 //! `fd-sim`: run a whole federation on this machine.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -10,8 +11,9 @@ use fd_client::privacy::teachers::{TeacherKind, Votes};
 use fd_coordinator::aggregate::AggregatorKind;
 use fd_sim::datasets::{DatasetKind, SyntheticSpec};
 use fd_sim::faults::Attack;
-use fd_sim::federation::{self, SimConfig};
+use fd_sim::federation::{self, SimConfig, SimResult};
 use fd_sim::plots;
+use fd_sim::progress::Reporter;
 use fd_sim::report::AggregatorRow;
 
 /// Simulate a federated knowledge-distillation run on one machine.
@@ -23,7 +25,8 @@ use fd_sim::report::AggregatorRow;
 /// and the centralised upper bound.
 ///
 /// The data is a built-in dataset (--dataset) or a labelled CSV file of your own (--csv). With
-/// --plots, the results are also drawn as charts.
+/// --plots, the results are also drawn as charts. On a terminal, progress bars show the rounds
+/// (and the runs of a sweep or of repeats); otherwise each round is a plain log line on stderr.
 #[derive(Debug, Parser)]
 #[command(name = "fd-sim", version)]
 struct Args {
@@ -389,7 +392,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     single_threaded_kernels();
-    init_tracing();
+    let mut reporter = Reporter::new(std::io::stderr().is_terminal());
+    init_tracing(&reporter);
     let args = Args::parse();
     let config = build_config(&args)?;
     anyhow::ensure!(
@@ -415,18 +419,29 @@ fn main() -> anyhow::Result<()> {
         plots: args.plots.as_deref(),
     };
     if args.compare_aggregators {
-        return compare_aggregators(&runtime, config, epsilons[0], out);
+        return compare_aggregators(&runtime, config, epsilons[0], out, &mut reporter);
     }
-    run_epsilons(&runtime, config, &epsilons, args.repeats, out)
+    run_epsilons(
+        &runtime,
+        config,
+        &epsilons,
+        args.repeats,
+        out,
+        &mut reporter,
+    )
 }
 
-/// Logs to stderr, at the level `RUST_LOG` asks for (`warn` by default).
-fn init_tracing() {
+/// Logs to stderr, at the level `RUST_LOG` asks for (by default warnings, and the progress
+/// lines that stand in for the bars when stderr is not a terminal), with colour codes only on a
+/// terminal, and through `reporter` so that log lines and progress bars do not tear each other.
+fn init_tracing(reporter: &Reporter) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| format!("warn,{}=info", fd_sim::progress::TARGET).into()),
         )
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(reporter.log_writer())
         .init();
 }
 
@@ -709,6 +724,27 @@ struct Outputs<'a> {
     plots: Option<&'a Path>,
 }
 
+/// Runs the federation once, with its progress shown under `label`.
+fn run_once(
+    runtime: &tokio::runtime::Runtime,
+    config: &SimConfig,
+    label: &str,
+    reporter: &mut Reporter,
+) -> anyhow::Result<SimResult> {
+    let progress = reporter.run(label, config.rounds);
+    let result = runtime.block_on(federation::run_with_progress(config, progress.clone()));
+    reporter.run_done(&progress);
+    result
+}
+
+/// The budget of a run, for labels: `epsilon 2`, `epsilon inf` or `no privacy`.
+fn budget(config: &SimConfig) -> String {
+    match config.privacy.mode {
+        PrivacyMode::None => "no privacy".into(),
+        PrivacyMode::Shards => format!("epsilon {}", config.privacy.epsilon),
+    }
+}
+
 /// Runs the federation `repeats` times per epsilon (seeds counting up from the configured
 /// one), printing each table (one line a run when repeating), then the sweep table (with more
 /// than one epsilon or repeat), writing the last result (and the sweep) as JSON and drawing the
@@ -719,10 +755,12 @@ fn run_epsilons(
     epsilons: &[f64],
     repeats: u32,
     out: Outputs<'_>,
+    reporter: &mut Reporter,
 ) -> anyhow::Result<()> {
     let summary = epsilons.len() > 1 || repeats > 1;
     let first_seed = config.seed;
     let last_seed = first_seed + u64::from(repeats) - 1;
+    reporter.start_runs(epsilons.len() as u64 * u64::from(repeats));
     let mut rows = Vec::new();
     let mut last = None;
     // The run the per-round charts draw: the first of the last epsilon.
@@ -732,15 +770,16 @@ fn run_epsilons(
         let mut results = Vec::new();
         for r in 0..u64::from(repeats) {
             config.seed = first_seed + r;
-            let result = runtime.block_on(federation::run(&config))?;
+            let label = format!("{}, seed {}", budget(&config), config.seed);
+            let result = run_once(runtime, &config, &label, reporter)?;
             if repeats == 1 {
                 let gap = if summary { "\n" } else { "" };
-                print!("{}{gap}", fd_sim::report::table(&result));
+                reporter.print(&format!("{}{gap}", fd_sim::report::table(&result)));
             } else {
-                println!(
-                    "{}",
+                reporter.print(&format!(
+                    "{}\n",
                     fd_sim::report::repeat_line(epsilon, config.seed, &result)
-                );
+                ));
             }
             results.push(result);
         }
@@ -748,13 +787,14 @@ fn run_epsilons(
         drawn = results.first().cloned();
         last = results.pop();
     }
+    reporter.finish();
     if summary {
-        print!(
+        reporter.print(&format!(
             "{}accuracy against epsilon (per record of each node's private data), {repeats} \
              run(s) each, seeds {first_seed}..={last_seed}:\n{}",
             if repeats > 1 { "\n" } else { "" },
             fd_sim::report::sweep_table(&rows)
-        );
+        ));
     }
     if let (Some(dir), Some(result)) = (out.plots, &drawn) {
         let mut run = format!("seed {}", result.config.seed);
@@ -783,14 +823,14 @@ fn run_epsilons(
                 plots::aggregator_weights(result, &run),
             ),
         ];
-        print!("{}", plots::describe(&plots::write_charts(dir, charts)?));
+        reporter.print(&plots::describe(&plots::write_charts(dir, charts)?));
     }
     if let (Some(path), Some(result)) = (out.json, last) {
         let mut value = serde_json::to_value(&result)?;
         if summary {
             value["sweep"] = serde_json::to_value(&rows)?;
         }
-        write_json(path, &value)?;
+        write_json(path, &value, reporter)?;
     }
     Ok(())
 }
@@ -805,10 +845,10 @@ fn set_epsilon(config: &mut SimConfig, epsilon: f64) -> anyhow::Result<()> {
 }
 
 /// Writes `value` as pretty-printed JSON to `path` and says so.
-fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+fn write_json(path: &Path, value: &serde_json::Value, reporter: &Reporter) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    println!("results written to {}", path.display());
+    reporter.print(&format!("results written to {}\n", path.display()));
     Ok(())
 }
 
@@ -819,21 +859,25 @@ fn compare_aggregators(
     mut config: federation::SimConfig,
     epsilon: f64,
     out: Outputs<'_>,
+    reporter: &mut Reporter,
 ) -> anyhow::Result<()> {
     set_epsilon(&mut config, epsilon)?;
+    reporter.start_runs(AggregatorKind::ALL.len() as u64);
     let mut rows = Vec::new();
     let mut last = None;
     for kind in AggregatorKind::ALL {
         config.aggregator = kind;
-        let result = runtime.block_on(federation::run(&config))?;
-        println!("{}", fd_sim::report::table(&result));
+        let label = format!("aggregator {kind}");
+        let result = run_once(runtime, &config, &label, reporter)?;
+        reporter.print(&format!("{}\n", fd_sim::report::table(&result)));
         rows.push(AggregatorRow::from_result(&result));
         last = Some(result);
     }
-    print!(
+    reporter.finish();
+    reporter.print(&format!(
         "aggregators compared (accuracy over honest clients):\n{}",
         fd_sim::report::aggregator_table(&rows)
-    );
+    ));
     if let (Some(dir), Some(result)) = (out.plots, &last) {
         let run = format!(
             "seed {}, the last of the {} aggregators compared",
@@ -854,12 +898,12 @@ fn compare_aggregators(
                 plots::aggregator_weights(result, &run),
             ),
         ];
-        print!("{}", plots::describe(&plots::write_charts(dir, charts)?));
+        reporter.print(&plots::describe(&plots::write_charts(dir, charts)?));
     }
     if let (Some(path), Some(result)) = (out.json, last) {
         let mut value = serde_json::to_value(&result)?;
         value["aggregators"] = serde_json::to_value(&rows)?;
-        write_json(path, &value)?;
+        write_json(path, &value, reporter)?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `fd-sim --plots DIR` as a user runs it: the built binary writes the three charts as valid PNG
-//! and SVG files with one line per series, and says why a chart it cannot draw is missing.
+//! and SVG files with one line per series, says why a chart it cannot draw is missing, and,
+//! off a terminal, reports progress as plain log lines.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -121,7 +122,7 @@ fn a_sweep_writes_all_three_charts_as_png_and_svg_with_one_line_per_series() {
 }
 
 #[test]
-fn a_single_run_skips_the_sweep_chart_and_says_why() {
+fn a_single_run_skips_the_sweep_chart_says_why_and_logs_plain_progress_lines() {
     let dir = tempfile::tempdir().unwrap();
     let out = fd_sim(&["--plots", dir.path().to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,4 +137,12 @@ fn a_single_run_skips_the_sweep_chart_and_says_why() {
         3 + 3
     );
     assert_png(&dir.path().join("aggregator-weights.png"));
+
+    // stderr is a pipe here, not a terminal: no bars and no colour codes, one line per round.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\x1b'), "escape codes in {stderr}");
+    for round in 1..=3 {
+        let line = format!("round {round}/3");
+        assert_eq!(stderr.matches(&line).count(), 1, "{line} in {stderr}");
+    }
 }
