@@ -36,6 +36,8 @@ const TITLE_SIZE: f64 = 26.0;
 const SUBTITLE_SIZE: f64 = 18.0;
 const LABEL_SIZE: f64 = 17.0;
 const AXIS_SIZE: f64 = 19.0;
+/// The smallest size a title or subtitle is shrunk to before it is shortened instead.
+const SMALLEST: f64 = 14.0;
 /// Legend: length of a series' sample line, row height and margins.
 const SWATCH: i32 = 34;
 const LEGEND_ROW: i32 = 26;
@@ -119,17 +121,19 @@ fn draw<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(text)?;
     let centre = Pos::new(HPos::Center, VPos::Center);
     let middle = WIDTH as i32 / 2;
+    let (title, size) = fit(root, &chart.title, TITLE_SIZE)?;
     root.draw_text(
-        &chart.title,
-        &font(TITLE_SIZE).pos(centre),
+        &title,
+        &font(size).pos(centre),
         (middle, TITLE_BAND as i32 / 2),
     )
     .map_err(text)?;
     let mut header = TITLE_BAND;
     if !chart.subtitle.is_empty() {
+        let (subtitle, size) = fit(root, &chart.subtitle, SUBTITLE_SIZE)?;
         root.draw_text(
-            &chart.subtitle,
-            &font(SUBTITLE_SIZE).color(&RGBColor(70, 70, 70)).pos(centre),
+            &subtitle,
+            &font(size).color(&RGBColor(70, 70, 70)).pos(centre),
             (middle, (TITLE_BAND + SUBTITLE_BAND / 2) as i32),
         )
         .map_err(text)?;
@@ -156,6 +160,31 @@ fn draw<DB: DrawingBackend>(
         plot_body(ctx, root, chart, p)?;
     }
     draw_legend(&legend_area, &legend.rows)
+}
+
+/// `line` and a font size at which it fits the width of the chart: `size`, or smaller down to
+/// [`SMALLEST`], and below that the line shortened with an ellipsis.
+fn fit<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    line: &str,
+    size: f64,
+) -> Result<(String, f64), String> {
+    let room = WIDTH - 2 * LEGEND_MARGIN as u32;
+    let width = |t: &str, size: f64| -> Result<u32, String> {
+        root.estimate_text_size(t, &font(size))
+            .map(|(w, _)| w)
+            .map_err(text)
+    };
+    let mut size = size;
+    while size > SMALLEST && width(line, size)? > room {
+        size -= 1.0;
+    }
+    let mut t = line.to_owned();
+    while width(&t, size)? > room && t.chars().count() > 4 {
+        let keep = t.chars().count() - 2;
+        t = t.chars().take(keep).collect::<String>() + "…";
+    }
+    Ok((t, size))
 }
 
 /// Grid, labels, frame, the infinity slot and the series.
@@ -215,10 +244,11 @@ where
         )
         .map_err(text)?;
     }
+    // References last: their dashes let a main line under them show through.
     for style in [
         SeriesStyle::Faint,
-        SeriesStyle::Reference,
         SeriesStyle::Main,
+        SeriesStyle::Reference,
     ] {
         for s in p.series.iter().filter(|s| s.style == style) {
             draw_series(&ctx, s)?;

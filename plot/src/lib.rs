@@ -3,7 +3,7 @@
 //! The simulator (`fd-sim --plots`) draws its accuracy, epsilon-sweep and aggregation-weight
 //! charts with this crate, and the coordinator can draw a live run the same way: a chart is a
 //! plain [`LineChart`] of named [`Series`] of `(x, y)` points, with no knowledge of federations,
-//! and [`write`] picks the format from the file name.
+//! and [`write()`] picks the format from the file name.
 //!
 //! Drawing is done by `plotters`. No system font is needed, for either format: PNG text is
 //! rasterised from DejaVu Sans, which the `dejavu` crate embeds (plotters' `ab_glyph` feature
@@ -89,15 +89,17 @@ impl Series {
 /// A chart of lines against one x axis and one y axis.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LineChart {
-    /// The title, on top.
+    /// The title, on top. A title too long for the width is drawn smaller, then shortened.
     pub title: String,
-    /// A smaller line under the title (what the data is, how it was made); may be empty.
+    /// A smaller line under the title (what the data is, how it was made); may be empty. Fitted
+    /// to the width like the title.
     pub subtitle: String,
     /// The x axis' description.
     pub x_label: String,
     /// The y axis' description.
     pub y_label: String,
-    /// The lines. Faint series are drawn first, then references, then main series on top.
+    /// The lines. Faint series are drawn first, then main series, then references on top
+    /// (dashed, so what lies under them shows through).
     pub series: Vec<Series>,
     /// A logarithmic x axis (for privacy budgets, say); points with `x <= 0` are left out.
     pub x_log: bool,
@@ -162,7 +164,7 @@ pub enum PlotError {
     },
 }
 
-/// An image format [`write`] can produce.
+/// An image format [`write()`] can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// A PNG bitmap of [`WIDTH`] x [`HEIGHT`] pixels.
@@ -264,6 +266,23 @@ mod tests {
         }
         // The two faint series share one legend entry.
         assert_eq!(texts.iter().filter(|t| *t == "each client").count(), 1);
+    }
+
+    #[test]
+    fn a_subtitle_too_long_for_the_width_is_shortened_not_cut_off() {
+        let mut chart = sample();
+        chart.subtitle = "a long description ".repeat(40);
+        let svg = render_svg(&chart).unwrap();
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let subtitle = doc
+            .descendants()
+            .filter_map(|n| n.text())
+            .map(str::trim)
+            .find(|t| t.starts_with("a long description"))
+            .expect("the subtitle");
+        // 760 characters do not fit 1100 pixels at any readable size.
+        assert!(subtitle.ends_with('…'), "{subtitle}");
+        assert!(subtitle.chars().count() < 400, "{}", subtitle.len());
     }
 
     #[test]
