@@ -91,7 +91,7 @@ pub fn accuracy_per_round(r: &SimResult, run: &str) -> Chart {
     Ok(LineChart {
         title: "Test accuracy after each round".into(),
         subtitle: format!(
-            "{}; {run}; federated mean after the final distillation {:.4}",
+            "{}; {run}; final federated mean {:.4}",
             setting(r),
             r.federated_mean_acc
         ),
