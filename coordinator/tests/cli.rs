@@ -76,3 +76,14 @@ fn config_errors_name_the_file_and_field() {
     assert!(!ok);
     assert!(text.contains("ca.pem"), "{text}");
 }
+
+#[test]
+fn print_config_prints_a_config_that_loads() {
+    let (ok, text) = run(&["--print-config"]);
+    assert!(ok, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("federation.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = fd_coordinator::FederationConfig::load(&path).expect("the printed config loads");
+    assert_eq!(config.aggregation.strategy.to_string(), "dynamic");
+}

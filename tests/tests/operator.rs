@@ -88,6 +88,12 @@ fn the_readme_walkthrough_runs_as_written_and_a_rerun_changes_nothing() {
         .wait(LIMIT)
         .expect("the walkthrough ends");
     assert!(status.success(), "the walkthrough failed:\n{output}");
+    // Off a terminal (here a pipe) every tool logs plain lines: no colour codes, no bars.
+    assert!(!output.contains('\u{1b}'), "escape codes in:\n{output}");
+    assert!(
+        output.contains("round 5 of 5: trained and labelled"),
+        "{output}"
+    );
     // Three nodes federated for the five rounds of examples/localhost/federation.toml.
     assert!(
         output.contains("5 of 5 rounds committed; finished"),
