@@ -288,52 +288,9 @@ pub const DEFAULT_JOIN_RETRY_SECS: u64 = 60;
 /// misconfiguration, and it keeps every deadline far from overflowing the clock.
 pub const MAX_JOIN_RETRY_SECS: u64 = 86_400;
 
-/// `config` with each `KEY=VALUE` of `settings` applied (`--set`): the key is a dotted path of
-/// the config file's keys (`training.local_steps`), the value a TOML value (`500`, `[64, 32]`,
-/// `"shards"`; a value that is not TOML is taken as a string, so `privacy.mode=shards` works).
-/// The result is read back through the same checks as a file, so an unknown key or a value of
-/// the wrong type is refused naming the key.
+/// `config` with each `KEY=VALUE` of `settings` applied (`--set`; see [`fd_cli::settings`]).
 pub fn apply_settings(config: &NodeConfig, settings: &[String]) -> Result<NodeConfig, String> {
-    if settings.is_empty() {
-        return Ok(config.clone());
-    }
-    let mut table = toml::Table::try_from(config).map_err(|e| e.to_string())?;
-    for setting in settings {
-        set_dotted(&mut table, setting)?;
-    }
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| e.to_string())
-}
-
-/// Sets one `a.b.c=value` in `table`, creating tables on the way.
-pub(crate) fn set_dotted(table: &mut toml::Table, setting: &str) -> Result<(), String> {
-    let (key, text) = setting
-        .split_once('=')
-        .ok_or_else(|| format!("'{setting}' is not KEY=VALUE"))?;
-    let key = key.trim();
-    let value = match toml::from_str::<toml::Table>(&format!("v = {text}")) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(text.into())),
-        Err(_) => toml::Value::String(text.trim().to_owned()),
-    };
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts
-        .pop()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| format!("'{setting}': empty key"))?;
-    let mut here = table;
-    for part in parts {
-        let entry = here
-            .entry(part.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        here = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("'{key}': '{part}' is not a table of keys"))?;
-    }
-    here.insert(last.to_owned(), value);
-    Ok(())
+    fd_cli::settings::apply(config, settings)
 }
 
 impl NodeConfig {

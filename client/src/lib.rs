@@ -27,7 +27,6 @@ pub mod distill;
 mod error;
 pub mod evaluate;
 pub mod federation;
-pub mod logging;
 pub mod node;
 pub mod predict;
 pub mod privacy;

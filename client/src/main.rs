@@ -304,7 +304,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    fd_client::logging::init(cli.run.log_file.as_deref())?;
+    fd_cli::logging::init(cli.run.log_file.as_deref())?;
     if cli.run.print_config {
         print!("{}", fd_client::config::REFERENCE);
         return Ok(());

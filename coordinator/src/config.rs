@@ -133,47 +133,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 12_000;
 /// so beyond a million the limit protects nothing.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 
-/// `config` with each `KEY=VALUE` of `settings` applied (`--set`): a dotted key of the config
-/// file (`aggregation.trim`) and a TOML value (a value that is not TOML is taken as a string).
-/// The result goes through the same parsing as a file, so an unknown key or a wrong type is
-/// refused naming the key.
+/// `config` with each `KEY=VALUE` of `settings` applied (`--set`; see [`fd_cli::settings`]).
 pub fn apply_settings(
     config: &FederationConfig,
     settings: &[String],
 ) -> Result<FederationConfig, String> {
-    if settings.is_empty() {
-        return Ok(config.clone());
-    }
-    let mut table = toml::Table::try_from(config).map_err(|e| e.to_string())?;
-    for setting in settings {
-        let (key, text) = setting
-            .split_once('=')
-            .ok_or_else(|| format!("'{setting}' is not KEY=VALUE"))?;
-        let key = key.trim();
-        let value = match toml::from_str::<toml::Table>(&format!("v = {text}")) {
-            Ok(mut t) => t
-                .remove("v")
-                .unwrap_or_else(|| toml::Value::String(text.into())),
-            Err(_) => toml::Value::String(text.trim().to_owned()),
-        };
-        let mut parts: Vec<&str> = key.split('.').collect();
-        let last = parts
-            .pop()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| format!("'{setting}': empty key"))?;
-        let mut here = &mut table;
-        for part in parts {
-            here = here
-                .entry(part.to_owned())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| format!("'{key}': '{part}' is not a table of keys"))?;
-        }
-        here.insert(last.to_owned(), value);
-    }
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| e.to_string())
+    fd_cli::settings::apply(config, settings)
 }
 
 /// A complete federation config with every key at its default, commented

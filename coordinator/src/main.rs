@@ -211,7 +211,7 @@ fn print_summary(summary: &fd_coordinator::Summary) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = cli.run;
-    init_logging(args.log_file.as_deref())?;
+    fd_cli::logging::init(args.log_file.as_deref())?;
     if let Some(Command::Status {
         state_dir,
         json,
@@ -257,12 +257,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.aggregator {
         config.aggregation.strategy = v;
     }
-    if let Some(v) = args.public_records {
-        config.public_records = v;
-    }
     if let Some(v) = args.public_csv {
+        // Another file: its own fingerprint and row count, read below.
         config.public_csv = Some(v);
         config.public_sha256 = None;
+        config.public_records = 0;
+    }
+    if let Some(v) = args.public_records {
+        config.public_records = v;
     }
     if let Some(v) = args.classes {
         config.classes = v;
@@ -317,43 +319,5 @@ async fn main() -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&summary)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
-}
-
-/// Log lines on stderr (colour codes only on a terminal) and, with `file`, appended to it.
-fn init_logging(file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into())
-    };
-    let file_layer = match file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening the log file {}", path.display()))?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_ansi(false)
-                    .with_filter(filter()),
-            )
-        }
-        None => None,
-    };
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_filter(filter()),
-        )
-        .with(file_layer)
-        .init();
     Ok(())
 }

@@ -181,7 +181,7 @@ impl Worker {
                     open.round + 1,
                     open.rounds
                 );
-                crate::logging::round_progress(
+                fd_cli::logging::round_progress(
                     open.round + 1,
                     open.rounds,
                     match epsilon_spent {
