@@ -215,6 +215,7 @@ pub async fn run_until(
             if let Ok(addr) = endpoint.local_addr() {
                 store.record_listen(addr)?;
             }
+            store.record_daemon()?;
             let resume = store.load(config.classes)?;
             if resume.rounds_done > 0 {
                 info!(
@@ -248,6 +249,11 @@ pub async fn run_until(
         rounds,
     };
     let result = driver.drive(&mut inbox, shutdown).await;
+    if let Some(store) = &driver.io.store
+        && let Err(e) = store.clear_daemon()
+    {
+        warn!("cannot clear the daemon's record in the state: {e}");
+    }
     accept_task.abort();
     // Let Finished and closes reach the nodes, but never hang on a silent one.
     let _ = tokio::time::timeout(IDLE_TIMEOUT, endpoint.wait_idle()).await;

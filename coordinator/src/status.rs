@@ -20,6 +20,9 @@ pub struct Status {
     pub rounds_done: u32,
     /// Whether the run is over (its planned rounds done, or every node left).
     pub finished: bool,
+    /// The pid of the daemon serving this state right now, if one is (Linux: read from
+    /// `/proc`); none for a stopped or finished run.
+    pub daemon_pid: Option<u32>,
     /// Why it ended before its planned rounds, if it did.
     pub ended_early: Option<String>,
     /// The aggregation strategy.
@@ -80,6 +83,7 @@ pub fn read(dir: &Path) -> Result<Status, StoreError> {
         .unwrap_or(2);
     let resume = store.load(classes)?;
     let finished = store.finished()?;
+    let daemon_pid = store.live_daemon()?;
     let mut nodes: BTreeMap<String, NodeStatus> = BTreeMap::new();
     let entry = |node: &str| -> NodeStatus {
         NodeStatus {
@@ -150,6 +154,7 @@ pub fn read(dir: &Path) -> Result<Status, StoreError> {
             .unwrap_or(0),
         rounds_done: resume.rounds_done,
         finished: finished.is_some(),
+        daemon_pid,
         ended_early: finished.and_then(|s| s.ended_early),
         aggregator: terms
             .get("aggregation.strategy")
@@ -170,7 +175,10 @@ pub fn render(s: &Status) -> String {
             None => "finished".to_owned(),
         }
     } else {
-        "not finished (running, or stopped: a restart on this state continues)".to_owned()
+        match s.daemon_pid {
+            Some(pid) => format!("running (fd-coordinator pid {pid})"),
+            None => "stopped before its end (a restart on this state continues)".to_owned(),
+        }
     };
     let _ = writeln!(
         out,

@@ -65,6 +65,15 @@ pub enum StoreError {
     },
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`), if
+/// it is alive; a pid reused by another process has another start time.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19).map(str::to_owned)
+}
+
 /// The state database.
 pub struct Store {
     conn: Connection,
@@ -210,7 +219,7 @@ impl Store {
     pub fn terms(&self) -> Result<BTreeMap<String, String>, StoreError> {
         self.sql(|c| {
             let mut s = c.prepare(
-                "SELECT key, value FROM federation WHERE key NOT IN ('listen', 'finished')",
+                "SELECT key, value FROM federation WHERE key NOT IN ('listen', 'finished', 'daemon')",
             )?;
             s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
         })
@@ -245,6 +254,49 @@ impl Store {
                 .map_err(|e| self.corrupt(format!("the finished run's summary: {e}")))
         })
         .transpose()
+    }
+
+    /// Records that this process now serves the federation (its pid and the kernel's start
+    /// time of it), so `fd-coordinator status` can tell a running daemon from a stopped one.
+    pub fn record_daemon(&self) -> Result<(), StoreError> {
+        let pid = std::process::id();
+        let value = format!("{pid} {}", process_start(pid).unwrap_or_default());
+        self.sql(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO federation (key, value) VALUES ('daemon', ?1)",
+                [value],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Forgets the daemon (a clean stop): status then says stopped without looking.
+    pub fn clear_daemon(&self) -> Result<(), StoreError> {
+        self.sql(|c| c.execute("DELETE FROM federation WHERE key = 'daemon'", []))?;
+        Ok(())
+    }
+
+    /// The pid of the daemon serving this state, if one recorded itself and that process
+    /// (the same pid with the same start time, so not a reused pid) is still alive. Linux
+    /// only (`/proc`); elsewhere `None`.
+    pub fn live_daemon(&self) -> Result<Option<u32>, StoreError> {
+        let text: Option<String> = self.sql(|c| {
+            c.query_row(
+                "SELECT value FROM federation WHERE key = 'daemon'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        let mut fields = text.split_whitespace();
+        let pid: Option<u32> = fields.next().and_then(|p| p.parse().ok());
+        let started = fields.next().unwrap_or_default();
+        Ok(pid.filter(|&pid| {
+            process_start(pid).is_some_and(|now| !started.is_empty() && now == started)
+        }))
     }
 
     /// The address recorded by [`Store::record_listen`], if any.
@@ -495,11 +547,29 @@ mod tests {
         assert_eq!((a.bytes_up, a.bytes_down), (200, 7));
         assert_eq!(running.wall_seconds, 3.0);
         assert_eq!(running.nodes[1].epsilon_spent, None, "b sent no receipt");
+        // No daemon recorded: stopped before its end.
+        assert_eq!(running.daemon_pid, None);
         let text = crate::status::render(&running);
         assert!(
-            text.contains("2 of 3 rounds committed; not finished"),
+            text.contains("2 of 3 rounds committed; stopped before its end"),
             "{text}"
         );
+        // A live process recorded as the daemon (this test's own): running, with its pid.
+        store.record_daemon().unwrap();
+        let live = crate::status::read(dir.path()).unwrap();
+        assert_eq!(live.daemon_pid, Some(std::process::id()));
+        assert!(crate::status::render(&live).contains("running (fd-coordinator pid"));
+        // The same pid with another start time is a reused pid, not the daemon.
+        store
+            .sql(|c| {
+                c.execute(
+                    "UPDATE federation SET value = ?1 WHERE key = 'daemon'",
+                    [format!("{} 1", std::process::id())],
+                )
+            })
+            .unwrap();
+        assert_eq!(crate::status::read(dir.path()).unwrap().daemon_pid, None);
+        store.clear_daemon().unwrap();
         store.commit(&record(2)).unwrap();
         let summary = crate::Summary {
             federation: "t".into(),

@@ -616,6 +616,16 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
     coordinator
         .wait_for_stderr("round committed", 2)
         .expect("two rounds committed");
+    // While it runs, status names the daemon's process.
+    let live = run_ok(
+        Command::new(bin("fd-coordinator"))
+            .args(["status", "--json", "--state-dir"])
+            .arg(fixture.path("state")),
+    )
+    .expect("status while running");
+    let live: serde_json::Value = serde_json::from_str(&live).expect("status JSON");
+    assert!(live["daemon_pid"].as_u64().is_some(), "{live}");
+    assert_eq!(live["finished"], false);
     coordinator.sigkill().expect("kill the coordinator");
     let before = read_state(&fixture.path("state"));
     let k = before.rounds.len();
@@ -625,7 +635,7 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
     );
     // Round r aggregated queries 2r and 2r + 1.
     assert_eq!(before.target.len(), 2 * k);
-    // `fd-coordinator status` on the interrupted run: k of 30 rounds, not finished, both
+    // `fd-coordinator status` on the interrupted run: k of 30 rounds, stopped, both
     // nodes with their bytes so far.
     let status_json = |dir: &Path| -> serde_json::Value {
         let out = run_ok(
@@ -638,6 +648,8 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
     };
     let running = status_json(&fixture.path("state"));
     assert_eq!(running["finished"], false);
+    // Killed: its pid is gone, so the run reads as stopped, not running.
+    assert_eq!(running["daemon_pid"], serde_json::Value::Null, "{running}");
     assert_eq!(running["rounds_done"], k as u64);
     assert_eq!(running["rounds_planned"], CRASH_ROUNDS);
     let nodes_so_far = running["nodes"].as_array().expect("nodes");
