@@ -299,6 +299,14 @@ async fn main() -> anyhow::Result<()> {
             print_summary(&summary);
             return Ok(());
         }
+        // Two daemons on one state would each think they run the federation.
+        if let Some(pid) = store.live_daemon()? {
+            anyhow::bail!(
+                "another fd-coordinator (pid {pid}) already serves the state in {}; stop it \
+                 first (a restart continues from the state)",
+                dir.display()
+            );
+        }
         // A restart comes back on the address the nodes know, unless the config names a
         // fixed port.
         if config.listen.port() == 0

@@ -624,8 +624,20 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
     )
     .expect("status while running");
     let live: serde_json::Value = serde_json::from_str(&live).expect("status JSON");
-    assert!(live["daemon_pid"].as_u64().is_some(), "{live}");
+    let pid = live["daemon_pid"].as_u64().expect("a live daemon's pid");
     assert_eq!(live["finished"], false);
+    // A second coordinator on the same state is refused, naming the first.
+    let second = Command::new(bin("fd-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run a second coordinator");
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("pid {pid}) already serves")),
+        "{text}"
+    );
     coordinator.sigkill().expect("kill the coordinator");
     let before = read_state(&fixture.path("state"));
     let k = before.rounds.len();
