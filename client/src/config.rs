@@ -403,6 +403,14 @@ seed = 1                         # overridden by the top-level seed
 self_distillation = 0.0          # pull towards the previous round's own student (0: off)
 # image = { height = 8, width = 8 }  # image data: pixels row-major
 # validation_fraction = 0.2      # do-no-harm check folds: 0.2 for private nodes, off otherwise; 0: off
+public_mixup = 0.0               # mixup of public rows and their targets, Beta(a, a) (0: off)
+# public_batch_size = 64         # public rows a step (default: batch_size)
+# final_steps = 200              # steps of the final distillation (default: steps_per_round)
+# learning_rate_end = 0.0005     # the last round's learning rate (learning_rate_schedule)
+learning_rate_schedule = "linear" # "constant", "linear" or "cosine"
+average_rounds = 0               # keep the mean weights of the last rounds' students (0: off)
+subpixel_shift = 0.0             # random sub-pixel image shifts, bilinear (image data; 0: off)
+# target_temperature = 1.0       # sharpen (< 1) or soften (> 1) the target before distilling
 
 [training.cnn]                   # with architecture = "cnn"
 channels = [8, 16]               # 3x3 convolutions, a 2x2 max-pool between them
@@ -484,6 +492,10 @@ mod tests {
         let mut full = reference_default();
         full.training.temperature_end = Some(2.0);
         full.training.validation_fraction = Some(0.2);
+        full.training.public_batch_size = Some(64);
+        full.training.final_steps = Some(200);
+        full.training.learning_rate_end = Some(0.0005);
+        full.training.target_temperature = Some(1.0);
         full.training.image = Some(crate::distill::ImageShape {
             height: 8,
             width: 8,

@@ -162,6 +162,39 @@ struct Args {
     /// clearly better [default: 0.2 with --privacy shards, off without; 0: off].
     #[arg(long)]
     validation_fraction: Option<f64>,
+    /// Mixup of public records: each public row of a batch is mixed with another by a weight
+    /// drawn from Beta(a, a), its target by the same weight [default: 0, off].
+    #[arg(long, value_name = "A")]
+    public_mixup: Option<f64>,
+    /// Rows of each step's public batch [default: --batch-size].
+    #[arg(long)]
+    public_batch_size: Option<usize>,
+    /// Optimiser steps of the final distillation after the last round [default:
+    /// --steps-per-round].
+    #[arg(long)]
+    final_steps: Option<usize>,
+    /// Learning rate in the last round and the final distillation [default: --lr throughout].
+    #[arg(long)]
+    lr_end: Option<f64>,
+    /// Shape of the learning-rate schedule from --lr to --lr-end over the rounds.
+    #[arg(long, value_enum)]
+    lr_schedule: Option<ScheduleArg>,
+    /// Keep the mean of the student's weights at the end of this many last rounds and after
+    /// the final distillation [default: 0, off].
+    #[arg(long)]
+    average_rounds: Option<usize>,
+    /// Weight each public row's distillation term by the target's confidence in it
+    /// (always on with --privacy shards).
+    #[arg(long)]
+    confidence_weighting: bool,
+    /// Random sub-pixel shifts (bilinear) of up to this many pixels of training images
+    /// [default: 0, off].
+    #[arg(long)]
+    subpixel_shift: Option<f64>,
+    /// Sharpen (below 1) the target's probabilities as softmax(log p / T') before distilling
+    /// [default: unset, as received].
+    #[arg(long)]
+    target_temperature: Option<f64>,
     /// Synthetic data: private records per client.
     #[arg(long, default_value_t = 1000)]
     records_per_client: usize,
@@ -612,6 +645,33 @@ fn apply_schedule_args(args: &Args, t: &mut TrainConfig) {
     }
     if let Some(v) = args.self_distillation {
         t.self_distillation = v;
+    }
+    if let Some(v) = args.public_mixup {
+        t.public_mixup = v;
+    }
+    if let Some(v) = args.public_batch_size {
+        t.public_batch_size = Some(v);
+    }
+    if let Some(v) = args.final_steps {
+        t.final_steps = Some(v);
+    }
+    if let Some(v) = args.lr_end {
+        t.learning_rate_end = Some(v);
+    }
+    if let Some(v) = args.lr_schedule {
+        t.learning_rate_schedule = v.into();
+    }
+    if let Some(v) = args.average_rounds {
+        t.average_rounds = v;
+    }
+    if let Some(v) = args.subpixel_shift {
+        t.subpixel_shift = v;
+    }
+    if let Some(v) = args.target_temperature {
+        t.target_temperature = Some(v);
+    }
+    if args.confidence_weighting {
+        t.confidence_weighting = true;
     }
 }
 

@@ -68,6 +68,32 @@ pub struct TrainConfig {
     /// every record is held out once. `None`: 0.2 for a private node, off for a non-private
     /// one (whose target carries no noise); 0: off.
     pub validation_fraction: Option<f64>,
+    /// Mixup of public records: each public row of a batch is mixed with another row of the
+    /// same batch by a weight drawn from Beta(`public_mixup`, `public_mixup`), and its target
+    /// probabilities (and confidence weight) by the same weight (0: off).
+    pub public_mixup: f64,
+    /// Rows of each step's public batch; unset: `batch_size`.
+    pub public_batch_size: Option<usize>,
+    /// Optimiser steps of the final distillation after the last round; unset:
+    /// `steps_per_round`.
+    pub final_steps: Option<usize>,
+    /// Learning rate in the last round and the final distillation; unset: `learning_rate`
+    /// throughout.
+    pub learning_rate_end: Option<f64>,
+    /// How the learning rate moves from `learning_rate` to `learning_rate_end` over the
+    /// rounds (the local steps before the first target use `learning_rate`).
+    pub learning_rate_schedule: ScheduleShape,
+    /// Weight averaging: the student kept after the final distillation is the mean of its
+    /// weights at the end of this many last rounds and after the final distillation (0: off,
+    /// the final student as trained).
+    pub average_rounds: usize,
+    /// With `image`: training inputs (private and public batches) are shifted by a random
+    /// sub-pixel offset of up to this many pixels along each axis, bilinearly interpolated
+    /// (0: off).
+    pub subpixel_shift: f64,
+    /// Sharpen (below 1) or soften (above 1) the target's probabilities as
+    /// `softmax(log p / target_temperature)` before distilling; unset: as received.
+    pub target_temperature: Option<f64>,
 }
 
 /// The kind of student network.
@@ -188,6 +214,14 @@ impl Default for TrainConfig {
             teacher: LocalTeacherConfig::default(),
             self_distillation: 0.0,
             validation_fraction: None,
+            public_mixup: 0.0,
+            public_batch_size: None,
+            final_steps: None,
+            learning_rate_end: None,
+            learning_rate_schedule: ScheduleShape::Linear,
+            average_rounds: 0,
+            subpixel_shift: 0.0,
+            target_temperature: None,
         }
     }
 }
@@ -267,6 +301,19 @@ impl TrainConfig {
                     .is_none_or(|f| (0.0..=0.5).contains(&f)),
                 "validation_fraction must be between 0 and 0.5",
             ),
+            (
+                self.public_mixup >= 0.0 && self.public_mixup.is_finite(),
+                "public_mixup must be >= 0",
+            ),
+            (
+                self.public_batch_size.is_none_or(|b| b > 0),
+                "public_batch_size must be > 0",
+            ),
+            (
+                self.learning_rate_end
+                    .is_none_or(|lr| lr > 0.0 && lr.is_finite()),
+                "learning_rate_end must be > 0",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(format!("training.{msg}")),
@@ -287,6 +334,17 @@ impl TrainConfig {
         let end = self.temperature_end.unwrap_or(self.temperature);
         self.temperature_schedule
             .value(self.temperature, end, round, rounds)
+    }
+
+    /// The learning rate in `round` of `rounds`: from `learning_rate` to `learning_rate_end`
+    /// along `learning_rate_schedule` (constant without `learning_rate_end`).
+    pub fn learning_rate_at(&self, round: u32, rounds: u32) -> f64 {
+        match self.learning_rate_end {
+            Some(end) => self
+                .learning_rate_schedule
+                .value(self.learning_rate, end, round, rounds),
+            None => self.learning_rate,
+        }
     }
 
     /// The student's architecture for data of `inputs` features and `classes` classes.

@@ -9,7 +9,7 @@ use fd_protocol::SoftLabels;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use crate::data::{Labelled, matrix};
-use crate::distill::augment::perturb;
+use crate::distill::augment::{perturb, subpixel_shift};
 use crate::distill::config::{Architecture, LocalTeacherConfig, TrainConfig};
 use crate::distill::loss::{distillation_loss, distillation_term};
 use crate::distill::optim::FusedAdamW;
@@ -45,6 +45,9 @@ pub struct Learner {
     harm: Option<HarmCheck>,
     /// The planner's verdict on the target, once given.
     trust: Option<TargetTrust>,
+    /// With `average_rounds`: the running mean of the student's weights at the ends of the
+    /// last rounds, and how many it holds.
+    average: Option<(Student, usize)>,
 }
 
 /// Do no harm by prediction: a private node whose planner predicts its vote sums to be mostly
@@ -295,6 +298,7 @@ impl Learner {
             rounds: 0,
             harm: None,
             trust: None,
+            average: None,
             student,
             optimiser,
             private,
@@ -564,8 +568,42 @@ impl Learner {
     pub fn set_round(&mut self, round: u32, rounds: u32) -> Result<(), ModelError> {
         self.rounds = rounds;
         self.temperature = self.config.temperature_at(round, rounds);
+        if self.config.learning_rate_end.is_some() {
+            self.optimiser
+                .set_learning_rate(self.config.learning_rate_at(round, rounds));
+        }
+        let averaged = self.config.average_rounds as u32;
+        if averaged > 0 && round > 0 && round + averaged > rounds {
+            // The student now is the one at the end of round `round - 1`.
+            self.add_to_average()?;
+        }
         if self.config.self_distillation > 0.0 && round > 0 {
             self.previous = Some(self.student.snapshot()?);
+        }
+        Ok(())
+    }
+
+    /// Adds the current student's weights to the running mean (see `average_rounds`).
+    fn add_to_average(&mut self) -> Result<(), ModelError> {
+        match &mut self.average {
+            Some((mean, count)) => {
+                *count += 1;
+                mean.blend(&self.student, 1.0 / *count as f64)?;
+            }
+            None => self.average = Some((self.student.snapshot()?, 1)),
+        }
+        Ok(())
+    }
+
+    /// With `average_rounds`: adds the student after the final distillation to the running
+    /// mean of the last rounds' students and keeps the mean as the student. Nothing without.
+    pub fn finish_average(&mut self) -> Result<(), ModelError> {
+        if self.config.average_rounds == 0 {
+            return Ok(());
+        }
+        self.add_to_average()?;
+        if let Some((mean, _)) = self.average.take() {
+            self.student.blend(&mean, 1.0)?;
         }
         Ok(())
     }
@@ -580,7 +618,11 @@ impl Learner {
         let device = crate::distill::device();
         let ids = Tensor::new(target.query_ids.as_slice(), &device)?;
         let x = self.public.index_select(&ids, 0)?;
-        let p = matrix(target.probs.clone(), target.classes as usize)?;
+        let mut p = matrix(target.probs.clone(), target.classes as usize)?;
+        if let Some(t) = self.config.target_temperature {
+            let logp = p.clamp(1e-7f32, 1f32)?.log()?;
+            p = candle_nn::ops::softmax_last_dim(&(logp / t)?)?;
+        }
         self.target_weights = if self.config.confidence_weighting {
             Some(crate::distill::row_confidence(&p)?)
         } else {
@@ -596,6 +638,12 @@ impl Learner {
 
     /// Perturbs a training batch: random image shifts, then Gaussian jitter, as configured.
     fn jitter(&mut self, x: Tensor) -> Result<Tensor, ModelError> {
+        let x = subpixel_shift(
+            &mut self.rng,
+            x,
+            self.config.image,
+            self.config.subpixel_shift,
+        )?;
         perturb(
             &mut self.rng,
             x,
@@ -621,11 +669,35 @@ impl Learner {
             .then(|| StdRng::seed_from_u64(self.rng.random()));
         Ok(match self.target.clone() {
             Some((tx, tp)) if alpha < 1.0 => {
-                let idx =
-                    batch_indices(&mut self.public_rng, self.config.batch_size, tx.dims()[0])?;
+                let public_batch = self
+                    .config
+                    .public_batch_size
+                    .unwrap_or(self.config.batch_size);
+                let idx = batch_indices(&mut self.public_rng, public_batch, tx.dims()[0])?;
+                let mut public_x = tx.index_select(&idx, 0)?;
+                let mut public_p = tp.index_select(&idx, 0)?;
+                let mut weights = match &self.target_weights {
+                    Some(w) => Some(w.index_select(&idx, 0)?),
+                    None => None,
+                };
+                if self.config.public_mixup > 0.0 {
+                    (public_x, public_p, weights) = mixup(
+                        &mut self.public_rng,
+                        public_x,
+                        public_p,
+                        weights,
+                        self.config.public_mixup,
+                    )?;
+                }
+                let public_x = subpixel_shift(
+                    &mut self.public_rng,
+                    public_x,
+                    self.config.image,
+                    self.config.subpixel_shift,
+                )?;
                 let public_x = perturb(
                     &mut self.public_rng,
-                    tx.index_select(&idx, 0)?,
+                    public_x,
                     self.config.image,
                     self.config.max_shift,
                     self.config.input_noise,
@@ -636,15 +708,11 @@ impl Learner {
                 let both = net.forward_t(&Tensor::cat(&[&x, &public_x], 0)?, rng.as_mut())?;
                 let logits = both.narrow(0, 0, rows)?;
                 let public_logits = both.narrow(0, rows, both.dims()[0] - rows)?;
-                let weights = match &self.target_weights {
-                    Some(w) => Some(w.index_select(&idx, 0)?),
-                    None => None,
-                };
                 distillation_loss(
                     &logits,
                     &y,
                     &public_logits,
-                    &tp.index_select(&idx, 0)?,
+                    &public_p,
                     alpha,
                     self.temperature,
                     weights.as_ref(),
@@ -788,6 +856,39 @@ impl Learner {
             .argmax(candle_core::D::Minus1)?
             .to_vec1()?)
     }
+}
+
+/// Mixup of a public batch: row `i` becomes `l_i x_i + (1 - l_i) x_j` for a random pairing
+/// `j` within the batch and `l_i ~ Beta(concentration, concentration)`, and its target
+/// probabilities and weight are mixed by the same `l_i`.
+fn mixup(
+    rng: &mut StdRng,
+    x: Tensor,
+    p: Tensor,
+    weights: Option<Tensor>,
+    concentration: f64,
+) -> Result<(Tensor, Tensor, Option<Tensor>), ModelError> {
+    let n = x.dim(0)?;
+    let beta = rand_distr::Beta::new(concentration, concentration)
+        .map_err(|e| ModelError::Config(e.to_string()))?;
+    let shares: Vec<f32> = (0..n)
+        .map(|_| rand_distr::Distribution::sample(&beta, rng) as f32)
+        .collect();
+    let mut pairing: Vec<u32> = (0..n as u32).collect();
+    rand::seq::SliceRandom::shuffle(pairing.as_mut_slice(), rng);
+    let device = x.device().clone();
+    let share = Tensor::from_vec(shares, (n, 1), &device)?;
+    let rest = share.affine(-1.0, 1.0)?;
+    let pairing = Tensor::new(pairing.as_slice(), &device)?;
+    let mix = |t: &Tensor, share: &Tensor, rest: &Tensor| -> Result<Tensor, ModelError> {
+        let other = t.index_select(&pairing, 0)?;
+        Ok((share.broadcast_mul(t)? + rest.broadcast_mul(&other)?)?)
+    };
+    let weights = match weights {
+        Some(w) => Some(mix(&w, &share.squeeze(1)?, &rest.squeeze(1)?)?),
+        None => None,
+    };
+    Ok((mix(&x, &share, &rest)?, mix(&p, &share, &rest)?, weights))
 }
 
 fn batch_indices(rng: &mut StdRng, batch_size: usize, rows: usize) -> Result<Tensor, ModelError> {

@@ -290,6 +290,22 @@ impl Student {
         Ok(copy)
     }
 
+    /// Moves every weight `share` of the way towards `other`'s (same architecture):
+    /// `w = (1 - share) w + share w_other`. With `share = 1 / k` on the k-th model this keeps
+    /// a running mean of weights.
+    pub fn blend(&self, other: &Student, share: f64) -> Result<(), ModelError> {
+        let poisoned = || ModelError::Poisoned;
+        let to = self.varmap.data().lock().map_err(|_| poisoned())?;
+        let from = other.varmap.data().lock().map_err(|_| poisoned())?;
+        for (name, var) in to.iter() {
+            if let Some(source) = from.get(name) {
+                let mixed = ((var.as_tensor() * (1.0 - share))? + (source.as_tensor() * share)?)?;
+                var.set(&mixed)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The architecture.
     pub fn config(&self) -> &StudentConfig {
         &self.config

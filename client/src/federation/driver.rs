@@ -199,7 +199,12 @@ impl Worker {
                 let alpha = learner.config().alpha_end;
                 learner.set_round(rounds, rounds)?;
                 learner.set_target(&labeller.student_target(&target))?;
-                learner.train(learner.config().steps_per_round, alpha)?;
+                let steps = learner
+                    .config()
+                    .final_steps
+                    .unwrap_or(learner.config().steps_per_round);
+                learner.train(steps, alpha)?;
+                learner.finish_average()?;
                 if let Some(p) = labeller.private()
                     && let Some(plan) = &p.plan
                 {
