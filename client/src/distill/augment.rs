@@ -74,22 +74,27 @@ pub fn subpixel_shift_images(
     let (h, w) = (shape.height, shape.width);
     let pixels = h * w;
     let mut out = Vec::with_capacity(values.len());
-    let sample = |image: &[f32], y: f64, x: f64| -> f32 {
-        let y = y.clamp(0.0, (h - 1) as f64);
-        let x = x.clamp(0.0, (w - 1) as f64);
-        let (y0, x0) = (y.floor() as usize, x.floor() as usize);
-        let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
-        let (fy, fx) = ((y - y0 as f64) as f32, (x - x0 as f64) as f32);
-        let top = image[y0 * w + x0] * (1.0 - fx) + image[y0 * w + x1] * fx;
-        let bottom = image[y1 * w + x0] * (1.0 - fx) + image[y1 * w + x1] * fx;
-        top * (1.0 - fy) + bottom * fy
+    // Output pixel `i` along an axis reads source pixels `lo[i]` and `hi[i]`, weighted
+    // `1 - f` and `f`: one offset per image, so the taps are computed once per axis.
+    let taps = |n: usize, shift: f64| -> (Vec<usize>, Vec<usize>, f32) {
+        let base = (-shift).floor();
+        let f = (-shift - base) as f32;
+        let clamp = |v: i64| v.clamp(0, n as i64 - 1) as usize;
+        let lo = (0..n as i64).map(|i| clamp(i + base as i64)).collect();
+        let hi = (0..n as i64).map(|i| clamp(i + base as i64 + 1)).collect();
+        (lo, hi, f)
     };
     for image in values.chunks(pixels) {
         let dy = rng.random_range(-max..=max);
         let dx = rng.random_range(-max..=max);
+        let (y_lo, y_hi, fy) = taps(h, dy);
+        let (x_lo, x_hi, fx) = taps(w, dx);
         for y in 0..h {
+            let (top, bottom) = (&image[y_lo[y] * w..][..w], &image[y_hi[y] * w..][..w]);
             for x in 0..w {
-                out.push(sample(image, y as f64 - dy, x as f64 - dx));
+                let t = top[x_lo[x]] * (1.0 - fx) + top[x_hi[x]] * fx;
+                let b = bottom[x_lo[x]] * (1.0 - fx) + bottom[x_hi[x]] * fx;
+                out.push(t * (1.0 - fy) + b * fy);
             }
         }
     }
@@ -110,5 +115,36 @@ pub(crate) fn subpixel_shift(
             Ok(Tensor::from_vec(shifted, x.dims(), x.device())?)
         }
         _ => Ok(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subpixel_shifts_interpolate_between_neighbours_and_repeat_edges() {
+        let shape = ImageShape {
+            height: 1,
+            width: 4,
+        };
+        let img = [0.0f32, 1.0, 2.0, 3.0];
+        let mut rng = StdRng::seed_from_u64(7);
+        // A ramp shifted by d reads x - d, clamped to the edges: [0, 1 - d, 2 - d, 3 - d] for
+        // 0 <= d <= 1 (and [d', 1 + d', 2 + d', 3] for d' = -d > 0).
+        for _ in 0..100 {
+            let out = subpixel_shift_images(&img, shape, 0.5, &mut rng);
+            let d = 1.0 - out[1];
+            assert!(d.abs() <= 0.5 + 1e-6, "{out:?}");
+            if d >= 0.0 {
+                assert!(out[0].abs() < 1e-5, "{out:?}");
+                assert!((out[3] - (3.0 - d)).abs() < 1e-5, "{out:?}");
+            } else {
+                assert!((out[3] - 3.0).abs() < 1e-5, "{out:?}");
+                assert!((out[0] + d).abs() < 1e-5, "{out:?}");
+            }
+            assert!((out[2] - out[1] - 1.0).abs() < 1e-5, "{out:?}");
+        }
+        assert_eq!(subpixel_shift_images(&img, shape, 0.0, &mut rng), img);
     }
 }

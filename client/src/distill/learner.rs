@@ -655,11 +655,13 @@ impl Learner {
 
     /// The private cross-entropy on a fresh batch, mixed with the distillation term towards
     /// the global target on a fresh public batch when there is one and `alpha < 1`.
+    /// `public_batch` is the public batch's row count.
     fn supervised_loss(
         &mut self,
         net: &Student,
         alpha: f64,
         dropout: bool,
+        public_batch: usize,
     ) -> Result<Tensor, ModelError> {
         let idx = self.batch(self.private.len())?;
         let x = self.private.x.index_select(&idx, 0)?;
@@ -669,10 +671,6 @@ impl Learner {
             .then(|| StdRng::seed_from_u64(self.rng.random()));
         Ok(match self.target.clone() {
             Some((tx, tp)) if alpha < 1.0 => {
-                let public_batch = self
-                    .config
-                    .public_batch_size
-                    .unwrap_or(self.config.batch_size);
                 let idx = batch_indices(&mut self.public_rng, public_batch, tx.dims()[0])?;
                 let mut public_x = tx.index_select(&idx, 0)?;
                 let mut public_p = tp.index_select(&idx, 0)?;
@@ -756,7 +754,9 @@ impl Learner {
             std::mem::swap(&mut self.public_rng, &mut teacher.public_rng);
             let result = (|| {
                 for _ in 0..teacher_steps {
-                    let loss = self.supervised_loss(&teacher.net, alpha, false)?;
+                    // The local teacher is a reference: `public_batch_size` is the student's.
+                    let batch = self.config.batch_size;
+                    let loss = self.supervised_loss(&teacher.net, alpha, false, batch)?;
                     teacher.optimiser.backward_step(&loss)?;
                 }
                 Ok::<_, ModelError>(())
@@ -768,8 +768,12 @@ impl Learner {
         }
         let student = self.student.shared();
         let mut last = f64::NAN;
+        let public_batch = self
+            .config
+            .public_batch_size
+            .unwrap_or(self.config.batch_size);
         for _ in 0..steps {
-            let mut loss = self.supervised_loss(&student, alpha, true)?;
+            let mut loss = self.supervised_loss(&student, alpha, true, public_batch)?;
             loss = (loss + self.teacher_terms(&student)?)?;
             if let (Some(previous), true) =
                 (self.previous.as_ref(), self.config.self_distillation > 0.0)
@@ -1384,7 +1388,9 @@ mod tests {
             let mut teacher = learner.teacher.take().unwrap();
             std::mem::swap(&mut learner.rng, &mut teacher.rng);
             for _ in 0..teacher_only {
-                let loss = learner.supervised_loss(&teacher.net, 1.0, false).unwrap();
+                let loss = learner
+                    .supervised_loss(&teacher.net, 1.0, false, 32)
+                    .unwrap();
                 teacher.optimiser.backward_step(&loss).unwrap();
             }
             std::mem::swap(&mut learner.rng, &mut teacher.rng);
