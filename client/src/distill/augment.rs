@@ -101,6 +101,39 @@ pub fn subpixel_shift_images(
     out
 }
 
+/// A training batch's augmentation: sub-pixel shifts of up to `subpixel` pixels (with `image`;
+/// 0: none), then [`perturb`]. Without whole-pixel shifts the sub-pixel shifts and the jitter
+/// are made in one pass over the batch's values (the same values, drawn in the same order, as
+/// the two steps one after the other).
+pub(crate) fn augment(
+    rng: &mut StdRng,
+    x: Tensor,
+    image: Option<ImageShape>,
+    subpixel: f64,
+    max_shift: usize,
+    noise: f64,
+) -> Result<Tensor, ModelError> {
+    match image {
+        Some(shape) if subpixel > 0.0 && max_shift == 0 => {
+            let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let mut shifted = subpixel_shift_images(&values, shape, subpixel, rng);
+            if noise > 0.0 {
+                let normal = rand_distr::Normal::new(0.0f32, noise as f32)
+                    .map_err(|e| ModelError::Config(e.to_string()))?;
+                let mut fast = Xoshiro256PlusPlus::seed_from_u64(rng.random());
+                for v in &mut shifted {
+                    *v += rand_distr::Distribution::sample(&normal, &mut fast);
+                }
+            }
+            Ok(Tensor::from_vec(shifted, x.dims(), x.device())?)
+        }
+        _ => {
+            let x = subpixel_shift(rng, x, image, subpixel)?;
+            perturb(rng, x, image, max_shift, noise)
+        }
+    }
+}
+
 /// [`subpixel_shift_images`] of a batch tensor (no change without `image` or with `max` 0).
 pub(crate) fn subpixel_shift(
     rng: &mut StdRng,

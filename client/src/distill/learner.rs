@@ -9,7 +9,7 @@ use fd_protocol::SoftLabels;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use crate::data::{Labelled, matrix};
-use crate::distill::augment::{perturb, subpixel_shift};
+use crate::distill::augment::{augment, perturb};
 use crate::distill::config::{Architecture, LocalTeacherConfig, TrainConfig};
 use crate::distill::loss::{distillation_loss, distillation_term};
 use crate::distill::optim::FusedAdamW;
@@ -638,16 +638,11 @@ impl Learner {
 
     /// Perturbs a training batch: random image shifts, then Gaussian jitter, as configured.
     fn jitter(&mut self, x: Tensor) -> Result<Tensor, ModelError> {
-        let x = subpixel_shift(
+        augment(
             &mut self.rng,
             x,
             self.config.image,
             self.config.subpixel_shift,
-        )?;
-        perturb(
-            &mut self.rng,
-            x,
-            self.config.image,
             self.config.max_shift,
             self.config.input_noise,
         )
@@ -687,16 +682,11 @@ impl Learner {
                         self.config.public_mixup,
                     )?;
                 }
-                let public_x = subpixel_shift(
+                let public_x = augment(
                     &mut self.public_rng,
                     public_x,
                     self.config.image,
                     self.config.subpixel_shift,
-                )?;
-                let public_x = perturb(
-                    &mut self.public_rng,
-                    public_x,
-                    self.config.image,
                     self.config.max_shift,
                     self.config.input_noise,
                 )?;
