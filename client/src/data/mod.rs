@@ -310,11 +310,16 @@ pub fn file_sha256(path: &Path) -> Result<[u8; 32], DataError> {
     Ok(out)
 }
 
-/// The 1-based line of the record that starts at byte `offset` of `bytes`, counted from the
+/// The 1-based line of the record that starts at byte `offset` of `file`, counted from the
 /// newlines before it. The csv crate's own line count is one too low after CRLF line ends
 /// (files from Excel, Windows and Python's csv module): it ends a record at the `\r` and
-/// starts the next at the `\n`, so line ends at the offset are skipped before counting.
-fn line_at(bytes: &[u8], offset: u64) -> u64 {
+/// starts the next at the `\n`, so line ends at the offset are skipped before counting. Only
+/// errors ask, so the file is read again here rather than held while parsing; if it cannot
+/// be, the csv crate's `fallback` stands.
+fn line_at(file: &Path, offset: u64, fallback: u64) -> u64 {
+    let Ok(bytes) = std::fs::read(file) else {
+        return fallback;
+    };
     let mut end = usize::try_from(offset)
         .unwrap_or(usize::MAX)
         .min(bytes.len());
@@ -330,15 +335,12 @@ fn read_csv(
     expected_columns: Option<(&[String], Option<&str>)>,
 ) -> Result<Table, DataError> {
     let file = path.to_path_buf();
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        file: file.clone(),
-        source,
-    })?;
-    let csv_error = |e: csv::Error| csv_error(&file, &bytes, e);
+    let csv_error = |e: csv::Error| csv_error(&file, e);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
-        .from_reader(&bytes[..]);
+        .from_path(path)
+        .map_err(csv_error)?;
     let header: Vec<String> = reader
         .headers()
         .map_err(csv_error)?
@@ -406,15 +408,19 @@ fn read_csv(
     let mut labels = Vec::new();
     for record in reader.records() {
         let record = record.map_err(csv_error)?;
-        let line = || record.position().map_or(0, |p| line_at(&bytes, p.byte()));
+        let line = || {
+            record
+                .position()
+                .map_or(0, |p| line_at(&file, p.byte(), p.line()))
+        };
         for (name, &src) in columns.iter().zip(&sources) {
             let text = &record[src];
             match text.parse::<f32>() {
                 Ok(v) if v.is_finite() => features.push(v),
                 _ => {
                     return Err(DataError::NotANumber {
-                        file,
                         line: line(),
+                        file,
                         column: name.clone(),
                         value: text.to_owned(),
                     });
@@ -429,8 +435,8 @@ fn read_csv(
                 }
                 _ => {
                     return Err(DataError::BadLabel {
-                        file,
                         line: line(),
+                        file,
                         column: name.to_owned(),
                         value: text.to_owned(),
                         classes,
@@ -449,8 +455,10 @@ fn read_csv(
     })
 }
 
-fn csv_error(file: &Path, bytes: &[u8], e: csv::Error) -> DataError {
-    let line = e.position().map_or(0, |p| line_at(bytes, p.byte()));
+fn csv_error(file: &Path, e: csv::Error) -> DataError {
+    let line = e
+        .position()
+        .map_or(0, |p| line_at(file, p.byte(), p.line()));
     match e.into_kind() {
         csv::ErrorKind::Io(source) => DataError::Io {
             file: file.to_path_buf(),
