@@ -4,4 +4,5 @@
 #![warn(missing_docs)]
 
 pub mod logging;
+pub mod reference;
 pub mod settings;

@@ -472,17 +472,6 @@ mod tests {
         }
     }
 
-    /// Every leaf key of `table`, dotted.
-    fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
-        for (k, v) in table {
-            let key = format!("{prefix}{k}");
-            match v {
-                toml::Value::Table(t) => leaf_keys(t, &format!("{key}."), out),
-                _ => out.push(key),
-            }
-        }
-    }
-
     #[test]
     fn the_printed_reference_config_is_the_defaults_and_names_every_key() {
         let parsed: NodeConfig = toml::from_str(REFERENCE).expect("reference parses");
@@ -504,35 +493,16 @@ mod tests {
         full.privacy.ledger = Some("l".into());
         full.privacy.radius = Some(1.0);
         full.privacy.min_snr = Some(1.0);
-        let mut keys = Vec::new();
-        leaf_keys(
-            &toml::Table::try_from(&full).expect("serialises"),
-            "",
-            &mut keys,
-        );
+        let keys = fd_cli::reference::leaf_keys(&toml::Table::try_from(&full).expect("serialises"));
         assert!(keys.len() > 50, "{keys:?}");
         for key in keys {
-            // A key is named as `leaf =`, or inside an inline table `parent = { leaf = ...`.
-            let mut parts = key.rsplit('.');
-            let leaf = parts.next().expect("a leaf");
-            let parent = parts.next().unwrap_or(leaf);
-            let named = REFERENCE.lines().any(|l| {
-                let l = l.trim_start_matches("# ").trim_start();
-                l.starts_with(&format!("{leaf} ="))
-                    || (l.starts_with(&format!("{parent} = {{"))
-                        && l.contains(&format!("{leaf} =")))
-            });
-            assert!(named, "--print-config does not name {key}");
+            assert!(
+                fd_cli::reference::names(REFERENCE, &key),
+                "--print-config does not name {key}"
+            );
         }
         // The commented-out keys are real: uncommented, the text still parses, and sets them.
-        let uncommented: String = REFERENCE
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if rest.split(' ').nth(1) == Some("=") => rest,
-                _ => l,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let uncommented = fd_cli::reference::uncommented(REFERENCE);
         let all: NodeConfig = toml::from_str(&uncommented).expect("uncommented parses");
         assert_eq!(all.privacy.min_snr, Some(1.0));
         assert_eq!(all.privacy.ledger, Some("ledger.sqlite".into()));

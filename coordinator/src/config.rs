@@ -595,30 +595,16 @@ mod tests {
         full.max_nodes = Some(3);
         full.crl = Some("c".into());
         full.allow = vec!["a".into()];
-        let table = toml::Table::try_from(&full).expect("serialises");
-        let mut keys: Vec<String> = Vec::new();
-        for (k, v) in &table {
-            match v {
-                toml::Value::Table(t) => keys.extend(t.keys().cloned()),
-                _ => keys.push(k.clone()),
-            }
-        }
+        let keys = fd_cli::reference::leaf_keys(&toml::Table::try_from(&full).expect("serialises"));
         assert!(keys.len() > 20, "{keys:?}");
         for key in keys {
-            let named = REFERENCE
-                .lines()
-                .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} =")));
-            assert!(named, "--print-config does not name {key}");
+            assert!(
+                fd_cli::reference::names(REFERENCE, &key),
+                "--print-config does not name {key}"
+            );
         }
         // Uncommented, the optional keys parse too.
-        let uncommented: String = REFERENCE
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if rest.split(' ').nth(1) == Some("=") => rest,
-                _ => l,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let uncommented = fd_cli::reference::uncommented(REFERENCE);
         let all: FederationConfig = toml::from_str(&uncommented).expect("uncommented parses");
         assert_eq!(all.max_nodes, Some(10));
         assert!(all.public_sha256.is_some() && all.crl.is_some() && all.state_dir.is_some());
