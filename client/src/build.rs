@@ -11,7 +11,7 @@ use fd_transport::TlsIdentity;
 use crate::NodeError;
 use crate::config::{PrivacyConfig, PrivacyMode};
 use crate::data::{Labelled, Standardiser, Table, matrix};
-use crate::distill::{Learner, ModelCard, ModelError, TrainConfig};
+use crate::distill::{Learner, ModelCard, ModelError, Temperature, TrainConfig};
 use crate::federation::SessionPlan;
 use crate::privacy::release::{Labeller, PrivateLabeller};
 use crate::privacy::teachers::{EnsembleConfig, TeacherEnsemble, TeacherKind};
@@ -184,7 +184,7 @@ fn student_training(training: &TrainConfig, mode: PrivacyMode) -> TrainConfig {
     if mode == PrivacyMode::Shards {
         t.validation_fraction
             .get_or_insert(PRIVATE_VALIDATION_FRACTION);
-        t.temperature = 1.0;
+        t.temperature = Temperature::Fixed(1.0);
         t.temperature_end = None;
         t.confidence_weighting = true;
         if !t.teacher.distils() {
@@ -260,7 +260,7 @@ fn build_labeller(
             classes,
             learning_rate: training.learning_rate,
             batch_size: shard_size.min(privacy.teacher_batch_size),
-            temperature: training.temperature,
+            temperature: training.temperature.start(),
             seed: Stream::ShardTeachers.seed(training.seed),
         },
         private.x.clone(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::distill::TrainConfig;
+use crate::distill::{Temperature, TrainConfig};
 pub use crate::privacy::release::ReleaseRows;
 use crate::privacy::teachers::{TeacherKind, Votes};
 
@@ -308,7 +308,7 @@ impl NodeConfig {
         // The default temperature depends on the data kind (DESIGN.md): 2 for images, 4 (the
         // struct default) for tabular data. Only a file that leaves it unset gets the image one.
         if config.training.image.is_some() && !sets_training_key(&text, "temperature") {
-            config.training.temperature = IMAGE_TEMPERATURE;
+            config.training.temperature = Temperature::Fixed(IMAGE_TEMPERATURE);
         }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -390,7 +390,7 @@ weight_decay = 0.0001            # AdamW
 batch_size = 64
 local_steps = 300                # steps on private records before the first contribution
 steps_per_round = 200            # steps per round once a target exists
-temperature = 4.0                # 2 by default when image is set
+temperature = 4.0                # 2 by default when image is set; "auto": search on own records
 # temperature_end = 2.0          # the last round's temperature (temperature_schedule)
 temperature_schedule = "constant" # "constant", "linear" or "cosine"
 alpha_start = 0.7                # weight of the private cross-entropy in the first round...
@@ -399,6 +399,7 @@ alpha_schedule = "linear"        # "constant", "linear" or "cosine"
 input_noise = 0.5                # Gaussian jitter on training inputs (standardised units)
 max_shift = 0                    # random image shifts in pixels (image data)
 confidence_weighting = false     # weight target rows by their confidence
+dynamic_weighting = false        # weight public rows by target reliability and difficulty
 seed = 1                         # overridden by the top-level seed
 self_distillation = 0.0          # pull towards the previous round's own student (0: off)
 # image = { height = 8, width = 8 }  # image data: pixels row-major
@@ -579,7 +580,7 @@ mod tests {
         assert_eq!(c.ca, dir.path().join("ca.pem"));
         assert_eq!(c.cert, PathBuf::from("/abs/a.pem"));
         assert_eq!(c.label_column, "label");
-        assert_eq!(c.training.temperature, 2.0);
+        assert_eq!(c.training.temperature, Temperature::Fixed(2.0));
         assert_eq!(c.training.alpha_start, 0.7);
         assert_eq!(c.privacy.mode, PrivacyMode::None);
     }
@@ -594,16 +595,25 @@ mod tests {
             format!("{base}image = {{ height = 8, width = 8 }}\n"),
         )
         .unwrap();
-        assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 2.0);
+        assert_eq!(
+            NodeConfig::load(&path).unwrap().training.temperature,
+            Temperature::Fixed(2.0)
+        );
         std::fs::write(
             &path,
             format!("{base}image = {{ height = 8, width = 8 }}\ntemperature = 3.0\n"),
         )
         .unwrap();
-        assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 3.0);
+        assert_eq!(
+            NodeConfig::load(&path).unwrap().training.temperature,
+            Temperature::Fixed(3.0)
+        );
         // Tabular data keeps 4.
         std::fs::write(&path, &base).unwrap();
-        assert_eq!(NodeConfig::load(&path).unwrap().training.temperature, 4.0);
+        assert_eq!(
+            NodeConfig::load(&path).unwrap().training.temperature,
+            Temperature::Fixed(4.0)
+        );
         // A CNN student without image data is refused, naming the field.
         std::fs::write(&path, format!("{base}architecture = \"cnn\"\n")).unwrap();
         let msg = NodeConfig::load(&path).unwrap_err().to_string();

@@ -119,7 +119,7 @@ struct Args {
     /// A private node's student (`[privacy] mode = "shards"`) learns from sharpened targets
     /// at temperature 1 whatever this says.
     #[arg(long)]
-    temperature: Option<f64>,
+    temperature: Option<fd_client::distill::Temperature>,
     /// The student's architecture: `mlp` (dense layers, `[training] hidden`) or `cnn` (a small
     /// CNN, `[training.cnn]`; needs image data). Nodes of one federation may differ: only soft
     /// labels are exchanged [default: mlp].

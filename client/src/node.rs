@@ -204,6 +204,7 @@ pub async fn run_node(config: &NodeConfig, force: bool) -> Result<NodeReport, No
         local_only_acc,
         harm_check: outcome.learner.harm_check().cloned(),
         target_trust: outcome.learner.target_trust().cloned(),
+        temperature_search: outcome.learner.temperature_search().cloned(),
         privacy_plan: private_part.and_then(|p| p.plan.clone()),
         bytes_up: outcome.bytes_up,
         bytes_down: outcome.bytes_down,

@@ -12,7 +12,9 @@ use fd_certs::pki::Ca;
 use fd_client::build::NodeBuilder;
 use fd_client::config::{PrivacyConfig, PrivacyMode};
 use fd_client::distill::target::balance_classes;
-use fd_client::distill::{ImageShape, LocalTeacherConfig, TrainConfig, train_local_only};
+use fd_client::distill::{
+    ImageShape, LocalTeacherConfig, Temperature, TrainConfig, train_local_only,
+};
 use fd_client::evaluate::{StudentMetrics, measure, reference};
 use fd_client::federation::{ContributionHook, Outgoing, SessionOutcome, run_session_with_hook};
 use fd_client::privacy::release::Labeller;
@@ -143,7 +145,7 @@ impl SimConfig {
                 digits_training()
             } else {
                 TrainConfig {
-                    temperature: 4.0,
+                    temperature: Temperature::Fixed(4.0),
                     ..TrainConfig::default()
                 }
             },
@@ -167,7 +169,7 @@ impl SimConfig {
         config.csv = Some(csv);
         if image.is_some() {
             config.training.image = image;
-            config.training.temperature = 1.0;
+            config.training.temperature = Temperature::Fixed(1.0);
         }
         config
     }
@@ -190,7 +192,7 @@ pub fn digits_training() -> TrainConfig {
         batch_size: 32,
         local_steps: 100,
         steps_per_round: 60,
-        temperature: 1.0,
+        temperature: Temperature::Fixed(1.0),
         input_noise: 0.35,
         image: Some(ImageShape {
             height: 8,
@@ -255,6 +257,8 @@ pub struct ClientResult {
     pub target_trust: Option<fd_client::distill::TargetTrust>,
     /// The do-no-harm cross-validation check (private nodes by default).
     pub harm_check: Option<fd_client::distill::HarmCheck>,
+    /// With `--temperature auto`: the temperature chosen and the validation-loss curve.
+    pub temperature_search: Option<fd_client::distill::TemperatureSearch>,
 }
 
 /// The whole simulation's results (written as JSON by `--json`).
@@ -738,6 +742,7 @@ fn client_results(
                 .or_else(|| o.learner.target_trust().map(|t| t.kept.clone())),
             target_trust: o.learner.target_trust().cloned(),
             harm_check: o.learner.harm_check().cloned(),
+            temperature_search: o.learner.temperature_search().cloned(),
         });
     }
     Ok(clients)

@@ -100,10 +100,13 @@ struct Args {
     /// Learning rate (AdamW).
     #[arg(long)]
     lr: Option<f64>,
-    /// Distillation temperature [default: 1 for digits, 4 for tabular data]. Private students
-    /// (--privacy shards) learn from sharpened targets at temperature 1 whatever this says.
+    /// Distillation temperature [default: 1 for digits, 4 for tabular data], or "auto": each
+    /// node searches from T = 1 in steps of 0.5 on a validation split of its own records when
+    /// the first target arrives, and reports the curve (clients[i].temperature_search). Private
+    /// students (--privacy shards) learn from sharpened targets at temperature 1 whatever this
+    /// says.
     #[arg(long)]
-    temperature: Option<f64>,
+    temperature: Option<fd_client::distill::Temperature>,
     /// Students: mlp (dense layers --hidden), cnn (small CNN --cnn-channels, image data only) or
     /// mixed (even clients MLP, odd clients CNN; they interoperate through soft labels only).
     #[arg(long, value_enum, default_value_t = fd_sim::students::StudentMix::Mlp)]
@@ -187,6 +190,11 @@ struct Args {
     /// (always on with --privacy shards).
     #[arg(long)]
     confidence_weighting: bool,
+    /// Dynamic distillation: weight each public row by the target's reliability there (its
+    /// confidence, its agreement with the local teacher) and its difficulty for the student
+    /// ("--dynamic-weighting false" turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    dynamic_weighting: Option<bool>,
     /// Random sub-pixel shifts (bilinear) of up to this many pixels of training images
     /// [default: 0, off].
     #[arg(long)]
@@ -673,6 +681,9 @@ fn apply_schedule_args(args: &Args, t: &mut TrainConfig) {
     if args.confidence_weighting {
         t.confidence_weighting = true;
     }
+    if let Some(v) = args.dynamic_weighting {
+        t.dynamic_weighting = v;
+    }
 }
 
 /// Checks that the student mix suits the data, sets it and validates the training settings.
@@ -869,7 +880,7 @@ fn run_epsilons(
         } else {
             format!("1 run (seed {first_seed})")
         };
-        let charts = vec![
+        let mut charts = vec![
             (
                 plots::ACCURACY_PER_ROUND,
                 plots::accuracy_per_round(result, &run),
@@ -883,6 +894,9 @@ fn run_epsilons(
                 plots::aggregator_weights(result, &run),
             ),
         ];
+        if let Some(chart) = plots::temperature_search(result, &run) {
+            charts.push((plots::TEMPERATURE_SEARCH, chart));
+        }
         reporter.print(&plots::describe(&plots::write_charts(dir, charts)?));
     }
     if let (Some(path), Some(result)) = (out.json, last) {
@@ -944,7 +958,7 @@ fn compare_aggregators(
             result.config.seed,
             rows.len()
         );
-        let charts = vec![
+        let mut charts = vec![
             (
                 plots::ACCURACY_PER_ROUND,
                 plots::accuracy_per_round(result, &run),
@@ -958,6 +972,9 @@ fn compare_aggregators(
                 plots::aggregator_weights(result, &run),
             ),
         ];
+        if let Some(chart) = plots::temperature_search(result, &run) {
+            charts.push((plots::TEMPERATURE_SEARCH, chart));
+        }
         reporter.print(&plots::describe(&plots::write_charts(dir, charts)?));
     }
     if let (Some(path), Some(result)) = (out.json, last) {

@@ -21,6 +21,9 @@ pub const EPSILON_SWEEP: &str = "epsilon-sweep";
 /// File stem of the aggregation-weights chart.
 pub const AGGREGATOR_WEIGHTS: &str = "aggregator-weights";
 
+/// File stem of the temperature-search chart (with `--temperature auto`).
+pub const TEMPERATURE_SEARCH: &str = "temperature-search";
+
 /// A chart to write, or why it cannot be drawn.
 pub type Chart = Result<LineChart, String>;
 
@@ -151,6 +154,45 @@ pub fn aggregator_weights(r: &SimResult, run: &str) -> Chart {
         y_include: Some((0.0, (2.0 / r.clients.len().max(1) as f64).min(1.0))),
         ..LineChart::default()
     })
+}
+
+/// With `--temperature auto`: each client's validation loss at each temperature its search
+/// tried (the chosen temperature is in the legend). `None` when no client searched, so runs
+/// with a fixed temperature do not mention the chart.
+pub fn temperature_search(r: &SimResult, run: &str) -> Option<Chart> {
+    if r.clients.iter().all(|c| c.temperature_search.is_none()) {
+        return None;
+    }
+    let series: Vec<Series> = r
+        .clients
+        .iter()
+        .filter_map(|c| {
+            let search = c.temperature_search.as_ref()?;
+            let points: Vec<(f64, f64)> = search
+                .curve
+                .iter()
+                .map(|p| (p.temperature, p.validation_loss))
+                .collect();
+            (!points.is_empty())
+                .then(|| Series::main(format!("{} (T = {})", c.node, search.chosen), points))
+        })
+        .collect();
+    if series.is_empty() {
+        return Some(Err(
+            "no client held enough records to search for a temperature".into(),
+        ));
+    }
+    Some(Ok(LineChart {
+        title: "Temperature search: validation loss by temperature".into(),
+        subtitle: format!(
+            "{}; {run}; each client's trial students on its own held-out records",
+            setting(r)
+        ),
+        x_label: "temperature".into(),
+        y_label: "validation cross-entropy".into(),
+        series,
+        ..LineChart::default()
+    }))
 }
 
 /// Mean federated test accuracy against epsilon, with the local-only mean. `r` is any run of

@@ -21,8 +21,10 @@ pub struct TrainConfig {
     pub local_steps: usize,
     /// Optimiser steps per round on the combined loss once a target exists.
     pub steps_per_round: usize,
-    /// Distillation temperature T (2 suits images, 4 tabular data).
-    pub temperature: f64,
+    /// Distillation temperature T (2 suits images, 4 tabular data), or `"auto"`: the node
+    /// searches for it on a validation split of its own records when the first target arrives
+    /// (see [`crate::distill::Learner::search_temperature`]).
+    pub temperature: Temperature,
     /// Weight of the private cross-entropy in the first round.
     pub alpha_start: f64,
     /// Weight of the private cross-entropy in the last round (linear in between).
@@ -40,6 +42,10 @@ pub struct TrainConfig {
     /// (`1 - H(p) / ln C`), so rows the target is unsure of (e.g. noise-dominated private
     /// releases) teach little. Off by default; on for private nodes.
     pub confidence_weighting: bool,
+    /// Dynamic distillation: weight each public row of the student's distillation term by
+    /// the target's reliability there (its confidence, and its agreement with the local
+    /// teacher) and the row's difficulty for the student, averaging 1 over a batch.
+    pub dynamic_weighting: bool,
     /// Seed of weight initialisation and batch sampling.
     pub seed: u64,
     /// The student's kind: `"mlp"` (dense layers `hidden`) or `"cnn"` (layers `cnn`, image
@@ -94,6 +100,96 @@ pub struct TrainConfig {
     /// Sharpen (below 1) or soften (above 1) the target's probabilities as
     /// `softmax(log p / target_temperature)` before distilling; unset: as received.
     pub target_temperature: Option<f64>,
+}
+
+/// The distillation temperature: a number, or `"auto"` (written so in TOML and on the command
+/// line).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Temperature {
+    /// T as given.
+    Fixed(f64),
+    /// T searched for on the node's own validation split from [`AUTO_TEMPERATURES`]'s first
+    /// value up.
+    Auto,
+}
+
+/// The temperatures `"auto"` tries, in order: the playbook's procedure, from T = 1 in steps of
+/// 0.5, stopping once the validation loss has risen for two steps in a row.
+pub const AUTO_TEMPERATURES: [f64; 15] = [
+    1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0,
+];
+
+impl Temperature {
+    /// The temperature before any search: the fixed value, or the first one `"auto"` tries.
+    pub fn start(self) -> f64 {
+        match self {
+            Temperature::Fixed(t) => t,
+            Temperature::Auto => AUTO_TEMPERATURES[0],
+        }
+    }
+
+    /// Whether the node searches for T.
+    pub fn is_auto(self) -> bool {
+        self == Temperature::Auto
+    }
+}
+
+impl From<f64> for Temperature {
+    fn from(t: f64) -> Self {
+        Temperature::Fixed(t)
+    }
+}
+
+impl std::str::FromStr for Temperature {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Temperature::Auto);
+        }
+        match s.trim().parse::<f64>() {
+            Ok(t) if t > 0.0 && t.is_finite() => Ok(Temperature::Fixed(t)),
+            _ => Err(format!(
+                "temperature must be a number > 0 or \"auto\", not {s:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Temperature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Temperature::Fixed(t) => write!(f, "{t}"),
+            Temperature::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for Temperature {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Temperature::Fixed(t) => serializer.serialize_f64(*t),
+            Temperature::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Temperature {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)
+            .map_err(|_| serde::de::Error::custom("temperature must be a number > 0 or \"auto\""))?
+        {
+            // Ranges are checked by `TrainConfig::validate`, which names the field.
+            Raw::Number(t) => Ok(Temperature::Fixed(t)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// The kind of student network.
@@ -197,13 +293,14 @@ impl Default for TrainConfig {
             batch_size: 64,
             local_steps: 300,
             steps_per_round: 200,
-            temperature: 4.0,
+            temperature: Temperature::Fixed(4.0),
             alpha_start: 0.7,
             alpha_end: 0.3,
             input_noise: 0.5,
             image: None,
             max_shift: 0,
             confidence_weighting: false,
+            dynamic_weighting: false,
             seed: 1,
             architecture: Architecture::Mlp,
             cnn: CnnConfig::default(),
@@ -237,8 +334,15 @@ impl TrainConfig {
             (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
             (self.batch_size > 0, "batch_size must be > 0"),
             (
-                self.temperature > 0.0 && self.temperature.is_finite(),
-                "temperature must be > 0",
+                match self.temperature {
+                    Temperature::Fixed(t) => t > 0.0 && t.is_finite(),
+                    Temperature::Auto => true,
+                },
+                "temperature must be > 0 or \"auto\"",
+            ),
+            (
+                !self.temperature.is_auto() || self.temperature_end.is_none(),
+                "temperature_end needs a fixed temperature (\"auto\" picks one T for all rounds)",
             ),
             (
                 (0.0..=1.0).contains(&self.alpha_start),
@@ -331,9 +435,9 @@ impl TrainConfig {
     /// The temperature in `round` of `rounds`: from `temperature` to `temperature_end` along
     /// `temperature_schedule` (constant by default).
     pub fn temperature_at(&self, round: u32, rounds: u32) -> f64 {
-        let end = self.temperature_end.unwrap_or(self.temperature);
-        self.temperature_schedule
-            .value(self.temperature, end, round, rounds)
+        let start = self.temperature.start();
+        let end = self.temperature_end.unwrap_or(start);
+        self.temperature_schedule.value(start, end, round, rounds)
     }
 
     /// The learning rate in `round` of `rounds`: from `learning_rate` to `learning_rate_end`
@@ -381,5 +485,49 @@ impl TrainConfig {
             dropout: 0.0,
             conv: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Only {
+        temperature: Temperature,
+    }
+
+    #[test]
+    fn temperature_reads_a_number_or_auto_and_names_itself_otherwise() {
+        let read = |text: &str| toml::from_str::<Only>(text).map(|o| o.temperature);
+        assert_eq!(read("temperature = 2").unwrap(), Temperature::Fixed(2.0));
+        assert_eq!(read("temperature = 1.5").unwrap(), Temperature::Fixed(1.5));
+        assert_eq!(read("temperature = \"auto\"").unwrap(), Temperature::Auto);
+        let err = read("temperature = \"hot\"").unwrap_err().to_string();
+        assert!(err.contains("temperature") && err.contains("auto"), "{err}");
+        assert_eq!("auto".parse::<Temperature>().unwrap(), Temperature::Auto);
+        assert!("0".parse::<Temperature>().is_err());
+        let auto_with_end = TrainConfig {
+            temperature: Temperature::Auto,
+            temperature_end: Some(2.0),
+            ..TrainConfig::default()
+        };
+        assert!(
+            auto_with_end
+                .validate()
+                .unwrap_err()
+                .contains("temperature_end")
+        );
+        assert_eq!(
+            toml::to_string(&TrainConfig {
+                temperature: Temperature::Auto,
+                ..TrainConfig::default()
+            })
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("temperature ="))
+            .unwrap(),
+            "temperature = \"auto\""
+        );
     }
 }

@@ -10,7 +10,9 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use crate::data::{Labelled, matrix};
 use crate::distill::augment::{augment, perturb};
-use crate::distill::config::{Architecture, LocalTeacherConfig, TrainConfig};
+use crate::distill::config::{
+    AUTO_TEMPERATURES, Architecture, LocalTeacherConfig, Temperature, TrainConfig,
+};
 use crate::distill::loss::{distillation_loss, distillation_term};
 use crate::distill::optim::FusedAdamW;
 use crate::distill::student::{ModelError, Student};
@@ -26,6 +28,10 @@ pub struct Learner {
     target: Option<(Tensor, Tensor)>,
     /// Per-row weights of the target's distillation terms (with `confidence_weighting`).
     target_weights: Option<Tensor>,
+    /// With `dynamic_weighting` and a local teacher: per target row, 1 where the local
+    /// teacher's top class is the target's and [`DISAGREEMENT_WEIGHT`] where it is not,
+    /// computed once each time the teacher has trained (see [`Learner::train`]).
+    target_agreement: Option<Tensor>,
     /// The larger local teacher and what feature distillation needs (see [`LocalTeacher`]).
     teacher: Option<LocalTeacher>,
     /// The student as it was at the end of the previous round (with `self_distillation`).
@@ -48,7 +54,45 @@ pub struct Learner {
     /// With `average_rounds`: the running mean of the student's weights at the ends of the
     /// last rounds, and how many it holds.
     average: Option<(Student, usize)>,
+    /// With `temperature = "auto"`: the search, once made (at the first target).
+    temperature_search: Option<TemperatureSearch>,
 }
+
+/// What `temperature = "auto"` found (see [`Learner::search_temperature`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TemperatureSearch {
+    /// The temperature the node then trained at, in every round.
+    pub chosen: f64,
+    /// Private records held out to measure the validation loss (0: too few records to
+    /// search; the first temperature is kept).
+    pub validation_records: usize,
+    /// Optimiser steps of each trial student.
+    pub trial_steps: usize,
+    /// Each temperature tried, in order, with the trial student's validation loss.
+    pub curve: Vec<TemperaturePoint>,
+}
+
+/// One temperature of a [`TemperatureSearch`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TemperaturePoint {
+    /// The temperature.
+    pub temperature: f64,
+    /// The trial student's cross-entropy on the held-out private records.
+    pub validation_loss: f64,
+    /// Its accuracy on them.
+    pub validation_acc: f64,
+}
+
+/// Rounds of distillation each trial student of a temperature search takes after its local
+/// steps (at the first rounds' alpha), against the first target.
+pub const TEMPERATURE_TRIAL_ROUNDS: u32 = 3;
+
+/// The search stops once the validation loss has risen this many times in a row.
+pub const TEMPERATURE_PATIENCE: usize = 2;
+
+/// The share of private records a temperature search holds out (the first of the do-no-harm
+/// check's folds at its default fraction).
+pub const TEMPERATURE_VALIDATION_FRACTION: f64 = 0.2;
 
 /// Do no harm by prediction: a private node whose planner predicts its vote sums to be mostly
 /// noise (signal-to-noise below `privacy.trust_snr`) does not let the federation's target
@@ -299,15 +343,17 @@ impl Learner {
             harm: None,
             trust: None,
             average: None,
+            temperature_search: None,
             student,
             optimiser,
             private,
             public,
             target: None,
             target_weights: None,
+            target_agreement: None,
             teacher,
             previous: None,
-            temperature: config.temperature,
+            temperature: config.temperature.start(),
             rng: StdRng::seed_from_u64(Stream::StudentBatches.seed(config.seed)),
             public_rng: StdRng::seed_from_u64(Stream::PublicBatches.seed(config.seed)),
             config,
@@ -528,6 +574,90 @@ impl Learner {
         Ok(self.harm.as_ref())
     }
 
+    /// `temperature = "auto"`: picks the distillation temperature by the playbook's procedure,
+    /// on the node's own records and the current target only (so it costs no privacy).
+    ///
+    /// A fifth of the private records ([`TEMPERATURE_VALIDATION_FRACTION`]) is held out. For
+    /// each temperature of [`AUTO_TEMPERATURES`] in turn, from 1 up in steps of 0.5, a fresh
+    /// trial student (no local teacher) trains on the other records as the federated one does
+    /// (its local steps, then [`TEMPERATURE_TRIAL_ROUNDS`] rounds against the current target
+    /// at that temperature), and its cross-entropy on the held-out records is the point of the
+    /// curve. The search stops once the loss has risen [`TEMPERATURE_PATIENCE`] times in a row
+    /// and keeps the temperature of the lowest loss. With fewer than [`MIN_RECORDS_TO_CHECK`]
+    /// records (or no target) there is nothing to measure and the first temperature is kept.
+    pub fn search_temperature(&self) -> Result<TemperatureSearch, ModelError> {
+        let n = self.private.len();
+        let trial_steps = self.config.local_steps
+            + self.config.steps_per_round * TEMPERATURE_TRIAL_ROUNDS as usize;
+        let unsearched = TemperatureSearch {
+            chosen: AUTO_TEMPERATURES[0],
+            validation_records: 0,
+            trial_steps: 0,
+            curve: Vec::new(),
+        };
+        let Some(target) = self.target.clone() else {
+            return Ok(unsearched);
+        };
+        if n < MIN_RECORDS_TO_CHECK {
+            return Ok(unsearched);
+        }
+        let folds = folds_for(TEMPERATURE_VALIDATION_FRACTION);
+        let fold = fold_of(n, folds, Stream::Validation.seed(self.config.seed));
+        let (held, rest): (Vec<u32>, Vec<u32>) =
+            (0..n as u32).partition(|&r| fold[r as usize] == 0);
+        let (train, validation) = (self.private.rows(&rest)?, self.private.rows(&held)?);
+        let rounds = self.rounds.max(TEMPERATURE_TRIAL_ROUNDS);
+        let classes = self.student.config().classes;
+        let mut curve: Vec<TemperaturePoint> = Vec::new();
+        let mut rises = 0;
+        for &t in &AUTO_TEMPERATURES {
+            let config = TrainConfig {
+                temperature: Temperature::Fixed(t),
+                average_rounds: 0,
+                ..alone(&self.config)
+            };
+            let mut trial = Learner::new(config, classes, train.clone(), self.public.clone())?;
+            trial.train(trial.config.local_steps, 1.0)?;
+            trial.target = Some(target.clone());
+            trial.target_weights = self.target_weights.clone();
+            for round in 0..TEMPERATURE_TRIAL_ROUNDS {
+                trial.set_round(round, rounds)?;
+                let alpha = trial.config.alpha(round, rounds);
+                trial.train(trial.config.steps_per_round, alpha)?;
+            }
+            let logits = trial.student.forward(&validation.x)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &validation.y)?;
+            let point = TemperaturePoint {
+                temperature: t,
+                validation_loss: f64::from(loss.to_scalar::<f32>()?),
+                validation_acc: trial.accuracy(&validation)?,
+            };
+            rises = match curve.last() {
+                Some(last) if point.validation_loss > last.validation_loss => rises + 1,
+                _ => 0,
+            };
+            curve.push(point);
+            if rises >= TEMPERATURE_PATIENCE {
+                break;
+            }
+        }
+        let best = curve
+            .iter()
+            .min_by(|a, b| a.validation_loss.total_cmp(&b.validation_loss))
+            .map_or(AUTO_TEMPERATURES[0], |p| p.temperature);
+        Ok(TemperatureSearch {
+            chosen: best,
+            validation_records: held.len(),
+            trial_steps,
+            curve,
+        })
+    }
+
+    /// The temperature search, if one was made (`temperature = "auto"`).
+    pub fn temperature_search(&self) -> Option<&TemperatureSearch> {
+        self.temperature_search.as_ref()
+    }
+
     /// The do-no-harm check, if it was made.
     pub fn harm_check(&self) -> Option<&HarmCheck> {
         self.harm.as_ref()
@@ -567,7 +697,10 @@ impl Learner {
     /// `self_distillation`, snapshots the student as the previous round's model.
     pub fn set_round(&mut self, round: u32, rounds: u32) -> Result<(), ModelError> {
         self.rounds = rounds;
-        self.temperature = self.config.temperature_at(round, rounds);
+        self.temperature = match &self.temperature_search {
+            Some(search) => search.chosen,
+            None => self.config.temperature_at(round, rounds),
+        };
         if self.config.learning_rate_end.is_some() {
             self.optimiser
                 .set_learning_rate(self.config.learning_rate_at(round, rounds));
@@ -629,6 +762,24 @@ impl Learner {
             None
         };
         self.target = Some((x, p));
+        // The teacher's agreement with the new rows is computed when it next trains.
+        self.target_agreement = None;
+        if self.config.temperature.is_auto() && self.temperature_search.is_none() {
+            let search = self.search_temperature()?;
+            tracing::info!(
+                chosen = search.chosen,
+                validation_records = search.validation_records,
+                curve = ?search
+                    .curve
+                    .iter()
+                    .map(|p| (p.temperature, p.validation_loss))
+                    .collect::<Vec<_>>(),
+                "temperature search: T = {} (validation loss by T)",
+                search.chosen
+            );
+            self.temperature = search.chosen;
+            self.temperature_search = Some(search);
+        }
         Ok(())
     }
 
@@ -657,6 +808,7 @@ impl Learner {
         alpha: f64,
         dropout: bool,
         public_batch: usize,
+        student: bool,
     ) -> Result<Tensor, ModelError> {
         let idx = self.batch(self.private.len())?;
         let x = self.private.x.index_select(&idx, 0)?;
@@ -672,6 +824,10 @@ impl Learner {
                 let mut weights = match &self.target_weights {
                     Some(w) => Some(w.index_select(&idx, 0)?),
                     None => None,
+                };
+                let agreement = match (&self.target_agreement, student) {
+                    (Some(a), true) => Some(a.index_select(&idx, 0)?),
+                    _ => None,
                 };
                 if self.config.public_mixup > 0.0 {
                     (public_x, public_p, weights) = mixup(
@@ -696,6 +852,14 @@ impl Learner {
                 let both = net.forward_t(&Tensor::cat(&[&x, &public_x], 0)?, rng.as_mut())?;
                 let logits = both.narrow(0, 0, rows)?;
                 let public_logits = both.narrow(0, rows, both.dims()[0] - rows)?;
+                if student && self.config.dynamic_weighting {
+                    weights = Some(dynamic_weights(
+                        &public_logits,
+                        &public_p,
+                        weights.as_ref(),
+                        agreement.as_ref(),
+                    )?);
+                }
                 distillation_loss(
                     &logits,
                     &y,
@@ -746,7 +910,7 @@ impl Learner {
                 for _ in 0..teacher_steps {
                     // The local teacher is a reference: `public_batch_size` is the student's.
                     let batch = self.config.batch_size;
-                    let loss = self.supervised_loss(&teacher.net, alpha, false, batch)?;
+                    let loss = self.supervised_loss(&teacher.net, alpha, false, batch, false)?;
                     teacher.optimiser.backward_step(&loss)?;
                 }
                 Ok::<_, ModelError>(())
@@ -755,6 +919,7 @@ impl Learner {
             std::mem::swap(&mut self.public_rng, &mut teacher.public_rng);
             self.teacher = Some(teacher);
             result?;
+            self.cache_teacher_outputs()?;
         }
         let student = self.student.shared();
         let mut last = f64::NAN;
@@ -763,7 +928,7 @@ impl Learner {
             .public_batch_size
             .unwrap_or(self.config.batch_size);
         for _ in 0..steps {
-            let mut loss = self.supervised_loss(&student, alpha, true, public_batch)?;
+            let mut loss = self.supervised_loss(&student, alpha, true, public_batch, true)?;
             loss = (loss + self.teacher_terms(&student)?)?;
             if let (Some(previous), true) =
                 (self.previous.as_ref(), self.config.self_distillation > 0.0)
@@ -778,6 +943,25 @@ impl Learner {
             last = loss.to_scalar::<f32>()? as f64;
         }
         Ok(last)
+    }
+
+    /// Computes what the student's steps need from the local teacher as it stands after its
+    /// steps: with `dynamic_weighting`, its agreement with each target row. Once per round,
+    /// rather than a teacher pass over every public batch.
+    fn cache_teacher_outputs(&mut self) -> Result<(), ModelError> {
+        let (Some(teacher), Some((x, p)), true) = (
+            self.teacher.as_ref(),
+            self.target.as_ref(),
+            self.config.dynamic_weighting,
+        ) else {
+            return Ok(());
+        };
+        let teacher_top = teacher.net.forward(x)?.argmax(candle_core::D::Minus1)?;
+        let target_top = p.argmax(candle_core::D::Minus1)?;
+        let same = teacher_top.eq(&target_top)?.to_dtype(DType::F32)?;
+        // 1 where they agree, DISAGREEMENT_WEIGHT where they do not.
+        self.target_agreement = Some(same.affine(1.0 - DISAGREEMENT_WEIGHT, DISAGREEMENT_WEIGHT)?);
+        Ok(())
     }
 
     /// `logit_weight * T^2 KL(teacher_T || student_T) + feature_weight * MSE(P s, t)` on a
@@ -850,6 +1034,37 @@ impl Learner {
             .argmax(candle_core::D::Minus1)?
             .to_vec1()?)
     }
+}
+
+/// The weight, relative to 1, of a target row whose top class the node's local teacher does
+/// not share (with `dynamic_weighting`).
+pub const DISAGREEMENT_WEIGHT: f64 = 0.5;
+
+/// Dynamic distillation weights of a public batch (with `dynamic_weighting`): each row's
+/// reliability (the target's confidence, `row_confidence`, times its agreement with the local
+/// teacher where there is one) times its difficulty for the student (`0.5 + (1 - q)`, with `q`
+/// the student's probability of the target's top class), scaled to average 1 over the batch
+/// so that alpha keeps its meaning. `prior` (confidence weights) replaces the confidence.
+fn dynamic_weights(
+    student_logits: &Tensor,
+    target: &Tensor,
+    prior: Option<&Tensor>,
+    agreement: Option<&Tensor>,
+) -> Result<Tensor, ModelError> {
+    let q = candle_nn::ops::softmax_last_dim(&student_logits.detach())?;
+    let top = target.argmax_keepdim(candle_core::D::Minus1)?;
+    let difficulty = q.gather(&top, 1)?.squeeze(1)?.affine(-1.0, 1.5)?;
+    let reliability = match prior {
+        Some(w) => w.clone(),
+        None => crate::distill::row_confidence(target)?,
+    };
+    let reliability = match agreement {
+        Some(a) => (reliability * a)?,
+        None => reliability,
+    };
+    let raw = (reliability * difficulty)?;
+    let mean = raw.mean_all()?.to_scalar::<f32>()?.max(1e-6);
+    Ok((raw / f64::from(mean))?)
 }
 
 /// Mixup of a public batch: row `i` becomes `l_i x_i + (1 - l_i) x_j` for a random pairing
@@ -961,7 +1176,7 @@ mod tests {
     #[test]
     fn validate_names_the_field() {
         let c = TrainConfig {
-            temperature: 0.0,
+            temperature: Temperature::Fixed(0.0),
             ..TrainConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("temperature"));
@@ -1139,6 +1354,87 @@ mod tests {
         assert!(check.federated_validation_acc > check.local_only_validation_acc);
     }
 
+    /// `temperature = "auto"`: the search runs at the first target, tries temperatures from
+    /// 1 up in steps of 0.5, stops after two rises in a row (or at the last), keeps the lowest
+    /// validation loss, and the learner then trains at that temperature in every round.
+    #[test]
+    fn temperature_search_keeps_the_lowest_validation_loss_and_trains_at_it() {
+        let (private, public) = blobs();
+        let target = SoftLabels {
+            classes: 2,
+            query_ids: (0..100).collect(),
+            probs: private
+                .labels
+                .iter()
+                .flat_map(|&l| if l == 0 { [0.9, 0.1] } else { [0.1, 0.9] })
+                .collect(),
+        };
+        let config = TrainConfig {
+            temperature: Temperature::Auto,
+            local_steps: 20,
+            steps_per_round: 10,
+            ..checked(0.0)
+        };
+        let mut learner = Learner::new(config, 2, private, public).unwrap();
+        learner.set_round(0, 5).unwrap();
+        assert!(learner.temperature_search().is_none());
+        learner.set_target(&target).unwrap();
+        let search = learner.temperature_search().cloned().unwrap();
+        // blobs() holds 100 records; the first of five folds holds out 20.
+        assert_eq!(search.validation_records, 20);
+        assert_eq!(
+            search.trial_steps,
+            20 + 10 * TEMPERATURE_TRIAL_ROUNDS as usize
+        );
+        let tried: Vec<f64> = search.curve.iter().map(|p| p.temperature).collect();
+        assert_eq!(tried, AUTO_TEMPERATURES[..tried.len()].to_vec());
+        assert!(search.curve.iter().all(|p| p.validation_loss.is_finite()));
+        let best = search
+            .curve
+            .iter()
+            .min_by(|a, b| a.validation_loss.total_cmp(&b.validation_loss))
+            .unwrap();
+        assert_eq!(search.chosen, best.temperature);
+        // It stopped at the end or after two rises in a row.
+        let n = search.curve.len();
+        let loss = |i: usize| search.curve[i].validation_loss;
+        assert!(
+            n == AUTO_TEMPERATURES.len()
+                || (loss(n - 1) > loss(n - 2) && loss(n - 2) > loss(n - 3))
+        );
+        assert_eq!(learner.temperature(), search.chosen);
+        learner.set_round(3, 5).unwrap();
+        assert_eq!(learner.temperature(), search.chosen);
+        // A second target does not search again.
+        learner.set_target(&target).unwrap();
+        assert_eq!(learner.temperature_search(), Some(&search));
+    }
+
+    /// Dynamic weights average 1 over a batch, and rank a row the student already gets right
+    /// below one it gets wrong, and an unsure target row below a confident one.
+    #[test]
+    fn dynamic_weights_average_one_and_follow_difficulty_and_reliability() {
+        let device = crate::distill::device();
+        // Rows: student right and target sure; student wrong and target sure; student wrong
+        // and target unsure.
+        let student = Tensor::new(&[[4f32, -4.0], [-4.0, 4.0], [-4.0, 4.0]], &device).unwrap();
+        let target = Tensor::new(&[[0.99f32, 0.01], [0.99, 0.01], [0.6, 0.4]], &device).unwrap();
+        let w: Vec<f32> = dynamic_weights(&student, &target, None, None)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mean = w.iter().sum::<f32>() / 3.0;
+        assert!((mean - 1.0).abs() < 1e-5, "{w:?}");
+        assert!(w[0] < w[1] && w[2] < w[1], "{w:?}");
+        // A local teacher that disagrees with row 1 halves it relative to the others.
+        let agreement = Tensor::new(&[1f32, DISAGREEMENT_WEIGHT as f32, 1.0], &device).unwrap();
+        let v: Vec<f32> = dynamic_weights(&student, &target, None, Some(&agreement))
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!((v[1] / v[0] - DISAGREEMENT_WEIGHT as f32 * w[1] / w[0]).abs() < 1e-4);
+    }
+
     /// The case the target rows are there for: a node that holds two of three classes. On its
     /// own records both students are nearly perfect (no evidence either way), but only the
     /// federated one knows the third class, which the target's rows show.
@@ -1247,7 +1543,7 @@ mod tests {
             assert!((at(shape, 4) - 0.3).abs() < 1e-12);
         }
         let c = TrainConfig {
-            temperature: 4.0,
+            temperature: Temperature::Fixed(4.0),
             temperature_end: Some(1.0),
             temperature_schedule: ScheduleShape::Cosine,
             alpha_schedule: ScheduleShape::Constant,
@@ -1379,7 +1675,7 @@ mod tests {
             std::mem::swap(&mut learner.rng, &mut teacher.rng);
             for _ in 0..teacher_only {
                 let loss = learner
-                    .supervised_loss(&teacher.net, 1.0, false, 32)
+                    .supervised_loss(&teacher.net, 1.0, false, 32, false)
                     .unwrap();
                 teacher.optimiser.backward_step(&loss).unwrap();
             }

@@ -15,8 +15,13 @@ pub mod student;
 pub mod target;
 
 pub use crate::data::device;
-pub use config::{Architecture, CnnConfig, ImageShape, LocalTeacherConfig, TrainConfig};
-pub use learner::{HarmCheck, Learner, TargetTrust, train_local_only};
+pub use config::{
+    AUTO_TEMPERATURES, Architecture, CnnConfig, ImageShape, LocalTeacherConfig, Temperature,
+    TrainConfig,
+};
+pub use learner::{
+    HarmCheck, Learner, TargetTrust, TemperaturePoint, TemperatureSearch, train_local_only,
+};
 pub use loss::{distillation_loss, distillation_rows, distillation_term, row_confidence};
 pub use optim::FusedAdamW;
 pub use schedule::ScheduleShape;

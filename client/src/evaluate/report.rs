@@ -50,6 +50,8 @@ pub struct NodeReport {
     /// Do no harm by prediction (private mode): the planner's signal-to-noise ratio, the
     /// threshold it was held against, and which student the node kept.
     pub target_trust: Option<crate::distill::TargetTrust>,
+    /// With `temperature = "auto"`: the temperature chosen and the validation-loss curve.
+    pub temperature_search: Option<crate::distill::TemperatureSearch>,
     /// The privacy plan made before the first release (private mode with a budget).
     pub privacy_plan: Option<crate::privacy::plan::Plan>,
     /// Bytes sent to the coordinator.
