@@ -32,6 +32,10 @@ pub struct Learner {
     /// teacher's top class is the target's and [`DISAGREEMENT_WEIGHT`] where it is not,
     /// computed once each time the teacher has trained (see [`Learner::train`]).
     target_agreement: Option<Tensor>,
+    /// The local teacher's features and logits on every public record, computed once each
+    /// time it has trained, when the student distils from it on unperturbed records (see
+    /// [`Learner::cache_teacher_outputs`]).
+    teacher_public: Option<(Tensor, Tensor)>,
     /// The larger local teacher and what feature distillation needs (see [`LocalTeacher`]).
     teacher: Option<LocalTeacher>,
     /// The student as it was at the end of the previous round (with `self_distillation`).
@@ -351,6 +355,7 @@ impl Learner {
             target: None,
             target_weights: None,
             target_agreement: None,
+            teacher_public: None,
             teacher,
             previous: None,
             temperature: config.temperature.start(),
@@ -876,18 +881,20 @@ impl Learner {
 
     /// A batch of public records for the teacher and self-distillation terms: perturbed (one
     /// pixel shifts for images, Gaussian jitter otherwise) with `teacher.augment`.
-    fn public_batch(&mut self) -> Result<Tensor, ModelError> {
+    /// Returns the rows' indices and the (perturbed) rows.
+    fn public_batch(&mut self) -> Result<(Tensor, Tensor), ModelError> {
         let rows = self.public_records();
         let idx = batch_indices(&mut self.public_rng, self.config.batch_size, rows)?;
         let x = self.public.index_select(&idx, 0)?;
         if !self.config.teacher.augment {
-            return Ok(x);
+            return Ok((idx, x));
         }
         let (shift, noise) = match self.config.image {
             Some(_) => (1, 0.0),
             None => (0, self.config.input_noise),
         };
-        perturb(&mut self.public_rng, x, self.config.image, shift, noise)
+        let x = perturb(&mut self.public_rng, x, self.config.image, shift, noise)?;
+        Ok((idx, x))
     }
 
     /// Runs `steps` optimiser steps. Without a target (or with `alpha == 1`) the loss is the
@@ -934,7 +941,7 @@ impl Learner {
                 (self.previous.as_ref(), self.config.self_distillation > 0.0)
             {
                 let previous = previous.shared();
-                let x = self.public_batch()?;
+                let (_, x) = self.public_batch()?;
                 let p = candle_nn::ops::softmax_last_dim(&previous.forward(&x)?)?;
                 let kd = distillation_term(&student.forward(&x)?, &p.detach(), self.temperature)?;
                 loss = (loss + (kd * self.config.self_distillation)?)?;
@@ -946,9 +953,18 @@ impl Learner {
     }
 
     /// Computes what the student's steps need from the local teacher as it stands after its
-    /// steps: with `dynamic_weighting`, its agreement with each target row. Once per round,
-    /// rather than a teacher pass over every public batch.
+    /// steps: its features and logits on the public records when the student distils from it
+    /// (unperturbed), and with `dynamic_weighting` its agreement with each target row. Once per
+    /// `train` call (a round), rather than a teacher pass over every public batch.
     fn cache_teacher_outputs(&mut self) -> Result<(), ModelError> {
+        // Unperturbed public records: the teacher terms index these instead of a teacher pass
+        // over each step's batch (with `teacher.augment` each batch is new, so nothing to keep).
+        self.teacher_public = match &self.teacher {
+            Some(teacher) if self.config.teacher.distils() && !self.config.teacher.augment => {
+                Some(teacher.net.features_and_logits(&self.public, None)?)
+            }
+            _ => None,
+        };
         let (Some(teacher), Some((x, p)), true) = (
             self.teacher.as_ref(),
             self.target.as_ref(),
@@ -975,11 +991,17 @@ impl Learner {
         if self.teacher.is_none() || (feature_weight == 0.0 && logit_weight == 0.0) {
             return Ok(zero);
         }
-        let x = self.public_batch()?;
+        let (idx, x) = self.public_batch()?;
         let Some(teacher) = self.teacher.as_ref() else {
             return Ok(zero);
         };
-        let (t_features, t_logits) = teacher.net.features_and_logits(&x, None)?;
+        let (t_features, t_logits) = match &self.teacher_public {
+            Some((features, logits)) => (
+                features.index_select(&idx, 0)?,
+                logits.index_select(&idx, 0)?,
+            ),
+            None => teacher.net.features_and_logits(&x, None)?,
+        };
         let (s_features, s_logits) = student.features_and_logits(&x, None)?;
         let mut loss = zero;
         if logit_weight > 0.0 {
@@ -1408,6 +1430,52 @@ mod tests {
         // A second target does not search again.
         learner.set_target(&target).unwrap();
         assert_eq!(learner.temperature_search(), Some(&search));
+    }
+
+    /// The local teacher's outputs on the public records are computed once after it trains,
+    /// match a fresh pass of the teacher as trained, and are not kept when each batch is
+    /// perturbed (`teacher.augment`) or the student does not learn from the teacher.
+    #[test]
+    fn teacher_outputs_are_cached_after_it_trains_only_when_the_student_uses_them_unperturbed() {
+        let (private, public) = blobs();
+        let config = |augment: bool, logit_weight: f64| TrainConfig {
+            hidden: vec![8],
+            validation_fraction: Some(0.0),
+            teacher: LocalTeacherConfig {
+                hidden: vec![16],
+                local_steps: 5,
+                steps_per_round: 2,
+                logit_weight,
+                augment,
+                ..LocalTeacherConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let mut learner =
+            Learner::new(config(false, 0.5), 2, private.clone(), public.clone()).unwrap();
+        learner.train(5, 1.0).unwrap();
+        let (_, cached) = learner.teacher_public.clone().expect("cached");
+        let teacher = learner.local_teacher().unwrap();
+        let (_, fresh) = teacher.features_and_logits(learner.public(), None).unwrap();
+        assert_eq!(cached.dims(), &[100, 2]);
+        let gap: f32 = (cached - fresh)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(gap < 1e-5, "{gap}");
+        for (augment, weight) in [(true, 0.5), (false, 0.0)] {
+            let mut other =
+                Learner::new(config(augment, weight), 2, private.clone(), public.clone()).unwrap();
+            other.train(5, 1.0).unwrap();
+            assert!(
+                other.teacher_public.is_none(),
+                "augment {augment}, weight {weight}"
+            );
+        }
     }
 
     /// Dynamic weights average 1 over a batch, and rank a row the student already gets right
