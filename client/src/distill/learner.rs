@@ -806,20 +806,21 @@ impl Learner {
 
     /// The private cross-entropy on a fresh batch, mixed with the distillation term towards
     /// the global target on a fresh public batch when there is one and `alpha < 1`.
-    /// `public_batch` is the public batch's row count.
+    /// `public_batch` is the public batch's row count. `student`: the loss is the student's
+    /// (with its dropout and, with `dynamic_weighting`, dynamic row weights), not the local
+    /// teacher's.
     fn supervised_loss(
         &mut self,
         net: &Student,
         alpha: f64,
-        dropout: bool,
-        public_batch: usize,
         student: bool,
+        public_batch: usize,
     ) -> Result<Tensor, ModelError> {
         let idx = self.batch(self.private.len())?;
         let x = self.private.x.index_select(&idx, 0)?;
         let x = self.jitter(x)?;
         let y = self.private.y.index_select(&idx, 0)?;
-        let mut rng = (dropout && net.config().dropout > 0.0)
+        let mut rng = (student && net.config().dropout > 0.0)
             .then(|| StdRng::seed_from_u64(self.rng.random()));
         Ok(match self.target.clone() {
             Some((tx, tp)) if alpha < 1.0 => {
@@ -830,10 +831,18 @@ impl Learner {
                     Some(w) => Some(w.index_select(&idx, 0)?),
                     None => None,
                 };
-                let agreement = match (&self.target_agreement, student) {
-                    (Some(a), true) => Some(a.index_select(&idx, 0)?),
-                    _ => None,
-                };
+                let dynamic = student && self.config.dynamic_weighting;
+                if dynamic {
+                    // The rows' reliability, before mixup so that mixing carries it along.
+                    let confidence = match weights {
+                        Some(w) => w,
+                        None => crate::distill::row_confidence(&public_p)?,
+                    };
+                    weights = Some(match &self.target_agreement {
+                        Some(a) => (confidence * a.index_select(&idx, 0)?)?,
+                        None => confidence,
+                    });
+                }
                 if self.config.public_mixup > 0.0 {
                     (public_x, public_p, weights) = mixup(
                         &mut self.public_rng,
@@ -857,13 +866,8 @@ impl Learner {
                 let both = net.forward_t(&Tensor::cat(&[&x, &public_x], 0)?, rng.as_mut())?;
                 let logits = both.narrow(0, 0, rows)?;
                 let public_logits = both.narrow(0, rows, both.dims()[0] - rows)?;
-                if student && self.config.dynamic_weighting {
-                    weights = Some(dynamic_weights(
-                        &public_logits,
-                        &public_p,
-                        weights.as_ref(),
-                        agreement.as_ref(),
-                    )?);
+                if let (true, Some(reliability)) = (dynamic, &weights) {
+                    weights = Some(dynamic_weights(&public_logits, &public_p, reliability)?);
                 }
                 distillation_loss(
                     &logits,
@@ -917,7 +921,7 @@ impl Learner {
                 for _ in 0..teacher_steps {
                     // The local teacher is a reference: `public_batch_size` is the student's.
                     let batch = self.config.batch_size;
-                    let loss = self.supervised_loss(&teacher.net, alpha, false, batch, false)?;
+                    let loss = self.supervised_loss(&teacher.net, alpha, false, batch)?;
                     teacher.optimiser.backward_step(&loss)?;
                 }
                 Ok::<_, ModelError>(())
@@ -935,7 +939,7 @@ impl Learner {
             .public_batch_size
             .unwrap_or(self.config.batch_size);
         for _ in 0..steps {
-            let mut loss = self.supervised_loss(&student, alpha, true, public_batch, true)?;
+            let mut loss = self.supervised_loss(&student, alpha, true, public_batch)?;
             loss = (loss + self.teacher_terms(&student)?)?;
             if let (Some(previous), true) =
                 (self.previous.as_ref(), self.config.self_distillation > 0.0)
@@ -1063,27 +1067,18 @@ impl Learner {
 pub const DISAGREEMENT_WEIGHT: f64 = 0.5;
 
 /// Dynamic distillation weights of a public batch (with `dynamic_weighting`): each row's
-/// reliability (the target's confidence, `row_confidence`, times its agreement with the local
-/// teacher where there is one) times its difficulty for the student (`0.5 + (1 - q)`, with `q`
-/// the student's probability of the target's top class), scaled to average 1 over the batch
-/// so that alpha keeps its meaning. `prior` (confidence weights) replaces the confidence.
+/// `reliability` (the target's confidence, `row_confidence`, times its agreement with the local
+/// teacher where there is one: see [`Learner::supervised_loss`]) times its difficulty for the
+/// student (`0.5 + (1 - q)`, with `q` the student's probability of the target's top class),
+/// scaled to average 1 over the batch so that alpha keeps its meaning.
 fn dynamic_weights(
     student_logits: &Tensor,
     target: &Tensor,
-    prior: Option<&Tensor>,
-    agreement: Option<&Tensor>,
+    reliability: &Tensor,
 ) -> Result<Tensor, ModelError> {
     let q = candle_nn::ops::softmax_last_dim(&student_logits.detach())?;
     let top = target.argmax_keepdim(candle_core::D::Minus1)?;
     let difficulty = q.gather(&top, 1)?.squeeze(1)?.affine(-1.0, 1.5)?;
-    let reliability = match prior {
-        Some(w) => w.clone(),
-        None => crate::distill::row_confidence(target)?,
-    };
-    let reliability = match agreement {
-        Some(a) => (reliability * a)?,
-        None => reliability,
-    };
     let raw = (reliability * difficulty)?;
     let mean = raw.mean_all()?.to_scalar::<f32>()?.max(1e-6);
     Ok((raw / f64::from(mean))?)
@@ -1487,7 +1482,8 @@ mod tests {
         // and target unsure.
         let student = Tensor::new(&[[4f32, -4.0], [-4.0, 4.0], [-4.0, 4.0]], &device).unwrap();
         let target = Tensor::new(&[[0.99f32, 0.01], [0.99, 0.01], [0.6, 0.4]], &device).unwrap();
-        let w: Vec<f32> = dynamic_weights(&student, &target, None, None)
+        let confidence = crate::distill::row_confidence(&target).unwrap();
+        let w: Vec<f32> = dynamic_weights(&student, &target, &confidence)
             .unwrap()
             .to_vec1()
             .unwrap();
@@ -1496,7 +1492,8 @@ mod tests {
         assert!(w[0] < w[1] && w[2] < w[1], "{w:?}");
         // A local teacher that disagrees with row 1 halves it relative to the others.
         let agreement = Tensor::new(&[1f32, DISAGREEMENT_WEIGHT as f32, 1.0], &device).unwrap();
-        let v: Vec<f32> = dynamic_weights(&student, &target, None, Some(&agreement))
+        let reliability = (&confidence * &agreement).unwrap();
+        let v: Vec<f32> = dynamic_weights(&student, &target, &reliability)
             .unwrap()
             .to_vec1()
             .unwrap();
@@ -1743,7 +1740,7 @@ mod tests {
             std::mem::swap(&mut learner.rng, &mut teacher.rng);
             for _ in 0..teacher_only {
                 let loss = learner
-                    .supervised_loss(&teacher.net, 1.0, false, 32, false)
+                    .supervised_loss(&teacher.net, 1.0, false, 32)
                     .unwrap();
                 teacher.optimiser.backward_step(&loss).unwrap();
             }
