@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 /// The contiguous `f32` values of a custom op's input, or an error naming the op.
-fn values<'a>(
+pub(super) fn values<'a>(
     name: &str,
     storage: &'a CpuStorage,
     layout: &Layout,

@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod config;
 mod conv;
+mod dense;
 pub mod learner;
 pub mod loss;
 pub mod optim;

@@ -7,12 +7,13 @@
 use std::path::Path;
 
 use candle_core::{D, DType, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarBuilder, VarMap};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Standardiser, device};
 use crate::distill::conv::{convolve, max_pool_2x2};
+use crate::distill::dense::add_bias;
 
 /// Errors of model building, training and persistence.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +176,21 @@ impl StudentConfig {
             Some(c) => format!("cnn[{}]+[{}]", list(&c.channels), list(&self.hidden)),
         }
     }
+}
+
+/// `layer` applied to `[n, inputs]` rows, then ReLU if `relu`: candle's product, and the
+/// bias and ReLU as one op (see `distill::dense`).
+fn dense(layer: &Linear, h: &Tensor, relu: bool) -> Result<Tensor, ModelError> {
+    with_bias(h.matmul(&layer.weight().t()?)?, layer.bias(), relu)
+}
+
+/// `y` plus `bias` along its last dimension, then ReLU if `relu`.
+fn with_bias(y: Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor, ModelError> {
+    Ok(match bias {
+        Some(b) => add_bias(&y, b, relu)?,
+        None if relu => y.relu()?,
+        None => y,
+    })
 }
 
 /// A student: optional convolutions and pooling, then `-> hidden[0] -> ... -> classes`, ReLU
@@ -358,9 +374,14 @@ impl Student {
     /// a CNN the maps are flattened channels last, and the layer's weights, stored channel-major
     /// `[out, channels * rows * columns]`, are reordered to match (a copy of the small weight
     /// matrix instead of a transpose of every record's maps).
-    fn dense_after_maps(&self, layer: &Linear, h: &Tensor) -> Result<Tensor, ModelError> {
+    fn dense_after_maps(
+        &self,
+        layer: &Linear,
+        h: &Tensor,
+        relu: bool,
+    ) -> Result<Tensor, ModelError> {
         let Some(c) = &self.config.conv else {
-            return Ok(layer.forward(h)?);
+            return dense(layer, h, relu);
         };
         let halvings = 1usize << c.channels.len().saturating_sub(1);
         let (rows, cols) = (c.height / halvings, c.width / halvings);
@@ -372,19 +393,16 @@ impl Student {
             .permute((0, 2, 3, 1))?
             .reshape((out, rows * cols * channels))?;
         let y = h.matmul(&weight.t()?)?;
-        Ok(match layer.bias() {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        with_bias(y, layer.bias(), relu)
     }
 
     /// The classifier applied to the representation `h` (the flattened maps themselves when a
     /// CNN has no dense hidden layer).
     fn logits(&self, h: &Tensor) -> Result<Tensor, ModelError> {
         if self.layers.len() == 1 {
-            self.dense_after_maps(self.classifier(), h)
+            self.dense_after_maps(self.classifier(), h, false)
         } else {
-            Ok(self.classifier().forward(h)?)
+            dense(self.classifier(), h, false)
         }
     }
 
@@ -411,10 +429,7 @@ impl Student {
                 if i + 1 < self.convs.len() {
                     h = max_pool_2x2(&h)?;
                 }
-                if let Some(bias) = conv.bias() {
-                    h = h.broadcast_add(bias)?;
-                }
-                h = h.relu()?;
+                h = with_bias(h, conv.bias(), true)?;
             }
             // Flattened channels last; the first dense layer reads its weights (stored
             // channel-major, as candle's `[n, channels, rows, columns]` maps were) in that
@@ -424,11 +439,10 @@ impl Student {
         let hidden = &self.layers[..self.layers.len() - 1];
         for (i, layer) in hidden.iter().enumerate() {
             h = if i == 0 {
-                self.dense_after_maps(layer, &h)?
+                self.dense_after_maps(layer, &h, true)?
             } else {
-                layer.forward(&h)?
+                dense(layer, &h, true)?
             };
-            h = h.relu()?;
             if let Some(rng) = dropout_rng.as_deref_mut()
                 && self.config.dropout > 0.0
             {
