@@ -76,26 +76,33 @@ pub fn subpixel_shift_images(
     let mut out = Vec::with_capacity(values.len());
     // Output pixel `i` along an axis reads source pixels `lo[i]` and `hi[i]`, weighted
     // `1 - f` and `f`: one offset per image, so the taps are computed once per axis.
-    let taps = |n: usize, shift: f64| -> (Vec<usize>, Vec<usize>, f32) {
+    let taps = |n: usize, shift: f64, lo: &mut Vec<usize>, hi: &mut Vec<usize>| -> f32 {
         let base = (-shift).floor();
-        let f = (-shift - base) as f32;
         let clamp = |v: i64| v.clamp(0, n as i64 - 1) as usize;
-        let lo = (0..n as i64).map(|i| clamp(i + base as i64)).collect();
-        let hi = (0..n as i64).map(|i| clamp(i + base as i64 + 1)).collect();
-        (lo, hi, f)
+        lo.clear();
+        lo.extend((0..n as i64).map(|i| clamp(i + base as i64)));
+        hi.clear();
+        hi.extend((0..n as i64).map(|i| clamp(i + base as i64 + 1)));
+        (-shift - base) as f32
     };
+    let (mut y_lo, mut y_hi, mut x_lo, mut x_hi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Each source row interpolated along x once, then output rows mix two of those along y:
+    // the same products and sums, in the same order, as interpolating each output pixel's
+    // two rows on its own.
+    let mut rows = vec![0f32; pixels];
     for image in values.chunks(pixels) {
         let dy = rng.random_range(-max..=max);
         let dx = rng.random_range(-max..=max);
-        let (y_lo, y_hi, fy) = taps(h, dy);
-        let (x_lo, x_hi, fx) = taps(w, dx);
-        for y in 0..h {
-            let (top, bottom) = (&image[y_lo[y] * w..][..w], &image[y_hi[y] * w..][..w]);
-            for x in 0..w {
-                let t = top[x_lo[x]] * (1.0 - fx) + top[x_hi[x]] * fx;
-                let b = bottom[x_lo[x]] * (1.0 - fx) + bottom[x_hi[x]] * fx;
-                out.push(t * (1.0 - fy) + b * fy);
+        let fy = taps(h, dy, &mut y_lo, &mut y_hi);
+        let fx = taps(w, dx, &mut x_lo, &mut x_hi);
+        for (source, row) in image.chunks(w).zip(rows.chunks_mut(w)) {
+            for ((r, &lo), &hi) in row.iter_mut().zip(&x_lo).zip(&x_hi) {
+                *r = source[lo] * (1.0 - fx) + source[hi] * fx;
             }
+        }
+        for y in 0..h {
+            let (top, bottom) = (&rows[y_lo[y] * w..][..w], &rows[y_hi[y] * w..][..w]);
+            out.extend(top.iter().zip(bottom).map(|(t, b)| t * (1.0 - fy) + b * fy));
         }
     }
     out
