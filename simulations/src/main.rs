@@ -75,7 +75,8 @@ struct Args {
     /// Optimiser steps on private data before the first contribution.
     #[arg(long)]
     local_steps: Option<usize>,
-    /// Optimiser steps per round once a target exists.
+    /// Optimiser steps per round once a target exists [default: 100 on digits, 200
+    /// otherwise].
     #[arg(long)]
     steps_per_round: Option<usize>,
     /// Weight of the private cross-entropy in the first round [default: 0.7].
@@ -172,8 +173,8 @@ struct Args {
     /// Rows of each step's public batch [default: --batch-size].
     #[arg(long)]
     public_batch_size: Option<usize>,
-    /// Optimiser steps of the final distillation after the last round [default:
-    /// --steps-per-round].
+    /// Optimiser steps of the final distillation after the last round [default: 200 on
+    /// digits, --steps-per-round otherwise].
     #[arg(long)]
     final_steps: Option<usize>,
     /// Learning rate in the last round and the final distillation [default: --lr throughout].
@@ -183,7 +184,7 @@ struct Args {
     #[arg(long, value_enum)]
     lr_schedule: Option<ScheduleArg>,
     /// Keep the mean of the student's weights at the end of this many last rounds and after
-    /// the final distillation [default: 0, off].
+    /// the final distillation [default: 3 on digits, 0 (off) otherwise].
     #[arg(long)]
     average_rounds: Option<usize>,
     /// Weight each public row's distillation term by the target's confidence in it
@@ -196,7 +197,7 @@ struct Args {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     dynamic_weighting: Option<bool>,
     /// Random sub-pixel shifts (bilinear) of up to this many pixels of training images
-    /// [default: 0, off].
+    /// [default: 0.75 on digits, 0 (off) otherwise; 0 turns them off].
     #[arg(long)]
     subpixel_shift: Option<f64>,
     /// Sharpen (below 1) the target's probabilities as softmax(log p / T') before distilling
