@@ -44,6 +44,7 @@
 //! OpenDP documents that configuration as not vetted for production.
 
 pub mod accountant;
+pub mod distributed;
 pub mod ledger;
 pub mod mechanism;
 pub mod plan;
@@ -159,6 +160,11 @@ pub enum PrivacyError {
         /// OpenDP's error variant and message.
         message: String,
     },
+
+    /// Secure aggregation's distributed noise cannot be set up as configured (no honest node
+    /// left in the sum, a noise share too small for the analysis, a count out of range).
+    #[error("secure aggregation noise: {0}")]
+    Distributed(String),
 
     /// A bisection over OpenDP's maps could not bracket its target (the parameters are so
     /// extreme that no finite answer exists in `f64`).
