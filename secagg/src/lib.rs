@@ -571,6 +571,13 @@ fn add_stream(values: &mut [u32], key: &[u8; 32], sign: i32) {
     }
 }
 
+/// A sum modulo 2^32 read as the signed value it stands for: the representative in
+/// `[-2^31, 2^31)`. Honest sums of votes and noise stay far inside that range (see
+/// `fd_client::privacy::distributed::wrap_probability`), so negative noise reads as negative.
+pub fn centred(value: u32) -> i64 {
+    i64::from(value as i32)
+}
+
 /// The coordinator's last step: the sum, modulo 2^32, of the survivors' inputs, from the
 /// advertisements, the nodes that shared keys, the masked inputs that arrived and the
 /// survivors' unmasking responses. Refuses with fewer than `threshold` responses, or fewer

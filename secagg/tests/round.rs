@@ -3,7 +3,7 @@
 
 use fd_secagg::{
     EcdsaP256Signer, EncryptedShares, KeyAdvert, MaskedInput, Node, NodeId, RoundConfig,
-    SecAggError, UnmaskResponse, aggregate, verify_ecdsa_p256,
+    SecAggError, UnmaskResponse, aggregate, centred, verify_ecdsa_p256,
 };
 use rand::RngExt;
 
@@ -148,6 +148,22 @@ fn the_unmasked_sum_is_the_survivors_sum_exactly_with_up_to_two_dropouts() {
         for m in &masked {
             assert_ne!(m.values, inputs[m.node as usize]);
         }
+    }
+    // Signed inputs (votes plus negative noise) wrap into u32 and read back exactly.
+    let signed: Vec<Vec<i64>> = (0..n as i64)
+        .map(|i| (0..len as i64).map(|j| (j % 7) - 3 * i).collect())
+        .collect();
+    let as_u32: Vec<Vec<u32>> = signed
+        .iter()
+        .map(|v| v.iter().map(|&x| x as u32).collect())
+        .collect();
+    let mut round = start(n, config(len, 3, 4));
+    let (shared, masked) = round.mask(&as_u32, &[]);
+    let responses = round.unmask(&shared, &[]).unwrap();
+    let sum = aggregate(&round.config, &round.adverts, &shared, &masked, &responses).unwrap();
+    for (j, &v) in sum.iter().enumerate() {
+        let want: i64 = signed.iter().map(|row| row[j]).sum();
+        assert_eq!(centred(v), want);
     }
     // A survivor that sends its vector and then falls silent: the other answers suffice.
     let mut round = start(n, config(len, 3, 4));

@@ -246,6 +246,31 @@ pub fn sum_rho(
     Ok(first.min(second).min(third))
 }
 
+/// An upper bound on the probability that a securely aggregated sum wraps modulo 2^32:
+/// that `|votes + noise|` reaches `2^31`, where the coordinator's centred reading
+/// (`fd_secagg::centred`) would flip its sign.
+///
+/// The votes add up to at most `max_votes` in absolute value (every survivor's teachers, one
+/// vote each per count). Each share `N_Z(0, s^2)` is `s`-subgaussian (shown by Canonne, Kamath
+/// and Steinke 2020 for the discrete Gaussian), so `shares` of them sum to a `sqrt(shares) s`-subgaussian
+/// value, and `P(|noise| >= x) <= 2 exp(-x^2 / (2 shares s^2))` with `x = 2^31 - max_votes`.
+/// The arithmetic rounds the bound up. Wrapping would corrupt the round's sum, not its
+/// privacy: the noise is in the sum either way.
+pub fn wrap_probability(max_votes: u64, share_sigma: f64, shares: usize) -> f64 {
+    let limit = 2f64.powi(31);
+    if max_votes as f64 >= limit {
+        return 1.0;
+    }
+    // The margin rounded down, the variance rounded up: the exponent's magnitude is rounded
+    // down, so the bound rounds up.
+    let x = (limit - max_votes as f64).next_down();
+    let variance = (shares as f64 * share_sigma * share_sigma)
+        .next_up()
+        .next_up();
+    let exponent = ((x * x).next_down() / (2.0 * variance).next_up()).next_down();
+    (2.0 * (-exponent).exp()).next_up().min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +330,24 @@ mod tests {
         // The floor: the node's share alone, D2^2 / (2 s^2) = 2 / 50 at s = 5.
         let floor = ShareRelease::new(10, 5.0).unwrap().floor_rho(&l2).unwrap();
         assert!((0.04..0.04 + 1e-12).contains(&floor), "{floor}");
+    }
+
+    #[test]
+    fn sums_of_votes_and_noise_shares_do_not_wrap_in_practice() {
+        // Digits: 1,079 records (at most one vote each per count) over 10 nodes with shares of
+        // s = 5.14: the bound underflows (to the smallest f64 above 0, rounded up).
+        assert!(wrap_probability(1079, 5.14, 10) < 1e-300);
+        // 255 nodes of a million records each and shares of s = 1000 still leave the bound
+        // below 1e-300 (x = 2^31 - 2.55e8, variance 2.55e8: exponent about 7e9).
+        assert!(wrap_probability(255_000_000, 1000.0, 255) < 1e-300);
+        // The bound is not vacuous: 4 shares of s = 2^31 / 2 sum to a standard deviation of
+        // 2^31, a margin of one: 2 exp(-1/2) = 1.213, capped at 1; at three standard
+        // deviations (s / 3), 2 exp(-4.5) = 0.0222.
+        let s = 2f64.powi(31) / 2.0;
+        assert_eq!(wrap_probability(0, s, 4), 1.0);
+        let p = wrap_probability(0, s / 3.0, 4);
+        assert!((p - 2.0 * (-4.5f64).exp()).abs() < 1e-12, "{p}");
+        assert_eq!(wrap_probability(1 << 31, 1.0, 1), 1.0);
     }
 
     /// The summed noise of seven shares has the variance its target says: 7 s^2 at s = 5 (the
