@@ -20,7 +20,9 @@
 //! 4. **Unmask.** Told which nodes' masked vectors arrived, each survivor reveals its shares of
 //!    the survivors' self-mask seeds and of the dropped nodes' mask secret keys, never both for
 //!    one node, and only once a round; it refuses if fewer than `min_survivors` nodes survive
-//!    ([`Node::unmask`]). The coordinator rebuilds those secrets and removes every mask that
+//!    ([`Node::unmask`]). Shares are needed from more than half the nodes, so a coordinator
+//!    that tells different nodes different survivors still cannot gather both kinds of
+//!    shares of one node. The coordinator rebuilds those secrets and removes every mask that
 //!    does not cancel ([`aggregate`]).
 //!
 //! Mask streams are ChaCha20 keystreams under keys derived by HKDF-SHA256 from the X25519
@@ -48,7 +50,8 @@ pub struct RoundConfig {
     pub round: u64,
     /// Length of the vectors summed.
     pub len: usize,
-    /// Shares needed to rebuild a node's secrets (at least 2, at most the nodes that share).
+    /// Shares needed to rebuild a node's secrets: more than half the nodes that share keys
+    /// (more than `(n + c) / 2` to tolerate `c` colluders), at most the fewest survivors.
     pub threshold: usize,
     /// The fewest surviving nodes a node helps to unmask; below it the round is lost.
     pub min_survivors: usize,
@@ -489,6 +492,18 @@ fn check_roster(
     threshold: usize,
 ) -> Result<(), SecAggError> {
     check_count(step, peers.len(), threshold)?;
+    // Each node answers one unmasking request a round. A coordinator that told some nodes a
+    // node survived and others that it dropped could collect both its self-seed shares and
+    // its mask-key shares only if two disjoint groups could each reach the threshold: a
+    // threshold above half the nodes rules that out (callers tolerating `c` colluders need
+    // it above `(n + c) / 2`).
+    if threshold * 2 <= peers.len() {
+        return Err(SecAggError::Config(format!(
+            "threshold {threshold} of {} nodes: it must exceed half of them, or a coordinator \
+             telling nodes different survivors could unmask one node's vector",
+            peers.len()
+        )));
+    }
     if peers.len() > 255 {
         return Err(SecAggError::Config(format!(
             "{} nodes share keys; GF(256) shares allow at most 255",

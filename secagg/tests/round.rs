@@ -122,15 +122,15 @@ fn config(len: usize, threshold: usize, min_survivors: usize) -> RoundConfig {
     }
 }
 
-/// Six nodes; any three shares rebuild a secret; nodes help unmask with at least four
-/// survivors (N - c - t with c = 0 colluders and t = 2 dropouts tolerated).
+/// Six nodes; any four shares rebuild a secret (more than half); nodes help unmask with at
+/// least four survivors (N - t with t = 2 dropouts tolerated).
 #[test]
 fn the_unmasked_sum_is_the_survivors_sum_exactly_with_up_to_two_dropouts() {
     let (n, len) = (6, 1000);
     // Random u32s: the sums wrap modulo 2^32 many times over.
     let inputs = random_inputs(n, len);
     for dropped in [vec![], vec![4], vec![1, 5]] {
-        let mut round = start(n, config(len, 3, 4));
+        let mut round = start(n, config(len, 4, 4));
         let (shared, masked) = round.mask(&inputs, &dropped);
         let survivors: Vec<NodeId> = shared
             .iter()
@@ -157,7 +157,7 @@ fn the_unmasked_sum_is_the_survivors_sum_exactly_with_up_to_two_dropouts() {
         .iter()
         .map(|v| v.iter().map(|&x| x as u32).collect())
         .collect();
-    let mut round = start(n, config(len, 3, 4));
+    let mut round = start(n, config(len, 4, 4));
     let (shared, masked) = round.mask(&as_u32, &[]);
     let responses = round.unmask(&shared, &[]).unwrap();
     let sum = aggregate(&round.config, &round.adverts, &shared, &masked, &responses).unwrap();
@@ -166,10 +166,11 @@ fn the_unmasked_sum_is_the_survivors_sum_exactly_with_up_to_two_dropouts() {
         assert_eq!(centred(v), want);
     }
     // A survivor that sends its vector and then falls silent: the other answers suffice.
-    let mut round = start(n, config(len, 3, 4));
+    let mut round = start(n, config(len, 4, 4));
     let (shared, masked) = round.mask(&inputs, &[0]);
     let survivors = [1, 2, 3, 4, 5];
     let responses = round.unmask(&survivors, &[3]).unwrap();
+    assert_eq!(responses.len(), 4);
     let sum = aggregate(&round.config, &round.adverts, &shared, &masked, &responses).unwrap();
     assert_eq!(sum, wrapping_sum(&inputs, &survivors));
 }
@@ -178,7 +179,7 @@ fn the_unmasked_sum_is_the_survivors_sum_exactly_with_up_to_two_dropouts() {
 fn three_dropouts_are_refused_by_every_node_and_by_the_aggregate() {
     let (n, len) = (6, 16);
     let inputs = random_inputs(n, len);
-    let mut round = start(n, config(len, 3, 4));
+    let mut round = start(n, config(len, 4, 4));
     let (shared, masked) = round.mask(&inputs, &[0, 2, 4]);
     let survivors = [1, 3, 5];
     for &s in &survivors {
@@ -212,7 +213,7 @@ fn three_dropouts_are_refused_by_every_node_and_by_the_aggregate() {
 fn a_masked_vector_is_indistinguishable_from_uniform() {
     let (n, len) = (4, 1 << 16);
     let zeros = vec![vec![0u32; len]; n];
-    let mut round = start(n, config(len, 2, 3));
+    let mut round = start(n, config(len, 3, 3));
     let (_, masked) = round.mask(&zeros, &[]);
     // Pearson's chi-square of the top bytes against uniform, 255 degrees of freedom.
     let chi_square = |values: &[u32]| {
@@ -238,7 +239,7 @@ fn a_masked_vector_is_indistinguishable_from_uniform() {
 #[test]
 fn a_coordinator_that_substitutes_a_nodes_keys_is_detected() {
     let (n, len) = (4, 8);
-    let mut round = start(n, config(len, 2, 3));
+    let mut round = start(n, config(len, 3, 3));
     let verify = verifier(round.public_keys.clone());
     // The coordinator puts a mask key of its own in node 2's place...
     let mut forged = round.adverts.clone();
@@ -282,9 +283,21 @@ fn a_node_reveals_once_a_round_and_only_to_a_roster_it_knows() {
 }
 
 #[test]
+fn a_threshold_of_half_the_nodes_or_less_is_refused() {
+    let mut round = start(4, config(8, 2, 3));
+    let verify = verifier(round.public_keys.clone());
+    let adverts = round.adverts.clone();
+    let err = round.nodes[0].share_keys(&adverts, &verify).unwrap_err();
+    assert!(
+        matches!(&err, SecAggError::Config(m) if m.contains("threshold 2 of 4")),
+        "{err}"
+    );
+}
+
+#[test]
 fn shares_misdelivered_to_another_node_do_not_decrypt() {
     let (n, len) = (4, 8);
-    let mut round = start(n, config(len, 2, 3));
+    let mut round = start(n, config(len, 3, 3));
     let verify = verifier(round.public_keys.clone());
     let adverts = round.adverts.clone();
     let mut sent = Vec::new();
