@@ -52,6 +52,7 @@ fn round(n: usize) -> Figures {
             .is_some_and(|pk| verify_ecdsa_p256(pk, m, s))
     };
     let config = RoundConfig {
+        context: [7; 32],
         round: 1,
         len: LEN,
         threshold: n / 2 + 1,

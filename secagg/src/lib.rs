@@ -46,6 +46,10 @@ pub type NodeId = u32;
 /// What every node and the coordinator agree on for one round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundConfig {
+    /// What names the federation run (for example a hash of the federation's name and the
+    /// coordinator's run), signed with every node's keys and mixed into every derived key, so
+    /// that nothing of one federation can be replayed into another.
+    pub context: [u8; 32],
     /// The round, mixed into every derived key so that nothing is reused across rounds.
     pub round: u64,
     /// Length of the vectors summed.
@@ -161,16 +165,25 @@ pub struct KeyAdvert {
     pub signature: Vec<u8>,
 }
 
+impl RoundConfig {
+    /// The context and the round, as bytes every derivation and signature includes.
+    fn label(&self) -> Vec<u8> {
+        let mut label = self.context.to_vec();
+        label.extend(self.round.to_le_bytes());
+        label
+    }
+}
+
 impl KeyAdvert {
-    /// The bytes signed: a label, the round, the node and both keys.
-    fn signed_bytes(
-        round: u64,
+    /// The bytes a node signs: a label, the run's context and round, the node and both keys.
+    pub fn signed_bytes(
+        config: &RoundConfig,
         node: NodeId,
         cipher_key: &[u8; 32],
         mask_key: &[u8; 32],
     ) -> Vec<u8> {
         let mut m = b"fd-secagg key advert v1".to_vec();
-        m.extend(round.to_le_bytes());
+        m.extend(config.label());
         m.extend(node.to_le_bytes());
         m.extend(cipher_key);
         m.extend(mask_key);
@@ -256,7 +269,7 @@ impl Node {
         let cipher_key = PublicKey::from(&cipher_secret).to_bytes();
         let mask_key = PublicKey::from(&mask_secret).to_bytes();
         let signature = signer.sign(&KeyAdvert::signed_bytes(
-            config.round,
+            &config,
             id,
             &cipher_key,
             &mask_key,
@@ -293,8 +306,7 @@ impl Node {
         let step = "share keys";
         let mut peers = BTreeMap::new();
         for a in adverts {
-            let signed =
-                KeyAdvert::signed_bytes(self.config.round, a.node, &a.cipher_key, &a.mask_key);
+            let signed = KeyAdvert::signed_bytes(&self.config, a.node, &a.cipher_key, &a.mask_key);
             if !verify(a.node, &signed, &a.signature) {
                 return Err(SecAggError::BadSignature { node: a.node });
             }
@@ -382,13 +394,13 @@ impl Node {
         let mut values = input.to_vec();
         add_stream(
             &mut values,
-            &self_mask_key(self.config.round, &self.self_seed),
+            &self_mask_key(&self.config.label(), &self.self_seed),
             1,
         );
         for &other in shares.keys().filter(|&&o| o != self.id) {
             let peer = &self.peers[&other];
             let seed = pair_seed(
-                self.config.round,
+                &self.config.label(),
                 &self.mask_secret,
                 self.id,
                 other,
@@ -462,7 +474,7 @@ impl Node {
             .cipher_secret
             .diffie_hellman(&PublicKey::from(*peer_cipher_key));
         let mut info = b"fd-secagg shares".to_vec();
-        info.extend(self.config.round.to_le_bytes());
+        info.extend(self.config.label());
         info.extend(from.to_le_bytes());
         info.extend(to.to_le_bytes());
         let bytes = derive(shared.as_bytes(), &info);
@@ -472,7 +484,7 @@ impl Node {
     }
 
     fn share_aad(&self, from: NodeId, to: NodeId) -> Vec<u8> {
-        let mut aad = self.config.round.to_le_bytes().to_vec();
+        let mut aad = self.config.label();
         aad.extend(from.to_le_bytes());
         aad.extend(to.to_le_bytes());
         aad
@@ -550,7 +562,7 @@ fn open(key: &LessSafeKey, aad: Vec<u8>, ciphertext: &[u8]) -> Option<Vec<u8>> {
 
 /// The key of the pairwise mask of nodes `a` and `b`: the same from either side.
 fn pair_seed(
-    round: u64,
+    label: &[u8],
     secret: &StaticSecret,
     a: NodeId,
     b: NodeId,
@@ -558,15 +570,15 @@ fn pair_seed(
 ) -> [u8; 32] {
     let shared = secret.diffie_hellman(&PublicKey::from(*peer_mask_key));
     let mut info = b"fd-secagg pair mask".to_vec();
-    info.extend(round.to_le_bytes());
+    info.extend(label);
     info.extend(a.min(b).to_le_bytes());
     info.extend(a.max(b).to_le_bytes());
     derive(shared.as_bytes(), &info)
 }
 
-fn self_mask_key(round: u64, seed: &[u8; 32]) -> [u8; 32] {
+fn self_mask_key(label: &[u8], seed: &[u8; 32]) -> [u8; 32] {
     let mut info = b"fd-secagg self mask".to_vec();
-    info.extend(round.to_le_bytes());
+    info.extend(label);
     derive(seed, &info)
 }
 
@@ -669,7 +681,7 @@ pub fn aggregate(
     };
     for &u in &survivors {
         let seed = rebuild(u, seeds.get(&u))?;
-        add_stream(&mut sum, &self_mask_key(config.round, &seed), -1);
+        add_stream(&mut sum, &self_mask_key(&config.label(), &seed), -1);
     }
     for &dropped in shared.difference(&survivors) {
         let secret = StaticSecret::from(rebuild(dropped, mask_keys.get(&dropped))?);
@@ -684,7 +696,7 @@ pub fn aggregate(
             let peer = keys
                 .get(&u)
                 .ok_or(SecAggError::UnknownNode { step, node: u })?;
-            let seed = pair_seed(config.round, &secret, dropped, u, &peer.mask_key);
+            let seed = pair_seed(&config.label(), &secret, dropped, u, &peer.mask_key);
             // Survivor `u` added this mask if it is the lower of the pair, subtracted it if not.
             add_stream(&mut sum, &seed, if u < dropped { -1 } else { 1 });
         }

@@ -24,6 +24,7 @@ fn signers(n: usize) -> Vec<EcdsaP256Signer> {
 
 struct Round {
     config: RoundConfig,
+    signers: Vec<EcdsaP256Signer>,
     nodes: Vec<Node>,
     adverts: Vec<KeyAdvert>,
     public_keys: Vec<Vec<u8>>,
@@ -39,6 +40,7 @@ fn start(n: usize, config: RoundConfig) -> Round {
         .unzip();
     Round {
         config,
+        signers,
         nodes,
         adverts,
         public_keys,
@@ -115,6 +117,7 @@ fn wrapping_sum(inputs: &[Vec<u32>], of: &[NodeId]) -> Vec<u32> {
 
 fn config(len: usize, threshold: usize, min_survivors: usize) -> RoundConfig {
     RoundConfig {
+        context: *b"fd-secagg tests: one federation ",
         round: 7,
         len,
         threshold,
@@ -247,16 +250,28 @@ fn a_coordinator_that_substitutes_a_nodes_keys_is_detected() {
     // ...or re-signs the forged advert with a certificate key of its own.
     let mut resigned = forged.clone();
     let own = signers(1).remove(0);
-    let mut m = b"fd-secagg key advert v1".to_vec();
-    m.extend(7u64.to_le_bytes());
-    m.extend(2u32.to_le_bytes());
-    m.extend(resigned[2].cipher_key);
-    m.extend(resigned[2].mask_key);
+    let m = KeyAdvert::signed_bytes(
+        &round.config,
+        2,
+        &resigned[2].cipher_key,
+        &resigned[2].mask_key,
+    );
     resigned[2].signature = fd_secagg::Signer::sign(&own, &m);
     for adverts in [forged, resigned] {
         let err = round.nodes[0].share_keys(&adverts, &verify).unwrap_err();
         assert_eq!(err, SecAggError::BadSignature { node: 2 });
     }
+    // Node 2's genuine advert from another federation's round 7 (the coordinator could have
+    // rebuilt that round's mask key had node 2 dropped there) does not verify here.
+    let elsewhere = RoundConfig {
+        context: *b"fd-secagg tests: another one    ",
+        ..round.config
+    };
+    let (_, replayed) = Node::new(2, elsewhere, &round.signers[2]).unwrap();
+    let mut adverts = round.adverts.clone();
+    adverts[2] = replayed;
+    let err = round.nodes[0].share_keys(&adverts, &verify).unwrap_err();
+    assert_eq!(err, SecAggError::BadSignature { node: 2 });
     // The honest adverts pass.
     let honest = round.adverts.clone();
     assert!(round.nodes[1].share_keys(&honest, &verify).is_ok());
