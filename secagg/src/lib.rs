@@ -40,7 +40,8 @@ use serde::{Deserialize, Serialize};
 use vsss_rs::Gf256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-/// A node's number in the round's roster (its Shamir participant is this plus one).
+/// A node's number in the round's roster. (Each Shamir share carries its own participant
+/// number: the recipient's position in the sorted roster, plus one.)
 pub type NodeId = u32;
 
 /// What every node and the coordinator agree on for one round.
