@@ -231,6 +231,62 @@ pub fn node_name(conn: &quinn::Connection) -> Result<String, TlsError> {
     name_in_certificate(&leaf)
 }
 
+/// Another node's certificate, checked as the coordinator checks a connecting node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    /// The node's name (its certificate's DNS subject alternative name).
+    pub name: String,
+    /// The certificate's public key as it appears there (for a P-256 key, the uncompressed
+    /// SEC1 point): what the node's signatures verify against.
+    pub public_key: Vec<u8>,
+}
+
+/// Verifies `cert_der`, a certificate the coordinator relayed as another node's, with the
+/// checks the coordinator's handshake makes: signed by the federation CA (`ca_pem`), valid
+/// now, not on the revocation list `crl` (PEM text and where it came from) if one is given,
+/// and a node certificate. Secure aggregation uses it so that a coordinator that relays the
+/// nodes' key advertisements cannot slip in keys of its own: they would have to be signed by
+/// a key the CA certified for a node.
+pub fn verify_peer_node(
+    ca_pem: &str,
+    crl: Option<(&str, &str)>,
+    cert_der: &[u8],
+) -> Result<PeerNode, TlsError> {
+    let crls = match crl {
+        Some((pem, origin)) => {
+            rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsError::Crl {
+                    origin: origin.to_owned(),
+                    reason: e.to_string(),
+                })?
+        }
+        None => Vec::new(),
+    };
+    let roots = Arc::new(root_store(ca_pem)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .build()?;
+    let leaf = CertificateDer::from(cert_der.to_vec());
+    verifier
+        .verify_client_cert(&leaf, &[], rustls_pki_types::UnixTime::now())
+        .map_err(|e| TlsError::PeerIdentity {
+            reason: format!(
+                "the peer's certificate does not verify against the federation CA: {e}"
+            ),
+        })?;
+    check_usage(&leaf, Usage::Node, "the peer's certificate")?;
+    let name = name_in_certificate(&leaf)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&leaf).map_err(|e| TlsError::PeerIdentity {
+            reason: format!("the peer's certificate is not a valid X.509 certificate ({e})"),
+        })?;
+    Ok(PeerNode {
+        name,
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+    })
+}
+
 /// What a certificate of the federation is for, by its extended key usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Usage {
@@ -372,6 +428,36 @@ mod tests {
     use super::*;
     use fd_certs::pki::Ca;
     use std::fs;
+
+    #[test]
+    fn a_peer_node_certificate_verifies_only_if_the_ca_issued_it_for_a_node_and_not_revoked() {
+        let ca = Ca::generate("test").expect("CA");
+        let node = ca.issue_node("hospital-a").expect("node");
+        let der = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).expect("PEM");
+        let peer = verify_peer_node(&ca.cert_pem(), None, &der).expect("verifies");
+        assert_eq!(peer.name, "hospital-a");
+        // A P-256 public key: the uncompressed point, 0x04 then two 32-byte coordinates.
+        assert_eq!(peer.public_key.len(), 65);
+        assert_eq!(peer.public_key[0], 4);
+
+        // Another federation's CA did not issue it.
+        let other = Ca::generate("other").expect("CA");
+        let err = verify_peer_node(&other.cert_pem(), None, &der).unwrap_err();
+        assert!(err.to_string().contains("federation CA"), "{err}");
+        // A server certificate of this CA is not a node's.
+        let server = ca.issue_server("coord", &[]).expect("server");
+        let sder = CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).expect("PEM");
+        assert!(verify_peer_node(&ca.cert_pem(), None, &sder).is_err());
+        // Revoked.
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        let serial = parsed.raw_serial().to_vec();
+        let crl = ca
+            .crl_pem(&[(serial, time::OffsetDateTime::now_utc())], 1)
+            .expect("CRL");
+        let err = verify_peer_node(&ca.cert_pem(), Some((&crl, "crl.pem")), &der).unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("revoked"), "{err}");
+        assert!(verify_peer_node(&ca.cert_pem(), None, b"garbage").is_err());
+    }
 
     #[test]
     fn name_comes_from_the_first_dns_san() {
