@@ -104,24 +104,28 @@ pub fn server_config_with_crl(
     if let Some(leaf) = chain.first() {
         check_usage(leaf, Usage::Server, "the coordinator's certificate")?;
     }
-    let crls = match crl {
-        Some((pem, origin)) => {
-            let bad = |reason: String| TlsError::Crl {
-                origin: origin.to_owned(),
-                reason,
-            };
-            let crls =
-                rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad(e.to_string()))?;
-            if crls.is_empty() {
-                return Err(bad("no X509 CRL block".into()));
-            }
-            crls
-        }
-        None => Vec::new(),
+    build_server_config(id, parse_crls(crl)?)
+}
+
+/// The revocation lists in `crl` (PEM text, and where it came from, for errors); none without
+/// one. A text without a CRL block is an error, not an empty list.
+fn parse_crls(
+    crl: Option<(&str, &str)>,
+) -> Result<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    let Some((pem, origin)) = crl else {
+        return Ok(Vec::new());
     };
-    build_server_config(id, crls)
+    let bad = |reason: String| TlsError::Crl {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let crls = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if crls.is_empty() {
+        return Err(bad("no X509 CRL block".into()));
+    }
+    Ok(crls)
 }
 
 /// [`server_config`] without the usage check: what an impostor could build, for tests that
@@ -252,20 +256,9 @@ pub fn verify_peer_node(
     crl: Option<(&str, &str)>,
     cert_der: &[u8],
 ) -> Result<PeerNode, TlsError> {
-    let crls = match crl {
-        Some((pem, origin)) => {
-            rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsError::Crl {
-                    origin: origin.to_owned(),
-                    reason: e.to_string(),
-                })?
-        }
-        None => Vec::new(),
-    };
     let roots = Arc::new(root_store(ca_pem)?);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .with_crls(crls)
+        .with_crls(parse_crls(crl)?)
         .build()?;
     let leaf = CertificateDer::from(cert_der.to_vec());
     verifier
@@ -457,6 +450,9 @@ mod tests {
         let err = verify_peer_node(&ca.cert_pem(), Some((&crl, "crl.pem")), &der).unwrap_err();
         assert!(err.to_string().to_lowercase().contains("revoked"), "{err}");
         assert!(verify_peer_node(&ca.cert_pem(), None, b"garbage").is_err());
+        // A revocation list file without a list in it is an error, not "nothing revoked".
+        let err = verify_peer_node(&ca.cert_pem(), Some(("", "crl.pem")), &der).unwrap_err();
+        assert!(err.to_string().contains("crl.pem"), "{err}");
     }
 
     #[test]
