@@ -134,12 +134,6 @@ impl Temperature {
     }
 }
 
-impl From<f64> for Temperature {
-    fn from(t: f64) -> Self {
-        Temperature::Fixed(t)
-    }
-}
-
 impl std::str::FromStr for Temperature {
     type Err = String;
 
@@ -152,15 +146,6 @@ impl std::str::FromStr for Temperature {
             _ => Err(format!(
                 "temperature must be a number > 0 or \"auto\", not {s:?}"
             )),
-        }
-    }
-}
-
-impl std::fmt::Display for Temperature {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Temperature::Fixed(t) => write!(f, "{t}"),
-            Temperature::Auto => f.write_str("auto"),
         }
     }
 }
