@@ -881,23 +881,8 @@ fn run_epsilons(
         } else {
             format!("1 run (seed {first_seed})")
         };
-        let mut charts = vec![
-            (
-                plots::ACCURACY_PER_ROUND,
-                plots::accuracy_per_round(result, &run),
-            ),
-            (
-                plots::EPSILON_SWEEP,
-                plots::epsilon_sweep(&rows, result, &seeds),
-            ),
-            (
-                plots::AGGREGATOR_WEIGHTS,
-                plots::aggregator_weights(result, &run),
-            ),
-        ];
-        if let Some(chart) = plots::temperature_search(result, &run) {
-            charts.push((plots::TEMPERATURE_SEARCH, chart));
-        }
+        let sweep = plots::epsilon_sweep(&rows, result, &seeds);
+        let charts = plots::run_charts(result, &run, sweep);
         reporter.print(&plots::describe(&plots::write_charts(dir, charts)?));
     }
     if let (Some(path), Some(result)) = (out.json, last) {
@@ -959,23 +944,8 @@ fn compare_aggregators(
             result.config.seed,
             rows.len()
         );
-        let mut charts = vec![
-            (
-                plots::ACCURACY_PER_ROUND,
-                plots::accuracy_per_round(result, &run),
-            ),
-            (
-                plots::EPSILON_SWEEP,
-                Err("--compare-aggregators runs a single epsilon".to_owned()),
-            ),
-            (
-                plots::AGGREGATOR_WEIGHTS,
-                plots::aggregator_weights(result, &run),
-            ),
-        ];
-        if let Some(chart) = plots::temperature_search(result, &run) {
-            charts.push((plots::TEMPERATURE_SEARCH, chart));
-        }
+        let sweep = Err("--compare-aggregators runs a single epsilon".to_owned());
+        let charts = plots::run_charts(result, &run, sweep);
         reporter.print(&plots::describe(&plots::write_charts(dir, charts)?));
     }
     if let (Some(path), Some(result)) = (out.json, last) {

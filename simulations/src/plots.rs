@@ -156,6 +156,20 @@ pub fn aggregator_weights(r: &SimResult, run: &str) -> Chart {
     })
 }
 
+/// The charts of one run `r` (`run` says which, in subtitles) with its `sweep` chart (or why
+/// there is none), and the temperature search's when some client searched.
+pub fn run_charts(r: &SimResult, run: &str, sweep: Chart) -> Vec<(&'static str, Chart)> {
+    let mut charts = vec![
+        (ACCURACY_PER_ROUND, accuracy_per_round(r, run)),
+        (EPSILON_SWEEP, sweep),
+        (AGGREGATOR_WEIGHTS, aggregator_weights(r, run)),
+    ];
+    if let Some(chart) = temperature_search(r, run) {
+        charts.push((TEMPERATURE_SEARCH, chart));
+    }
+    charts
+}
+
 /// With `--temperature auto`: each client's validation loss at each temperature its search
 /// tried (the chosen temperature is in the legend). `None` when no client searched, so runs
 /// with a fixed temperature do not mention the chart.
