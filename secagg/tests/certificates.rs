@@ -3,7 +3,7 @@
 
 use fd_certs::pki::Ca;
 use fd_secagg::{EcdsaP256Signer, Node, RoundConfig, SecAggError, verify_ecdsa_p256};
-use fd_transport::verify_peer_node;
+use fd_transport::PeerVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
@@ -23,11 +23,12 @@ fn adverts_signed_with_issued_node_keys_verify_against_their_relayed_certificate
         })
         .collect();
     // What each node learns of the others from the certificates the coordinator relays.
+    let verifier = PeerVerifier::new(&ca.cert_pem(), None).expect("verifier");
     let peers: Vec<_> = identities
         .iter()
         .map(|id| {
             let der = CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).expect("PEM");
-            verify_peer_node(&ca.cert_pem(), None, &der).expect("a node of this federation")
+            verifier.verify(&der).expect("a node of this federation")
         })
         .collect();
     for (peer, name) in peers.iter().zip(names) {

@@ -24,6 +24,6 @@ pub use endpoint::{
 pub use error::TlsError;
 pub use framed::{TransportError, read_message, write_message};
 pub use tls::{
-    PeerNode, TlsIdentity, client_config, node_name, peer_name, server_config,
-    server_config_with_crl, verify_peer_node,
+    PeerNode, PeerVerifier, TlsIdentity, client_config, node_name, peer_name, server_config,
+    server_config_with_crl,
 };

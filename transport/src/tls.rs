@@ -245,39 +245,48 @@ pub struct PeerNode {
     pub public_key: Vec<u8>,
 }
 
-/// Verifies `cert_der`, a certificate the coordinator relayed as another node's, with the
-/// checks the coordinator's handshake makes: signed by the federation CA (`ca_pem`), valid
-/// now, not on the revocation list `crl` (PEM text and where it came from) if one is given,
-/// and a node certificate. Secure aggregation uses it so that a coordinator that relays the
-/// nodes' key advertisements cannot slip in keys of its own: they would have to be signed by
-/// a key the CA certified for a node.
-pub fn verify_peer_node(
-    ca_pem: &str,
-    crl: Option<(&str, &str)>,
-    cert_der: &[u8],
-) -> Result<PeerNode, TlsError> {
-    let roots = Arc::new(root_store(ca_pem)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .with_crls(parse_crls(crl)?)
-        .build()?;
-    let leaf = CertificateDer::from(cert_der.to_vec());
-    verifier
-        .verify_client_cert(&leaf, &[], rustls_pki_types::UnixTime::now())
-        .map_err(|e| TlsError::PeerIdentity {
-            reason: format!(
-                "the peer's certificate does not verify against the federation CA: {e}"
-            ),
-        })?;
-    check_usage(&leaf, Usage::Node, "the peer's certificate")?;
-    let name = name_in_certificate(&leaf)?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(&leaf).map_err(|e| TlsError::PeerIdentity {
-            reason: format!("the peer's certificate is not a valid X.509 certificate ({e})"),
-        })?;
-    Ok(PeerNode {
-        name,
-        public_key: cert.public_key().subject_public_key.data.to_vec(),
-    })
+/// Checks certificates the coordinator relays as other nodes', with the checks the
+/// coordinator's handshake makes: signed by the federation CA, valid now, not on the
+/// revocation list if one is given, and a node certificate. Secure aggregation uses it so that
+/// a coordinator that relays the nodes' key advertisements cannot slip in keys of its own: they
+/// would have to be signed by a key the CA certified for a node. Built once (the CA and list
+/// parsed once) for all of a round's peers.
+pub struct PeerVerifier {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl PeerVerifier {
+    /// Trusting `ca_pem`, and refusing what the revocation list `crl` (PEM text, and where it
+    /// came from, for errors) names, if one is given.
+    pub fn new(ca_pem: &str, crl: Option<(&str, &str)>) -> Result<PeerVerifier, TlsError> {
+        let roots = Arc::new(root_store(ca_pem)?);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .with_crls(parse_crls(crl)?)
+            .build()?;
+        Ok(PeerVerifier { verifier })
+    }
+
+    /// The node `cert_der` certifies, if it passes.
+    pub fn verify(&self, cert_der: &[u8]) -> Result<PeerNode, TlsError> {
+        let leaf = CertificateDer::from(cert_der.to_vec());
+        self.verifier
+            .verify_client_cert(&leaf, &[], rustls_pki_types::UnixTime::now())
+            .map_err(|e| TlsError::PeerIdentity {
+                reason: format!(
+                    "the peer's certificate does not verify against the federation CA: {e}"
+                ),
+            })?;
+        check_usage(&leaf, Usage::Node, "the peer's certificate")?;
+        let name = name_in_certificate(&leaf)?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&leaf).map_err(|e| TlsError::PeerIdentity {
+                reason: format!("the peer's certificate is not a valid X.509 certificate ({e})"),
+            })?;
+        Ok(PeerNode {
+            name,
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+        })
+    }
 }
 
 /// What a certificate of the federation is for, by its extended key usage.
@@ -427,7 +436,8 @@ mod tests {
         let ca = Ca::generate("test").expect("CA");
         let node = ca.issue_node("hospital-a").expect("node");
         let der = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).expect("PEM");
-        let peer = verify_peer_node(&ca.cert_pem(), None, &der).expect("verifies");
+        let verifier = PeerVerifier::new(&ca.cert_pem(), None).expect("verifier");
+        let peer = verifier.verify(&der).expect("verifies");
         assert_eq!(peer.name, "hospital-a");
         // A P-256 public key: the uncompressed point, 0x04 then two 32-byte coordinates.
         assert_eq!(peer.public_key.len(), 65);
@@ -435,23 +445,28 @@ mod tests {
 
         // Another federation's CA did not issue it.
         let other = Ca::generate("other").expect("CA");
-        let err = verify_peer_node(&other.cert_pem(), None, &der).unwrap_err();
+        let other = PeerVerifier::new(&other.cert_pem(), None).expect("verifier");
+        let err = other.verify(&der).unwrap_err();
         assert!(err.to_string().contains("federation CA"), "{err}");
         // A server certificate of this CA is not a node's.
         let server = ca.issue_server("coord", &[]).expect("server");
         let sder = CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).expect("PEM");
-        assert!(verify_peer_node(&ca.cert_pem(), None, &sder).is_err());
+        assert!(verifier.verify(&sder).is_err());
         // Revoked.
         let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("x509");
         let serial = parsed.raw_serial().to_vec();
         let crl = ca
             .crl_pem(&[(serial, time::OffsetDateTime::now_utc())], 1)
             .expect("CRL");
-        let err = verify_peer_node(&ca.cert_pem(), Some((&crl, "crl.pem")), &der).unwrap_err();
+        let revoking =
+            PeerVerifier::new(&ca.cert_pem(), Some((&crl, "crl.pem"))).expect("verifier");
+        let err = revoking.verify(&der).unwrap_err();
         assert!(err.to_string().to_lowercase().contains("revoked"), "{err}");
-        assert!(verify_peer_node(&ca.cert_pem(), None, b"garbage").is_err());
+        assert!(verifier.verify(b"garbage").is_err());
         // A revocation list file without a list in it is an error, not "nothing revoked".
-        let err = verify_peer_node(&ca.cert_pem(), Some(("", "crl.pem")), &der).unwrap_err();
+        let err = PeerVerifier::new(&ca.cert_pem(), Some(("", "crl.pem")))
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("crl.pem"), "{err}");
     }
 
