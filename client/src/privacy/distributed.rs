@@ -95,11 +95,11 @@ impl DistributedPlan {
     }
 
     /// Each node's share `s` so that `honest` shares reach `sigma`: `sigma / sqrt(honest)`,
-    /// rounded up (a larger share only adds noise).
+    /// to within an ulp or two. Only a target: what is charged is [`sum_rho`] of the share
+    /// actually drawn, so the rounding here cannot understate a cost.
     pub fn share_sigma(&self, sigma: f64) -> Result<f64, PrivacyError> {
         let h = f64::inf_cast(self.honest()? as u64).map_err(map_err)?;
-        // sigma / sqrt(h) rounded up: sqrt(h) rounded down is not available, so divide by the
-        // rounded-up root and step up one ulp past any rounding of the quotient.
+        // Divided by the rounded-up root, with the quotient rounded up and one ulp more.
         Ok(sigma
             .inf_div(&h.inf_sqrt().map_err(map_err)?)
             .map_err(map_err)?
