@@ -34,6 +34,7 @@ fn ledger(c: &mut Criterion) {
                     sigma: SIGMA,
                     sensitivity,
                     rho,
+                    floor_rho: None,
                 })
                 .expect("charged")
         })

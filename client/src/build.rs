@@ -2,6 +2,7 @@
 //! config and CSV files) and `fd-sim` (from its in-memory split) both build their nodes here,
 //! so a simulated node is wired exactly as a real one.
 
+use crate::federation::secure::SecureIdentity;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct Node {
     /// Records in the private training split (public under replace-one adjacency: Hello
     /// carries it).
     pub private_records: usize,
+    /// Colluders assumed in secure-aggregation rounds (`privacy.colluders`).
+    pub colluders: u32,
 }
 
 impl NodeBuilder {
@@ -90,6 +93,7 @@ impl NodeBuilder {
             holdout: prepared.holdout,
             card: prepared.card,
             private_records,
+            colluders: self.privacy.colluders,
         })
     }
 }
@@ -104,7 +108,22 @@ impl Node {
         tls: TlsIdentity,
         join_retry: Duration,
     ) -> SessionPlan {
+        // Private nodes can take part in secure-aggregation rounds; a key that cannot sign
+        // adverts leaves them out (the session then says so if a round needs it).
+        let secure = match &self.labeller {
+            Labeller::Private(_) => {
+                match SecureIdentity::new(&tls, None, self.colluders) {
+                    Ok(identity) => Some(identity),
+                    Err(e) => {
+                        tracing::warn!("secure aggregation unavailable to this node: {e}");
+                        None
+                    }
+                }
+            }
+            Labeller::Student => None,
+        };
         SessionPlan {
+            secure,
             coordinator,
             server_name: server_name.to_owned(),
             tls,
@@ -299,6 +318,7 @@ fn build_labeller(
         trust_snr: privacy.trust_snr,
         plan: None,
         last_release: None,
+        last_secure: None,
     })))
 }
 
@@ -367,6 +387,7 @@ mod tests {
                 sigma: 20.0,
                 sensitivity,
                 rho: release_rho(20, sensitivity, 20.0).unwrap(),
+                floor_rho: None,
             })
             .unwrap();
         drop(ledger);

@@ -151,6 +151,11 @@ pub struct PrivacyConfig {
     /// trained alone (0: always trust). See `privacy::plan::DEFAULT_TRUST_SNR`. With a fixed
     /// `sigma` no plan is made and the target is always trusted.
     pub trust_snr: f64,
+    /// Secure aggregation: how many other nodes this node assumes may collude with the
+    /// coordinator. It prices its noise share so that the shares of the survivors beyond them
+    /// reach the budget, and refuses a round whose terms (threshold, fewest survivors) would
+    /// not hold against that many.
+    pub colluders: u32,
 }
 
 impl Default for PrivacyConfig {
@@ -174,6 +179,7 @@ impl Default for PrivacyConfig {
             balance_classes: true,
             min_snr: None,
             trust_snr: crate::privacy::plan::DEFAULT_TRUST_SNR,
+            colluders: 1,
         }
     }
 }

@@ -173,6 +173,9 @@ strategy = "dynamic"             # mean | median | trimmed-mean | confidence | r
 trim = 0.2                       # trimmed-mean: fraction cut from each end
 reputation_rate = 0.5            # weight of the newest round in the reputation average
 sharpen = 1.0                    # (0, 1]: aggregate p^(1/sharpen), renormalised; 1 = off
+secure = false                   # secure aggregation: see only the sum of the nodes' noisy votes
+colluders = 1                    # secure: nodes that may collude with the coordinator
+dropouts = 2                     # secure: nodes that may vanish after masking
 "#;
 
 impl FederationConfig {
@@ -335,6 +338,7 @@ impl FederationConfig {
             ));
         }
         self.aggregation.validate()?;
+        self.aggregation.validate_secure(self.nodes)?;
         self.check_round_open_fits()
     }
 
@@ -366,6 +370,13 @@ impl FederationConfig {
                 query_ids: all,
                 probs: vec![1.0 / f32::from(self.classes); probs as usize],
             },
+            secure: self.aggregation.secure.then_some(fd_protocol::SecureRound {
+                context: [0; 32],
+                node: 1,
+                roster: self.nodes as u32,
+                threshold: self.nodes as u32,
+                min_survivors: self.nodes as u32,
+            }),
         });
         match fd_protocol::codec::encode_frame(&open, usize::MAX) {
             Ok(frame) if frame.len() <= max => Ok(()),

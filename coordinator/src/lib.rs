@@ -12,6 +12,7 @@
 //!   strategy, and the global [`aggregate::Target`];
 //! - [`summary`] holds what a run leaves behind: each closed round's record and the run's
 //!   [`Summary`] with the per-node accounts;
+//! - [`secure`] is a secure-aggregation round's relay and decoding, which `rounds` drives;
 //! - [`rounds`] is the round logic as a state machine without I/O, which fills them;
 //! - [`store`] keeps the state in SQLite so a restarted coordinator carries on;
 //! - [`server`] runs the QUIC endpoint around the state machine and the store.
@@ -24,6 +25,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod rounds;
+pub mod secure;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::aggregate::{Aggregator, Input as AggregateInput, Target};
 use crate::config::FederationConfig;
+use crate::secure::{Advance, SecureRound, Sum};
 use crate::summary::{NodeSpending, NodeSummary, RoundBrief, Summary};
 
 // The records of closed rounds live with the summary that logs them; they stay reachable here,
@@ -135,6 +136,10 @@ struct OpenRound {
     /// Asked and neither accepted nor gone: the round is complete when this is empty (a count
     /// kept as it changes; checking every asked node on every contribution was quadratic).
     waiting: BTreeSet<String>,
+    /// A secure-aggregation round's relay (its `deadline` is the current step's).
+    secure: Option<SecureRound>,
+    /// A secure round's outcome once decoded (or lost, with the reason).
+    secure_sum: Option<Result<Sum, String>>,
 }
 
 /// The coordinator's round logic. See the module documentation.
@@ -159,6 +164,24 @@ pub struct Rounds {
     wall_before: f64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Names this coordinator run in secure rounds: every node signs it into its key adverts.
+    secure_context: [u8; 32],
+}
+
+/// A fresh context for this run's secure rounds: SHA-256 of the federation's name and 16
+/// random bytes, so nothing of one run's rounds can be replayed into another's.
+fn secure_context(name: &str) -> [u8; 32] {
+    use ring::rand::SecureRandom;
+    let mut nonce = [0u8; 16];
+    // Without system randomness the context is the name's alone; rounds still differ by number.
+    let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"fd secure aggregation context v1\0");
+    ctx.update(name.as_bytes());
+    ctx.update(&nonce);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 impl Rounds {
@@ -224,6 +247,7 @@ impl Rounds {
             ended_early: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            secure_context: secure_context(&config.name),
             config,
         }
     }
@@ -278,6 +302,17 @@ impl Rounds {
                     });
                     self.phase = Phase::Done;
                 }
+            }
+            Phase::Open(open) if now >= open.deadline && open.secure.is_some() => {
+                if let Some(secure) = &open.secure {
+                    warn!(
+                        round = open.round,
+                        late = secure.pending(),
+                        "secure round: step deadline passed waiting for {}",
+                        secure.step().waiting_for()
+                    );
+                }
+                self.advance_secure(now);
             }
             Phase::Open(open) if now >= open.deadline => {
                 // The first few by name: with thousands of nodes the full list drowns the log.
@@ -495,8 +530,11 @@ impl Rounds {
             }
             Phase::Open(open) => {
                 // Late joiners and reconnecting nodes are asked for the round under way,
-                // unless they already answered it.
-                if !open.accepted.contains_key(&node) {
+                // unless they already answered it. A secure round's roster is fixed when it
+                // opens: they wait for the next one (a reconnecting node dropped out of it).
+                if let Some(secure) = &mut open.secure {
+                    secure.gone(&node);
+                } else if !open.accepted.contains_key(&node) {
                     open.asked.insert(node.clone());
                     open.waiting.insert(node.clone());
                     let message = self.round_open_message();
@@ -517,6 +555,7 @@ impl Rounds {
             rounds: self.config.rounds,
             query_ids,
             target: self.target.to_labels(),
+            secure: None,
         })
     }
 
@@ -526,17 +565,65 @@ impl Rounds {
             return;
         }
         let round = self.next_round;
+        let query_ids = self.config.queries(round);
+        let mut secure = None;
+        let mut secure_sum = None;
+        if self.config.aggregation.secure {
+            match SecureRound::new(
+                self.secure_context,
+                round,
+                query_ids.len() * usize::from(self.config.classes),
+                &self.present,
+                self.config.aggregation.colluders,
+                self.config.aggregation.dropouts,
+            ) {
+                Ok(s) => secure = Some(s),
+                Err(why) => secure_sum = Some(Err(why)),
+            }
+        }
+        let lost = secure_sum.is_some();
         self.phase = Phase::Open(OpenRound {
             round,
-            query_ids: self.config.queries(round),
+            query_ids,
             deadline: now + Duration::from_secs(self.config.round_timeout_secs),
             asked: self.present.clone(),
             accepted: BTreeMap::new(),
             waiting: self.present.clone(),
+            secure,
+            secure_sum,
         });
-        let message = Arc::new(self.round_open_message());
-        for node in self.present.clone() {
-            self.send_shared(&node, message.clone(), After::Continue);
+        if lost {
+            // Too few nodes for the secure terms: nobody is asked; the round closes unaggregated.
+            return self.close_round(now, ClosedBy::AllAnswered);
+        }
+        let message = self.round_open_message();
+        match &self.phase {
+            Phase::Open(OpenRound {
+                secure: Some(secure),
+                ..
+            }) => {
+                let Message::RoundOpen(open) = message else {
+                    unreachable!("round_open_message is a RoundOpen")
+                };
+                let each: Vec<(String, Message)> = self
+                    .present
+                    .iter()
+                    .map(|node| {
+                        let mut open = open.clone();
+                        open.secure = secure.terms(node);
+                        (node.clone(), Message::RoundOpen(open))
+                    })
+                    .collect();
+                for (node, message) in each {
+                    self.send(&node, message, After::Continue);
+                }
+            }
+            _ => {
+                let message = Arc::new(message);
+                for node in self.present.clone() {
+                    self.send_shared(&node, message.clone(), After::Continue);
+                }
+            }
         }
         info!(
             round,
@@ -558,6 +645,37 @@ impl Rounds {
                     after: After::Close,
                 });
                 self.depart(now, &node);
+            }
+            m @ (Message::KeyAdvert { .. }
+            | Message::KeyShares { .. }
+            | Message::Masked(_)
+            | Message::Unmasked { .. }) => {
+                let round = match &m {
+                    Message::KeyAdvert { round, .. }
+                    | Message::KeyShares { round, .. }
+                    | Message::Unmasked { round, .. } => *round,
+                    Message::Masked(masked) => masked.round,
+                    _ => unreachable!("matched above"),
+                };
+                let checked = match &m {
+                    Message::Masked(masked) => self.check_receipt(round, masked.receipt.as_ref()),
+                    _ => Ok(()),
+                };
+                let taken = checked.and_then(|()| match &mut self.phase {
+                    Phase::Open(OpenRound {
+                        secure: Some(secure),
+                        ..
+                    }) => secure.receive(&node, m),
+                    _ => Err(format!("round {round} is not an open secure round")),
+                });
+                match taken {
+                    Ok(()) => self.advance_if_complete(now),
+                    Err(reason) => {
+                        warn!(node, "secure-round message refused: {reason}");
+                        self.summary(&node).refused += 1;
+                        self.send(&node, Message::Refused { round, reason }, After::Continue);
+                    }
+                }
             }
             Message::Contribution(c) => match self.check(&node, &c) {
                 Ok(()) => {
@@ -623,24 +741,40 @@ impl Rounds {
         if !open.asked.contains(node) {
             return Err(format!("this node was not asked in round {round}"));
         }
-        if self.config.require_privacy && c.receipt.is_none() {
+        if open.secure.is_some() {
             return Err(format!(
-                "round {round}: this federation requires differential privacy and the \
-                 contribution has no privacy receipt"
+                "round {round} runs secure aggregation: contributions travel masked"
             ));
         }
-        if let Some(bad) = c.receipt.as_ref().and_then(receipt_defect) {
-            return Err(format!("round {round}: the privacy receipt {bad}"));
-        }
+        self.check_receipt(round, c.receipt.as_ref())?;
         c.labels
             .check_queries(&open.query_ids)
             .and_then(|()| c.labels.validate(self.config.classes as usize))
             .map_err(|e| format!("round {round}: {e}"))
     }
 
+    /// A receipt required by the federation and well-formed, if any.
+    fn check_receipt(&self, round: u32, receipt: Option<&PrivacyReceipt>) -> Result<(), String> {
+        if self.config.require_privacy && receipt.is_none() {
+            return Err(format!(
+                "round {round}: this federation requires differential privacy and the \
+                 contribution has no privacy receipt"
+            ));
+        }
+        if let Some(bad) = receipt.and_then(receipt_defect) {
+            return Err(format!("round {round}: the privacy receipt {bad}"));
+        }
+        Ok(())
+    }
+
     fn depart(&mut self, now: Instant, node: &str) {
         self.present.remove(node);
         if let Phase::Open(open) = &mut self.phase {
+            if let Some(secure) = &mut open.secure {
+                // A secure round keeps its roster: the node counts as dropped from it.
+                secure.gone(node);
+                return self.advance_if_complete(now);
+            }
             open.asked.remove(node);
             open.waiting.remove(node);
         }
@@ -655,16 +789,89 @@ impl Rounds {
         }
     }
 
+    /// A secure round's step is complete when nobody it waits for is left.
+    fn advance_if_complete(&mut self, now: Instant) {
+        if let Phase::Open(OpenRound {
+            secure: Some(secure),
+            ..
+        }) = &self.phase
+            && secure.pending() == 0
+        {
+            self.advance_secure(now);
+        }
+    }
+
+    /// Moves a secure round to its next step, or closes it (decoded or lost).
+    fn advance_secure(&mut self, now: Instant) {
+        let timeout = Duration::from_secs(self.config.round_timeout_secs);
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        let Some(secure) = open.secure.as_mut() else {
+            return;
+        };
+        let round = open.round;
+        match secure.advance() {
+            Advance::Next(messages) => {
+                open.deadline = now + timeout;
+                for (node, message) in messages {
+                    self.send(&node, message, After::Continue);
+                }
+            }
+            Advance::Lost(why) => {
+                warn!(round, "secure round lost: {why}; the target stays as it was");
+                open.secure_sum = Some(Err(why));
+                self.close_round(now, ClosedBy::Deadline);
+            }
+            Advance::Done(sum) => {
+                open.secure_sum = Some(Ok(sum));
+                self.close_round(now, ClosedBy::AllAnswered);
+            }
+        }
+    }
+
     fn close_round(&mut self, now: Instant, closed_by: ClosedBy) {
         let Phase::Open(open) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return;
         };
         let round = open.round;
-        let accepted: Vec<String> = open.accepted.keys().cloned().collect();
-        let quorate = accepted.len() >= self.config.quorum.max(1);
+        let mut accepted: Vec<String> = open.accepted.keys().cloned().collect();
         let mut weights = BTreeMap::new();
         let mut aggregate = None;
-        if quorate {
+        let mut receipts = BTreeMap::new();
+        let secure_mode = open.secure.is_some() || open.secure_sum.is_some();
+        if secure_mode {
+            if let Some(Ok(sum)) = &open.secure_sum {
+                accepted = sum.survivors.clone();
+                receipts = sum.receipts.clone();
+            }
+        }
+        let quorate = accepted.len() >= self.config.quorum.max(1);
+        if secure_mode {
+            if let (true, Some(Ok(sum))) = (quorate, &open.secure_sum) {
+                let classes = usize::from(self.config.classes);
+                let counts: Vec<f64> = sum.counts.iter().map(|&v| v as f64).collect();
+                let projection = fd_protocol::Projection::vote_mass(
+                    sum.teachers as usize,
+                    classes,
+                    sum.sigma,
+                );
+                let labels = SoftLabels {
+                    classes: self.config.classes,
+                    query_ids: open.query_ids.clone(),
+                    probs: projection.apply(&counts, classes),
+                };
+                self.target.update(&labels);
+                info!(
+                    round,
+                    survivors = accepted.len(),
+                    teachers = sum.teachers,
+                    sigma = sum.sigma,
+                    "secure round: the survivors' sum decoded"
+                );
+                aggregate = Some(labels);
+            }
+        } else if quorate {
             // BTreeMap order: contributions are combined sorted by node (reproducible sums).
             let inputs: Vec<AggregateInput<'_>> = open
                 .accepted
@@ -693,7 +900,16 @@ impl Rounds {
                 "round below quorum: not aggregated, the target stays as it was"
             );
         }
-        let mut receipts = BTreeMap::new();
+        for node in receipts.keys().cloned().collect::<Vec<_>>() {
+            let s = self.summary(&node);
+            s.contributions += 1;
+            note_receipt(s, &receipts[&node]);
+        }
+        if secure_mode {
+            for node in accepted.iter().filter(|n| !receipts.contains_key(*n)) {
+                self.summary(node).contributions += 1;
+            }
+        }
         for (node, c) in &open.accepted {
             let weight = weights.get(node).copied();
             let s = self.summary(node);

@@ -11,7 +11,7 @@
 use crate::Message;
 
 /// Protocol version written in, and required of, every frame.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Default maximum payload length of one frame: 32 MiB, enough for the target of a public set of
 /// ~800k queries x 10 classes, far beyond anything the simulations send.
@@ -179,6 +179,20 @@ mod tests {
                 rounds: 20,
                 query_ids: vec![1, 2, 3],
                 target: labels(),
+                secure: None,
+            }),
+            Message::RoundOpen(RoundOpen {
+                round: 4,
+                rounds: 20,
+                query_ids: vec![1, 2],
+                target: SoftLabels::default(),
+                secure: Some(crate::SecureRound {
+                    context: [3; 32],
+                    node: 2,
+                    roster: 5,
+                    threshold: 4,
+                    min_survivors: 3,
+                }),
             }),
             Message::Contribution(Contribution {
                 round: 3,
@@ -192,6 +206,7 @@ mod tests {
                     rho_total: 0.3,
                     epsilon_total: 1.9,
                     delta: 1e-5,
+                    floor_epsilon_total: None,
                 }),
             }),
             Message::RoundClosed(RoundClosed {
@@ -213,7 +228,73 @@ mod tests {
                 round: 4,
                 reason: "late".into(),
             },
+            Message::KeyAdvert {
+                round: 4,
+                advert: advert(),
+                certificate: vec![0x30, 0x82],
+            },
+            Message::Roster {
+                round: 4,
+                adverts: vec![crate::SignedAdvert {
+                    advert: advert(),
+                    certificate: vec![0x30],
+                }],
+            },
+            Message::KeyShares {
+                round: 4,
+                shares: vec![shares()],
+            },
+            Message::Inbox {
+                round: 4,
+                shares: vec![shares(), shares()],
+            },
+            Message::Masked(crate::Masked {
+                round: 4,
+                masked: fd_secagg::MaskedInput {
+                    node: 2,
+                    values: vec![0, u32::MAX, 7],
+                },
+                teachers: 12,
+                receipt: None,
+            }),
+            Message::Unmask {
+                round: 4,
+                survivors: vec![1, 2, 5],
+            },
+            Message::Unmasked {
+                round: 4,
+                response: fd_secagg::UnmaskResponse {
+                    node: 2,
+                    revealed: vec![
+                        fd_secagg::Revealed::SelfSeed {
+                            of: 1,
+                            share: vec![1; 33],
+                        },
+                        fd_secagg::Revealed::MaskKey {
+                            of: 3,
+                            share: vec![2; 33],
+                        },
+                    ],
+                },
+            },
         ]
+    }
+
+    fn advert() -> fd_secagg::KeyAdvert {
+        fd_secagg::KeyAdvert {
+            node: 2,
+            cipher_key: [1; 32],
+            mask_key: [2; 32],
+            signature: vec![9; 64],
+        }
+    }
+
+    fn shares() -> fd_secagg::EncryptedShares {
+        fd_secagg::EncryptedShares {
+            from: 2,
+            to: 3,
+            ciphertext: vec![5; 82],
+        }
     }
 
     #[test]

@@ -14,11 +14,13 @@
 pub mod close;
 pub mod codec;
 mod messages;
+mod projection;
 
+pub use projection::Projection;
 pub use codec::{CodecError, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use messages::{
-    Contribution, Hello, LabelError, Message, PrivacyReceipt, RoundClosed, RoundOpen, SoftLabels,
-    Welcome, arg_max,
+    Contribution, Hello, LabelError, Masked, Message, PrivacyReceipt, RoundClosed, RoundOpen,
+    SecureRound, SignedAdvert, SoftLabels, Welcome, arg_max,
 };
 
 /// ALPN protocol identifier negotiated in the TLS handshake.

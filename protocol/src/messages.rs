@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 /// finally [`Message::Finished`]. Either side may send [`Message::Error`] and close. A
 /// contribution the coordinator cannot accept is answered with [`Message::Refused`], and the
 /// session goes on.
+///
+/// In a secure-aggregation round ([`RoundOpen::secure`] set) the node answers with
+/// [`Message::KeyAdvert`] instead of a contribution, and the round runs the four steps of
+/// pairwise-masking secure aggregation (Bonawitz et al., CCS 2017): the coordinator relays the
+/// [`Message::Roster`] of signed adverts, the nodes send [`Message::KeyShares`] and get their
+/// [`Message::Inbox`], then send [`Message::Masked`] vectors, and the survivors answer
+/// [`Message::Unmask`] with [`Message::Unmasked`]. The coordinator learns only the sum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     /// Node -> coordinator: what the node is ready to do.
@@ -53,6 +60,95 @@ pub enum Message {
         /// What was wrong, for a person to read.
         reason: String,
     },
+    /// Node -> coordinator (secure round, step 1): the node's public keys for the round,
+    /// signed with its certificate's key, and the certificate, for the other nodes to check.
+    KeyAdvert {
+        /// The round.
+        round: u32,
+        /// The signed keys.
+        advert: fd_secagg::KeyAdvert,
+        /// The node's certificate (DER), which the other nodes verify against the federation
+        /// CA before they trust the advert's signature.
+        certificate: Vec<u8>,
+    },
+    /// Coordinator -> node (secure round, step 2): every advert that arrived, with its
+    /// certificate, sorted by node number.
+    Roster {
+        /// The round.
+        round: u32,
+        /// The adverts.
+        adverts: Vec<SignedAdvert>,
+    },
+    /// Node -> coordinator (step 2): this node's shares of its secrets, one encrypted bundle for
+    /// each node of the roster.
+    KeyShares {
+        /// The round.
+        round: u32,
+        /// The encrypted shares.
+        shares: Vec<fd_secagg::EncryptedShares>,
+    },
+    /// Coordinator -> node (step 3): the shares other nodes encrypted for this node.
+    Inbox {
+        /// The round.
+        round: u32,
+        /// The encrypted shares addressed to this node.
+        shares: Vec<fd_secagg::EncryptedShares>,
+    },
+    /// Node -> coordinator (step 3): the node's noisy vote counts, masked.
+    Masked(Masked),
+    /// Coordinator -> node (step 4): the nodes whose masked vectors arrived.
+    Unmask {
+        /// The round.
+        round: u32,
+        /// The survivors' numbers.
+        survivors: Vec<u32>,
+    },
+    /// Node -> coordinator (step 4): the shares the node reveals to unmask the sum.
+    Unmasked {
+        /// The round.
+        round: u32,
+        /// The revealed shares.
+        response: fd_secagg::UnmaskResponse,
+    },
+}
+
+/// A node's key advert as the coordinator relays it: with the certificate that vouches for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedAdvert {
+    /// The signed keys.
+    pub advert: fd_secagg::KeyAdvert,
+    /// The node's certificate (DER).
+    pub certificate: Vec<u8>,
+}
+
+/// What a secure-aggregation round needs beyond [`RoundOpen`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureRound {
+    /// Names the federation run; signed into every key advert and mixed into every derived key.
+    pub context: [u8; 32],
+    /// This node's number in the round's roster (1 to `roster`).
+    pub node: u32,
+    /// Nodes asked this round.
+    pub roster: u32,
+    /// Shares that rebuild a node's secrets (more than half the roster).
+    pub threshold: u32,
+    /// The fewest survivors a node helps to unmask (`roster - dropouts`).
+    pub min_survivors: u32,
+}
+
+/// A node's masked contribution to a secure round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Masked {
+    /// The round.
+    pub round: u32,
+    /// The masked vector: per query and class, the node's vote count plus its noise share,
+    /// modulo 2^32, plus masks that cancel only in the sum.
+    pub masked: fd_secagg::MaskedInput,
+    /// Teachers whose votes the node counts (public: it follows from the declared record
+    /// count), so the coordinator knows the sum's vote mass.
+    pub teachers: u32,
+    /// The privacy guarantees of this release.
+    pub receipt: Option<PrivacyReceipt>,
 }
 
 impl Message {
@@ -69,6 +165,13 @@ impl Message {
             Message::Error { .. } => "Error",
             Message::Leave { .. } => "Leave",
             Message::Refused { .. } => "Refused",
+            Message::KeyAdvert { .. } => "KeyAdvert",
+            Message::Roster { .. } => "Roster",
+            Message::KeyShares { .. } => "KeyShares",
+            Message::Inbox { .. } => "Inbox",
+            Message::Masked(_) => "Masked",
+            Message::Unmask { .. } => "Unmask",
+            Message::Unmasked { .. } => "Unmasked",
         }
     }
 }
@@ -119,6 +222,9 @@ pub struct RoundOpen {
     pub query_ids: Vec<u32>,
     /// Global distillation target aggregated in earlier rounds (empty in round 0).
     pub target: SoftLabels,
+    /// Set when the round runs secure aggregation: the node then answers with
+    /// [`Message::KeyAdvert`], not a [`Contribution`].
+    pub secure: Option<SecureRound>,
 }
 
 /// A node's answer to [`RoundOpen`].
@@ -151,6 +257,11 @@ pub struct PrivacyReceipt {
     pub epsilon_total: f64,
     /// The delta at which `epsilon_total` holds.
     pub delta: f64,
+    /// Secure aggregation only: the cumulative epsilon (at `delta`) that holds from this node's
+    /// own noise share alone, if every other node colludes with the coordinator. `rho` and
+    /// `epsilon_total` are then the guarantee of the sum, under the federation's assumption
+    /// on colluders and dropouts.
+    pub floor_epsilon_total: Option<f64>,
 }
 
 /// The coordinator's summary of a closed round.

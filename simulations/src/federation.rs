@@ -70,6 +70,13 @@ pub struct SimConfig {
     pub faults: FaultConfig,
     /// The coordinator's round deadline in seconds; `None`: 600, or 10 with stragglers.
     pub round_timeout_secs: Option<u64>,
+    /// Secure aggregation (`[aggregation] secure`): the coordinator sees only the sum of the
+    /// nodes' noisy vote counts, with colluders and dropouts tolerated as set here.
+    pub secure_aggregation: bool,
+    /// Secure aggregation: nodes that may collude with the coordinator.
+    pub colluders: u32,
+    /// Secure aggregation: nodes that may drop out after masking.
+    pub dropouts: u32,
 }
 
 /// How long a simulated node's first join retries the in-process coordinator.
@@ -156,6 +163,9 @@ impl SimConfig {
             aggregator: AggregatorKind::default(),
             faults: FaultConfig::default(),
             round_timeout_secs: None,
+            secure_aggregation: false,
+            colluders: 1,
+            dropouts: 2,
         }
     }
 }
@@ -608,6 +618,9 @@ fn coordinator_setup(
         quorum: 1,
         aggregation: AggregationConfig {
             strategy: config.aggregator,
+            secure: config.secure_aggregation,
+            colluders: config.colluders,
+            dropouts: config.dropouts,
             ..AggregationConfig::default()
         },
         state_dir: None,

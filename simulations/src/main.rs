@@ -311,6 +311,20 @@ struct Args {
     /// leave-one-out consensus over rounds) or dynamic (confidence x reputation).
     #[arg(long, default_value_t = AggregatorKind::Dynamic)]
     aggregator: AggregatorKind,
+    /// Secure aggregation with distributed DP (with --privacy shards): every node masks its
+    /// integer vote counts and adds a share of discrete Gaussian noise, so the coordinator sees
+    /// only the sum and the noise is paid once per federation. --aggregator does not apply
+    /// (nothing per node is visible).
+    #[arg(long)]
+    secure_aggregation: bool,
+    /// With --secure-aggregation: nodes that may collude with the coordinator (the nodes price
+    /// their noise shares so that the others' shares still reach the budget).
+    #[arg(long, default_value_t = 1)]
+    colluders: u32,
+    /// With --secure-aggregation: nodes that may drop out after masking; nodes help unmask only
+    /// when at least clients - dropouts survive.
+    #[arg(long, default_value_t = 2)]
+    dropouts: u32,
     /// Run the same federation once per aggregator and print one row per aggregator (and write
     /// them as `aggregators` to the JSON).
     #[arg(long)]
@@ -507,8 +521,12 @@ fn build_config(args: &Args) -> anyhow::Result<SimConfig> {
     apply_student_args(args, &mut config)?;
     config.queries_per_round = args.queries_per_round;
     config.aggregator = args.aggregator;
+    config.secure_aggregation = args.secure_aggregation;
+    config.colluders = args.colluders;
+    config.dropouts = args.dropouts;
     apply_fault_args(args, &mut config)?;
     apply_privacy_args(args, &mut config.privacy);
+    config.privacy.colluders = args.colluders;
     Ok(config)
 }
 

@@ -87,6 +87,17 @@ impl TlsIdentity {
 /// requires every client to present a certificate signed by `id`'s CA.
 ///
 /// Refuses, before any node connects, a certificate that is not a server certificate (see
+impl TlsIdentity {
+    /// This end's own certificate (the first of the chain, DER) and its private key (DER as
+    /// written in the PEM: PKCS#8 for the keys fd-certs issues), for signing what the TLS
+    /// handshake does not cover (secure aggregation's key adverts).
+    pub fn signing_material(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+        let chain = parse_certs(&self.cert_pem, "this end's certificate")?;
+        let key = parse_key(&self.key_pem, "this end's private key")?;
+        Ok((chain[0].to_vec(), key.secret_der().to_vec()))
+    }
+}
+
 /// [`TlsError::WrongUsage`]).
 pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TlsError> {
     server_config_with_crl(id, None)

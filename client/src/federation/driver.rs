@@ -18,6 +18,7 @@ use crate::data::Labelled;
 use crate::distill::Learner;
 use crate::federation::error::SessionError;
 use crate::federation::hooks::{ContributionHook, Outgoing};
+use crate::federation::secure::SecureIdentity;
 use crate::federation::session::{
     CLOSE_VANISHED, Event, NodeSession, SessionConfig, Work, WorkResult,
 };
@@ -42,6 +43,9 @@ pub struct SessionPlan {
     pub join_retry: Duration,
     /// SHA-256 of the public CSV file, sent in Hello (see [`Hello::public_sha256`]).
     pub public_sha256: Option<[u8; 32]>,
+    /// What secure-aggregation rounds need (private nodes); `None`: the node leaves a
+    /// federation that runs them.
+    pub secure: Option<SecureIdentity>,
 }
 
 /// What a finished session produced.
@@ -102,6 +106,7 @@ pub async fn run_session_with_hook(
         },
         non_private: matches!(labeller, Labeller::Student),
         join_retry: plan.join_retry,
+        secure: plan.secure.clone(),
     });
     let mut driver = Driver {
         endpoint,
@@ -151,6 +156,7 @@ impl Worker {
             Work::Round {
                 open,
                 planned_queries,
+                secure,
             } => {
                 let alpha = learner.config().alpha(open.round, open.rounds);
                 learner.set_round(open.round, open.rounds)?;
@@ -162,13 +168,23 @@ impl Worker {
                 };
                 learner.train(steps, alpha)?;
                 let accuracy = learner.accuracy(holdout)?;
-                let answer = labeller.label_round(
-                    learner,
-                    open.round,
-                    open.rounds,
-                    &open.query_ids,
-                    planned_queries,
-                )?;
+                let answer = match secure {
+                    Some(terms) => labeller.label_secure_round(
+                        learner,
+                        open.round,
+                        open.rounds,
+                        &open.query_ids,
+                        planned_queries,
+                        terms,
+                    )?,
+                    None => labeller.label_round(
+                        learner,
+                        open.round,
+                        open.rounds,
+                        &open.query_ids,
+                        planned_queries,
+                    )?,
+                };
                 let temperature = learner.temperature();
                 let epsilon_spent = labeller.spent().ok().flatten().map(|(e, _)| e);
                 info!(

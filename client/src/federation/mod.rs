@@ -5,6 +5,7 @@
 pub mod driver;
 mod error;
 pub mod hooks;
+pub mod secure;
 pub mod session;
 
 pub use driver::{SessionOutcome, SessionPlan, run_session, run_session_with_hook};

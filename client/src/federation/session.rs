@@ -13,7 +13,8 @@ use fd_protocol::{Contribution, Hello, Message, RoundOpen, SoftLabels, Welcome};
 use tracing::{info, warn};
 
 use crate::federation::error::SessionError;
-use crate::privacy::release::Answer;
+use crate::federation::secure::{SecureIdentity, SecureState};
+use crate::privacy::release::{Answer, SecureTerms};
 
 /// First wait before reconnecting; doubled after each failed attempt.
 pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(200);
@@ -42,6 +43,9 @@ pub struct SessionConfig {
     /// back-off as reconnects); zero: the first failure is final. A coordinator that refuses
     /// the node (its certificate, its terms) is never retried before it was once admitted.
     pub join_retry: Duration,
+    /// What secure-aggregation rounds need; `None`: the node cannot take part in them (it
+    /// leaves a federation that asks for them).
+    pub secure: Option<SecureIdentity>,
 }
 
 /// CPU work the session asks the driver to run (on a blocking thread) and report back with
@@ -54,6 +58,9 @@ pub enum Work {
         open: RoundOpen,
         /// The coordinator's plan of queries for the whole run (from Welcome).
         planned_queries: u64,
+        /// Set in a secure-aggregation round: release integer counts with a noise share
+        /// priced on these terms.
+        secure: Option<SecureTerms>,
     },
     /// Distil from the final target and measure the student.
     Distil {
@@ -169,6 +176,8 @@ pub struct NodeSession {
     /// The last contribution sent, so a round asked again is answered by re-sending it (a
     /// release re-sent is post-processing and costs nothing; new noise would be charged).
     last_contribution: Option<Contribution>,
+    /// The secure round in progress, if any.
+    secure_round: Option<SecureState>,
     round_accuracy: Vec<f64>,
     final_accuracy: f64,
     left: Option<String>,
@@ -189,6 +198,7 @@ impl NodeSession {
             next_delay: RECONNECT_FIRST_DELAY,
             contributed: Contributed::default(),
             last_contribution: None,
+            secure_round: None,
             round_accuracy: Vec::new(),
             final_accuracy: 0.0,
             left: None,
@@ -275,8 +285,10 @@ impl NodeSession {
             }
             Phase::Admitted => {
                 // Whatever was queued for the old connection is lost with it; the coordinator
-                // asks again for whichever round is open once the node is back.
+                // asks again for whichever round is open once the node is back. A secure round
+                // cannot be resumed (the coordinator counts this node as dropped from it).
                 self.transmits.clear();
+                self.secure_round = None;
                 self.give_up_at = Some(now + RECONNECT_FOR);
                 self.next_delay = RECONNECT_FIRST_DELAY;
                 self.wait(now, why);
@@ -298,6 +310,36 @@ impl NodeSession {
                 other.kind()
             ))),
             (Phase::Admitted, Message::RoundOpen(open)) => self.round_open(open),
+            (Phase::Admitted, Message::Roster { round, adverts }) => {
+                let identity = self.config.secure.clone();
+                let step = match (self.secure_step(round, "Roster"), identity) {
+                    (Ok(state), Some(identity)) => state.roster(&identity, &adverts),
+                    (Ok(_), None) => Err(SessionError::Protocol("Roster outside a secure round".into())),
+                    (Err(e), _) => Err(e),
+                };
+                match step {
+                    Ok(message) => self.transmits.push_back(message),
+                    Err(e) => self.fail(e),
+                }
+            }
+            (Phase::Admitted, Message::Inbox { round, shares }) => {
+                match self.secure_step(round, "Inbox") {
+                    Ok(state) => state.inbox(shares),
+                    Err(e) => return self.fail(e),
+                }
+                self.try_mask();
+            }
+            (Phase::Admitted, Message::Unmask { round, survivors }) => {
+                let answer = match self.secure_step(round, "Unmask") {
+                    Ok(state) => state.unmask(&survivors),
+                    Err(e) => return self.fail(e),
+                };
+                match answer {
+                    Ok(message) => self.transmits.push_back(message),
+                    // The round is lost, not under-noised; the federation goes on.
+                    Err(why) => warn!(round, "not helping to unmask: {why}"),
+                }
+            }
             (Phase::Admitted, Message::RoundClosed(closed)) => {
                 info!(
                     round = closed.round,
@@ -359,6 +401,22 @@ impl NodeSession {
                     }
                     Answer::Declined(reason) => {
                         self.leave_unreleased(round, "declined to spend (privacy plan)", reason)
+                    }
+                    Answer::Secure {
+                        counts,
+                        teachers,
+                        receipt,
+                    } => {
+                        match self.secure_round.as_mut() {
+                            Some(state) if state.round() == round => {
+                                state.release(counts, teachers, receipt);
+                                self.contributed.sent(round);
+                            }
+                            // The connection was lost meanwhile: this node dropped out of the
+                            // round; the noisy counts are kept by the labeller for a re-ask.
+                            _ => warn!(round, "secure round gone before its release was ready"),
+                        }
+                        self.try_mask();
                     }
                 }
             }
@@ -463,6 +521,28 @@ impl NodeSession {
         self.events.push_back(Event::Admitted(welcome));
     }
 
+    /// The secure round `round` for a message of kind `kind`, or the protocol fault.
+    fn secure_step(&mut self, round: u32, kind: &str) -> Result<&mut SecureState, SessionError> {
+        match self.secure_round.as_mut() {
+            Some(state) if state.round() == round => Ok(state),
+            _ => Err(SessionError::Protocol(format!(
+                "{kind} for round {round}, which is not this node's secure round in progress"
+            ))),
+        }
+    }
+
+    /// Sends the masked vector once the inbox and the counts are both in.
+    fn try_mask(&mut self) {
+        let Some(state) = self.secure_round.as_mut() else {
+            return;
+        };
+        match state.try_mask() {
+            Ok(Some(message)) => self.transmits.push_back(message),
+            Ok(None) => {}
+            Err(e) => self.fail(e),
+        }
+    }
+
     fn round_open(&mut self, open: RoundOpen) {
         if let Err(e) = self.check_target(&open.target) {
             return self.fail(e);
@@ -487,9 +567,30 @@ impl NodeSession {
             return;
         }
         let planned_queries = self.welcome.as_ref().map_or(0, |w| w.planned_queries);
+        let mut terms = None;
+        if let Some(secure) = &open.secure {
+            let Some(identity) = &self.config.secure else {
+                let why = "this federation runs secure aggregation, which needs a private node \
+                           ([privacy] mode = \"shards\") with its certificate key";
+                self.transmits
+                    .push_back(Message::Leave { reason: why.into() });
+                self.close("terms");
+                return self.fail(SessionError::Terms(why.into()));
+            };
+            let classes = usize::from(self.config.hello.classes);
+            match SecureState::open(identity, &open, secure, classes) {
+                Ok((state, advert)) => {
+                    terms = Some(state.terms());
+                    self.secure_round = Some(state);
+                    self.transmits.push_back(advert);
+                }
+                Err(e) => return self.fail(e),
+            }
+        }
         self.work.push_back(Work::Round {
             open,
             planned_queries,
+            secure: terms,
         });
     }
 

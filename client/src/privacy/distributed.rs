@@ -184,6 +184,61 @@ impl ShareRelease {
     }
 }
 
+/// The smallest share scale, on a grid of steps of 0.1% up from the share that `plan`'s honest
+/// shares need to reach the Gaussian `sigma` at `rho`, whose sum's cost ([`sum_rho`], the
+/// distributed bound with its `tau` terms) is at most `rho`. Errors if none is found within a
+/// factor of 2.
+pub fn share_sigma_for(
+    plan: &DistributedPlan,
+    len: usize,
+    queries: usize,
+    rho: f64,
+) -> Result<f64, PrivacyError> {
+    let (l2, l1) = vote_sensitivity(queries)?;
+    let sigma = super::sigma_for_rho(len, super::release_sensitivity(queries), rho)?;
+    let honest = plan.honest()?;
+    let first = plan.share_sigma(sigma)?.max(0.5);
+    let mut share = first;
+    while share <= 2.0 * first {
+        if sum_rho(len, &l2, &l1, share, honest)? <= rho {
+            return Ok(share);
+        }
+        share *= 1.001;
+    }
+    Err(PrivacyError::NoSolution {
+        what: "the noise share of a secure release",
+        detail: format!("no share up to {share} keeps the sum's rho within {rho}"),
+    })
+}
+
+/// A secure-aggregation release: prices the sum (`rho` of [`sum_rho`] under `plan`) and the
+/// floor (the share alone), charges the ledger durably, and only then draws the share and adds
+/// it to `counts` (`queries` rows of integer votes).
+pub fn secure_release(
+    ledger: &mut super::PrivacyLedger,
+    round: u32,
+    counts: &[i64],
+    queries: usize,
+    plan: &DistributedPlan,
+    share_sigma: f64,
+) -> Result<(Vec<i64>, super::Receipt), PrivacyError> {
+    let (l2, l1) = vote_sensitivity(queries)?;
+    let share = ShareRelease::new(counts.len(), share_sigma)?;
+    let rho = sum_rho(counts.len(), &l2, &l1, share.share_sigma(), plan.honest()?)?;
+    let floor_rho = share.floor_rho(&l2)?;
+    let receipt = ledger.charge(super::Charge {
+        round,
+        queries: u32::try_from(queries)
+            .map_err(|_| PrivacyError::Distributed("more than u32::MAX queries".into()))?,
+        sigma: share.share_sigma(),
+        sensitivity: l2.to_f64().value(),
+        rho,
+        floor_rho: Some(floor_rho),
+    })?;
+    let noisy = share.invoke(counts)?;
+    Ok((noisy, receipt))
+}
+
 /// `tau = 10 sum_{k=1}^{h-1} exp(-2 pi^2 s^2 k / (k + 1))`, every step rounded up.
 pub fn tau(share_sigma: f64, honest: usize) -> Result<f64, PrivacyError> {
     // 2 pi^2 s^2 rounded down (each product is within half an ulp; one step down after each

@@ -50,7 +50,7 @@ use super::accountant::{Budget, epsilon_for};
 use super::{MECHANISM, PRIVACY_UNIT, PrivacyError};
 
 /// The schema version this code writes, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long to wait for another connection's write lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -67,8 +67,13 @@ pub struct Charge {
     /// L2 sensitivity at which the cost was read (see
     /// [`release_sensitivity`](super::release_sensitivity)).
     pub sensitivity: f64,
-    /// zCDP cost of the release, from OpenDP's privacy map.
+    /// zCDP cost of the release, from OpenDP's privacy map. For a secure-aggregation share:
+    /// the cost of the federation's sum, under the assumption on colluders and dropouts.
     pub rho: f64,
+    /// Secure aggregation only: the cost from the node's own noise share alone (what holds if
+    /// every other node colludes with the coordinator). `None`: a release noised on its own,
+    /// whose floor is `rho`.
+    pub floor_rho: Option<f64>,
 }
 
 /// What [`PrivacyLedger::charge`] hands back once a charge is durable.
@@ -88,6 +93,10 @@ pub struct Receipt {
     pub sigma: f64,
     /// L2 sensitivity of this release.
     pub sensitivity: f64,
+    /// For a secure-aggregation share: the total epsilon at `delta` of every release so far
+    /// from the node's own noise alone ([`Charge::floor_rho`], or `rho` for releases noised on
+    /// their own).
+    pub floor_epsilon_total: Option<f64>,
 }
 
 /// A node's durable record of privacy spent, in one SQLite file.
@@ -113,8 +122,21 @@ fn sql(path: &Path, action: &'static str) -> impl FnOnce(rusqlite::Error) -> Pri
 
 /// Reads every charge's `rho`, in `id` order, checking each is a valid cost.
 fn read_rhos(conn: &Connection, path: &Path) -> Result<Vec<f64>, PrivacyError> {
+    read_costs(conn, path, "SELECT rho FROM charges ORDER BY id")
+}
+
+/// Reads every charge's floor cost ([`Charge::floor_rho`], else `rho`), in `id` order.
+fn read_floor_rhos(conn: &Connection, path: &Path) -> Result<Vec<f64>, PrivacyError> {
+    read_costs(
+        conn,
+        path,
+        "SELECT COALESCE(floor_rho, rho) FROM charges ORDER BY id",
+    )
+}
+
+fn read_costs(conn: &Connection, path: &Path, query: &str) -> Result<Vec<f64>, PrivacyError> {
     let mut stmt = conn
-        .prepare_cached("SELECT rho FROM charges ORDER BY id")
+        .prepare_cached(query)
         .map_err(sql(path, "prepare the query for charges"))?;
     let rhos = stmt
         .query_map([], |row| row.get::<_, f64>(0))
@@ -204,9 +226,10 @@ impl PrivacyLedger {
                          queries INTEGER NOT NULL,
                          sigma REAL NOT NULL,
                          sensitivity REAL NOT NULL,
-                         rho REAL NOT NULL CHECK (rho >= 0)
+                         rho REAL NOT NULL CHECK (rho >= 0),
+                         floor_rho REAL CHECK (floor_rho >= 0)
                      );
-                     PRAGMA user_version = 2;",
+                     PRAGMA user_version = 3;",
                 )
                 .map_err(sql(path, "create the ledger tables"))?;
                 tx.execute(
@@ -216,7 +239,7 @@ impl PrivacyLedger {
                 )
                 .map_err(sql(path, "store the budget"))?;
             }
-            1 | SCHEMA_VERSION => {
+            1..=SCHEMA_VERSION => {
                 if version == 1 {
                     // Before fingerprints: the ledger adopts the data it is opened for.
                     tx.execute_batch(
@@ -225,6 +248,14 @@ impl PrivacyLedger {
                     .map_err(sql(path, "upgrade the ledger to version 2"))?;
                     tx.execute("UPDATE budget SET data = ?1 WHERE id = 1", params![data])
                         .map_err(sql(path, "store the data fingerprint"))?;
+                }
+                if version < 3 {
+                    // Before secure aggregation: every charge's floor is its rho (NULL).
+                    tx.execute_batch(
+                        "ALTER TABLE charges ADD COLUMN floor_rho REAL CHECK (floor_rho >= 0);
+                         PRAGMA user_version = 3;",
+                    )
+                    .map_err(sql(path, "upgrade the ledger to version 3"))?;
                 }
                 let (epsilon, delta, stored_data): (f64, f64, Option<String>) = tx
                     .query_row(
@@ -306,6 +337,9 @@ impl PrivacyLedger {
     pub fn charge(&mut self, charge: Charge) -> Result<Receipt, PrivacyError> {
         const LOCATION: &str = "privacy::PrivacyLedger::charge";
         check_rho(charge.rho, LOCATION)?;
+        if let Some(floor) = charge.floor_rho {
+            check_rho(floor, LOCATION)?;
+        }
         if !(charge.sigma.is_finite() && charge.sigma > 0.0) {
             return Err(PrivacyError::InvalidParameter {
                 what: "sigma",
@@ -344,15 +378,24 @@ impl PrivacyLedger {
                 budget_epsilon: self.budget.epsilon,
             });
         }
+        let floor_epsilon_total = match charge.floor_rho {
+            Some(floor) => {
+                let mut floors = read_floor_rhos(&tx, path)?;
+                floors.push(floor);
+                Some(epsilon_for(compose(floors)?, self.budget.delta)?)
+            }
+            None => None,
+        };
         tx.execute(
-            "INSERT INTO charges (round, queries, sigma, sensitivity, rho)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO charges (round, queries, sigma, sensitivity, rho, floor_rho)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 charge.round,
                 charge.queries,
                 charge.sigma,
                 charge.sensitivity,
-                charge.rho
+                charge.rho,
+                charge.floor_rho
             ],
         )
         .map_err(sql(path, "insert the charge"))?;
@@ -365,6 +408,7 @@ impl PrivacyLedger {
             delta: self.budget.delta,
             sigma: charge.sigma,
             sensitivity: charge.sensitivity,
+            floor_epsilon_total,
         })
     }
 
@@ -374,7 +418,8 @@ impl PrivacyLedger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT round, queries, sigma, sensitivity, rho FROM charges ORDER BY id",
+                "SELECT round, queries, sigma, sensitivity, rho, floor_rho FROM charges
+                 ORDER BY id",
             )
             .map_err(sql(path, "prepare the query for charges"))?;
         let rows = stmt
@@ -385,13 +430,14 @@ impl PrivacyLedger {
                     row.get::<_, f64>(2)?,
                     row.get::<_, f64>(3)?,
                     row.get::<_, f64>(4)?,
+                    row.get::<_, Option<f64>>(5)?,
                 ))
             })
             .map_err(sql(path, "read charges"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(sql(path, "read charges"))?;
         rows.into_iter()
-            .map(|(round, queries, sigma, sensitivity, rho)| {
+            .map(|(round, queries, sigma, sensitivity, rho, floor_rho)| {
                 let to_u32 = |what: &str, v: i64| {
                     u32::try_from(v).map_err(|_| PrivacyError::CorruptLedger {
                         path: path.clone(),
@@ -404,6 +450,7 @@ impl PrivacyLedger {
                     sigma,
                     sensitivity,
                     rho,
+                    floor_rho,
                 })
             })
             .collect()
@@ -437,6 +484,7 @@ mod tests {
             sigma,
             sensitivity,
             rho: release_rho(queries * classes, sensitivity, sigma).expect("rho"),
+            floor_rho: None,
         }
     }
 

@@ -87,16 +87,30 @@ pub fn release_sigma(
     planned_queries: u64,
     queries_per_release: usize,
 ) -> Result<f64, PrivacyError> {
+    let rho_release = release_rho_target(budget, planned_queries, queries_per_release)?;
+    if rho_release.is_infinite() {
+        return Ok(0.0);
+    }
+    let m = queries_per_release.max(1);
+    sigma_for_rho(m * classes.max(1), release_sensitivity(m), rho_release)
+}
+
+/// The rho of one release of `queries_per_release` queries when the budget is spread evenly
+/// over `planned_queries` (infinite for an infinite budget).
+pub fn release_rho_target(
+    budget: Budget,
+    planned_queries: u64,
+    queries_per_release: usize,
+) -> Result<f64, PrivacyError> {
     let rho_total = rho_for(budget)?;
     if rho_total.is_infinite() {
-        return Ok(0.0);
+        return Ok(f64::INFINITY);
     }
     let m = queries_per_release.max(1);
     let planned = planned_queries.max(m as u64) as f64;
     // A hair under the even share, so that float rounding in the sum of the planned releases
     // can never push the last one over the budget.
-    let rho_release = rho_total * m as f64 / planned * (1.0 - 1e-9);
-    sigma_for_rho(m * classes.max(1), release_sensitivity(m), rho_release)
+    Ok(rho_total * m as f64 / planned * (1.0 - 1e-9))
 }
 
 /// `teachers / classes / sigma`, infinite when `sigma` is 0.

@@ -12,7 +12,10 @@ use tracing::{info, warn};
 use crate::distill::Learner;
 use crate::distill::ModelError;
 use crate::distill::target::{balance_classes, sharpen_private_target};
-use crate::privacy::plan::{Plan, PlanInput, plan, release_sigma, wanted_snr};
+use crate::privacy::distributed::{DistributedPlan, secure_release, share_sigma_for};
+use crate::privacy::plan::{
+    Plan, PlanInput, plan, release_rho_target, release_sigma, wanted_snr,
+};
 use crate::privacy::teachers::{TeacherEnsemble, Votes};
 use crate::privacy::{
     Budget, MECHANISM, NON_PRIVATE, PRIVACY_UNIT, PrivacyError, PrivacyLedger, Projection,
@@ -51,7 +54,31 @@ pub enum Answer {
     /// The planner predicts the release would be noise (below `privacy.min_snr`), so the
     /// node declines to spend: nothing was drawn or charged, nothing may be sent.
     Declined(String),
+    /// A secure-aggregation release: the node's integer vote counts plus its noise share (one
+    /// per query and class, row-major), to be masked before they leave.
+    Secure {
+        /// The noisy counts.
+        counts: Vec<i64>,
+        /// Teachers voting (public, from the record count).
+        teachers: u32,
+        /// The receipt: the sum's guarantee and the floor.
+        receipt: Option<PrivacyReceipt>,
+    },
 }
+
+/// What a node needs to know of a secure-aggregation round to price its noise share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecureTerms {
+    /// Nodes asked in the round.
+    pub roster: usize,
+    /// The fewest survivors the node helps to unmask.
+    pub min_survivors: usize,
+    /// Colluders the node assumes (its own setting, not the coordinator's word).
+    pub colluders: usize,
+}
+
+/// Mechanism name of secure-aggregation releases.
+pub const SECURE_MECHANISM: &str = "subsample-and-aggregate+distributed-discrete-gaussian(secagg)";
 
 /// The teacher ensemble and everything that prices its releases.
 #[derive(Debug)]
@@ -91,6 +118,9 @@ pub struct PrivateLabeller {
     /// coordinator restart) gets the same labels back: re-sending a release is
     /// post-processing and costs nothing, where drawing fresh noise would be charged again.
     pub last_release: Option<(u32, SoftLabels, Option<PrivacyReceipt>)>,
+    /// The last secure release (round, noisy counts, teachers, receipt), kept for the same
+    /// reason: a round opened again is masked afresh over the same noisy counts.
+    pub last_secure: Option<(u32, Vec<i64>, u32, Option<PrivacyReceipt>)>,
 }
 
 /// The post-processing of a release's noisy sums (noise `sigma`; 0 when noiseless).
@@ -212,7 +242,144 @@ impl Labeller {
     }
 }
 
+impl Labeller {
+    /// Trains the teachers for this round and releases their integer vote counts for
+    /// `query_ids` with this node's share of the noise of a securely aggregated sum.
+    pub fn label_secure_round(
+        &mut self,
+        learner: &Learner,
+        round: u32,
+        rounds: u32,
+        query_ids: &[u32],
+        planned_queries: u64,
+        terms: SecureTerms,
+    ) -> Result<Answer, LabelError> {
+        let Labeller::Private(p) = self else {
+            return Err(LabelError::Privacy(PrivacyError::Distributed(
+                "secure aggregation needs integer vote counts: set [privacy] mode = \"shards\""
+                    .into(),
+            )));
+        };
+        if let Some((r, counts, teachers, receipt)) = &p.last_secure
+            && *r == round
+            && counts.len() == query_ids.len() * p.ensemble.config().classes
+        {
+            info!(round, "round asked again: re-masking its release, already paid for");
+            return Ok(Answer::Secure {
+                counts: counts.clone(),
+                teachers: *teachers,
+                receipt: receipt.clone(),
+            });
+        }
+        let answer = p.release_secure(learner, round, rounds, query_ids, planned_queries, terms)?;
+        if let Answer::Secure {
+            counts,
+            teachers,
+            receipt,
+        } = &answer
+        {
+            p.last_secure = Some((round, counts.clone(), *teachers, receipt.clone()));
+        }
+        Ok(answer)
+    }
+}
+
 impl PrivateLabeller {
+    /// Trains the teachers (as [`Self::release`]) and returns their summed votes.
+    fn train_and_vote(
+        &mut self,
+        learner: &Learner,
+        round: u32,
+        rounds: u32,
+        query_ids: &[u32],
+        votes: Votes,
+    ) -> Result<Vec<f64>, LabelError> {
+        let target = learner.target();
+        let (steps, alpha) = match &target {
+            None => (self.local_steps, 1.0),
+            Some(_) => (self.steps_per_round, learner.config().alpha(round, rounds)),
+        };
+        self.ensemble
+            .train(steps, alpha, target.as_ref().map(|(x, y)| (x, y)))?;
+        let rows = learner.public_rows(query_ids)?;
+        Ok(self.ensemble.vote_sums(&rows, votes)?)
+    }
+
+    /// A secure release: hard votes (integers), plus a discrete Gaussian share scaled so that
+    /// the honest survivors' shares spend the budget evenly over the planned queries.
+    fn release_secure(
+        &mut self,
+        learner: &Learner,
+        round: u32,
+        rounds: u32,
+        query_ids: &[u32],
+        planned_queries: u64,
+        terms: SecureTerms,
+    ) -> Result<Answer, LabelError> {
+        let sums = self.train_and_vote(learner, round, rounds, query_ids, Votes::Hard)?;
+        // Hard votes are counts; `as` cannot lose anything below 2^53.
+        let counts: Vec<i64> = sums.iter().map(|v| v.round() as i64).collect();
+        let teachers = self.ensemble.config().teachers as u32;
+        let m = query_ids.len();
+        let Some(ledger) = self.ledger.as_mut() else {
+            return Ok(Answer::Secure {
+                counts,
+                teachers,
+                receipt: None,
+            });
+        };
+        let plan = DistributedPlan {
+            nodes: terms.roster,
+            colluders: terms.colluders,
+            dropouts: terms.roster.saturating_sub(terms.min_survivors),
+        };
+        let share_sigma = match self.sigma {
+            Some(s) => s,
+            None => {
+                let rho = release_rho_target(self.budget, planned_queries, m)?;
+                let s = share_sigma_for(&plan, counts.len(), m, rho)?;
+                info!(
+                    share_sigma = s,
+                    honest = plan.honest()?,
+                    epsilon = self.budget.epsilon,
+                    planned_queries,
+                    "noise share chosen: the honest survivors' shares spend the budget's rho \
+                     evenly over the planned queries"
+                );
+                s
+            }
+        };
+        self.sigma = Some(share_sigma);
+        match secure_release(ledger, round, &counts, m, &plan, share_sigma) {
+            Ok((noisy, r)) => {
+                info!(
+                    round,
+                    rho = r.rho,
+                    epsilon_total = r.epsilon_total,
+                    floor_epsilon_total = r.floor_epsilon_total,
+                    "secure release charged to the ledger"
+                );
+                Ok(Answer::Secure {
+                    counts: noisy,
+                    teachers,
+                    receipt: Some(PrivacyReceipt {
+                        mechanism: SECURE_MECHANISM.into(),
+                        unit: PRIVACY_UNIT.into(),
+                        sigma: r.sigma,
+                        sensitivity: r.sensitivity,
+                        rho: r.rho,
+                        rho_total: r.rho_total,
+                        epsilon_total: r.epsilon_total,
+                        delta: r.delta,
+                        floor_epsilon_total: r.floor_epsilon_total,
+                    }),
+                })
+            }
+            Err(e @ PrivacyError::BudgetExceeded { .. }) => Ok(Answer::BudgetSpent(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Trains the teachers and makes a new (charged) release for `query_ids`.
     fn release(
         &mut self,
@@ -222,16 +389,9 @@ impl PrivateLabeller {
         query_ids: &[u32],
         planned_queries: u64,
     ) -> Result<Answer, LabelError> {
+        let votes = self.votes;
+        let sums = self.train_and_vote(learner, round, rounds, query_ids, votes)?;
         let p = self;
-        let target = learner.target();
-        let (steps, alpha) = match &target {
-            None => (p.local_steps, 1.0),
-            Some(_) => (p.steps_per_round, learner.config().alpha(round, rounds)),
-        };
-        p.ensemble
-            .train(steps, alpha, target.as_ref().map(|(x, y)| (x, y)))?;
-        let rows = learner.public_rows(query_ids)?;
-        let sums = p.ensemble.vote_sums(&rows, p.votes)?;
         let classes = p.ensemble.config().classes;
         let m = query_ids.len();
         let (rows_kind, teachers, clamp_floor) =
@@ -304,6 +464,7 @@ impl PrivateLabeller {
                     rho_total: r.rho_total,
                     epsilon_total: r.epsilon_total,
                     delta: r.delta,
+                    floor_epsilon_total: r.floor_epsilon_total,
                 };
                 info!(
                     round,
@@ -397,6 +558,7 @@ mod tests {
             trust_snr: 0.0,
             plan: None,
             last_release: None,
+            last_secure: None,
         }));
         (learner, labeller, dir)
     }

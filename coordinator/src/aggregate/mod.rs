@@ -112,6 +112,16 @@ pub struct AggregationConfig {
     /// Sharpening temperature in `(0, 1]`: the aggregate becomes `p^(1/tau)` renormalised;
     /// 1 leaves it as it is.
     pub sharpen: f64,
+    /// Secure aggregation: the coordinator learns only the sum of the nodes' noisy vote
+    /// counts (pairwise masking; each node adds a share of the noise). `strategy`, `trim`,
+    /// `reputation_rate` and `sharpen` then do not apply: nothing per node is visible.
+    pub secure: bool,
+    /// Secure aggregation: nodes that may collude with the coordinator. Sets the threshold
+    /// of the secret sharing (more than `(nodes + colluders) / 2`).
+    pub colluders: u32,
+    /// Secure aggregation: nodes that may drop out after masking and still leave the sum
+    /// decodable. Nodes help unmask only with at least `nodes - dropouts` survivors.
+    pub dropouts: u32,
 }
 
 impl Default for AggregationConfig {
@@ -121,11 +131,38 @@ impl Default for AggregationConfig {
             trim: 0.2,
             reputation_rate: 0.5,
             sharpen: 1.0,
+            secure: false,
+            colluders: 1,
+            dropouts: 2,
         }
     }
 }
 
 impl AggregationConfig {
+    /// Checks the secure-aggregation terms for `nodes` nodes; the message names the field.
+    pub fn validate_secure(&self, nodes: usize) -> Result<(), String> {
+        if !self.secure {
+            return Ok(());
+        }
+        if nodes > 255 {
+            return Err(format!(
+                "aggregation.secure takes at most 255 nodes (secret sharing over GF(256)), got {nodes}"
+            ));
+        }
+        let (c, t) = (self.colluders as usize, self.dropouts as usize);
+        let threshold = (nodes + c) / 2 + 1;
+        if nodes < t + threshold || nodes <= c + t {
+            return Err(format!(
+                "aggregation.secure with {nodes} nodes cannot tolerate {c} colluders and {t} \
+                 dropouts: the survivors ({}) must reach the threshold {threshold} (more than \
+                 half of nodes + colluders) and outnumber the colluders; lower \
+                 aggregation.dropouts or aggregation.colluders, or add nodes",
+                nodes.saturating_sub(t)
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks ranges; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..0.5).contains(&self.trim) {
