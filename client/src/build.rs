@@ -111,15 +111,13 @@ impl Node {
         // Private nodes can take part in secure-aggregation rounds; a key that cannot sign
         // adverts leaves them out (the session then says so if a round needs it).
         let secure = match &self.labeller {
-            Labeller::Private(_) => {
-                match SecureIdentity::new(&tls, None, self.colluders) {
-                    Ok(identity) => Some(identity),
-                    Err(e) => {
-                        tracing::warn!("secure aggregation unavailable to this node: {e}");
-                        None
-                    }
+            Labeller::Private(_) => match SecureIdentity::new(&tls, None, self.colluders) {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    tracing::warn!("secure aggregation unavailable to this node: {e}");
+                    None
                 }
-            }
+            },
             Labeller::Student => None,
         };
         SessionPlan {

@@ -137,7 +137,7 @@ struct OpenRound {
     /// kept as it changes; checking every asked node on every contribution was quadratic).
     waiting: BTreeSet<String>,
     /// A secure-aggregation round's relay (its `deadline` is the current step's).
-    secure: Option<SecureRound>,
+    secure: Option<Box<SecureRound>>,
     /// A secure round's outcome once decoded (or lost, with the reason).
     secure_sum: Option<Result<Sum, String>>,
 }
@@ -388,7 +388,11 @@ impl Rounds {
         let nodes: Vec<NodeSummary> = self.nodes.values().cloned().collect();
         Summary {
             federation: self.config.name.clone(),
-            aggregator: self.aggregator.kind().to_string(),
+            aggregator: if self.config.aggregation.secure {
+                "secure-sum (the survivors' noisy votes, summed under masks)".to_owned()
+            } else {
+                self.aggregator.kind().to_string()
+            },
             rounds: self.log.len() as u32,
             ended_early: self.ended_early.clone(),
             accepted_per_round: self.log.iter().map(|r| r.accepted).collect(),
@@ -577,7 +581,7 @@ impl Rounds {
                 self.config.aggregation.colluders,
                 self.config.aggregation.dropouts,
             ) {
-                Ok(s) => secure = Some(s),
+                Ok(s) => secure = Some(Box::new(s)),
                 Err(why) => secure_sum = Some(Err(why)),
             }
         }
@@ -700,8 +704,8 @@ impl Rounds {
             },
             other => {
                 let why = format!(
-                    "unexpected {} from a node: nodes send only Contribution and Leave after \
-                     Hello",
+                    "unexpected {} from a node: after Hello nodes send only Contribution, Leave \
+                     and the secure-round messages (KeyAdvert, KeyShares, Masked, Unmasked)",
                     other.kind()
                 );
                 warn!(node, "{why}");
@@ -819,7 +823,10 @@ impl Rounds {
                 }
             }
             Advance::Lost(why) => {
-                warn!(round, "secure round lost: {why}; the target stays as it was");
+                warn!(
+                    round,
+                    "secure round lost: {why}; the target stays as it was"
+                );
                 open.secure_sum = Some(Err(why));
                 self.close_round(now, ClosedBy::Deadline);
             }
@@ -840,22 +847,17 @@ impl Rounds {
         let mut aggregate = None;
         let mut receipts = BTreeMap::new();
         let secure_mode = open.secure.is_some() || open.secure_sum.is_some();
-        if secure_mode {
-            if let Some(Ok(sum)) = &open.secure_sum {
-                accepted = sum.survivors.clone();
-                receipts = sum.receipts.clone();
-            }
+        if let Some(Ok(sum)) = &open.secure_sum {
+            accepted = sum.survivors.clone();
+            receipts = sum.receipts.clone();
         }
         let quorate = accepted.len() >= self.config.quorum.max(1);
         if secure_mode {
             if let (true, Some(Ok(sum))) = (quorate, &open.secure_sum) {
                 let classes = usize::from(self.config.classes);
                 let counts: Vec<f64> = sum.counts.iter().map(|&v| v as f64).collect();
-                let projection = fd_protocol::Projection::vote_mass(
-                    sum.teachers as usize,
-                    classes,
-                    sum.sigma,
-                );
+                let projection =
+                    fd_protocol::Projection::vote_mass(sum.teachers as usize, classes, sum.sigma);
                 let labels = SoftLabels {
                     classes: self.config.classes,
                     query_ids: open.query_ids.clone(),
@@ -1020,6 +1022,15 @@ fn receipt_defect(r: &PrivacyReceipt) -> Option<String> {
     }
     if r.rho_total < r.rho || !(r.delta > 0.0 && r.delta < 1.0) {
         return Some("is inconsistent (rho_total < rho, or delta outside (0, 1))".into());
+    }
+    // A share's own floor can only be weaker than the sum's guarantee.
+    if let Some(floor) = r.floor_epsilon_total
+        && !(floor.is_finite() && floor >= r.epsilon_total)
+    {
+        return Some(format!(
+            "has a floor epsilon {floor} that is not finite or is below the sum's {}",
+            r.epsilon_total
+        ));
     }
     None
 }

@@ -95,7 +95,9 @@ impl SecureRound {
     ) -> Result<SecureRound, String> {
         let n = roster.len();
         if n > 255 {
-            return Err(format!("{n} nodes present; secure aggregation takes at most 255"));
+            return Err(format!(
+                "{n} nodes present; secure aggregation takes at most 255"
+            ));
         }
         let c = colluders as usize;
         let threshold = (n + c) / 2 + 1;
@@ -199,7 +201,10 @@ impl SecureRound {
                 ..
             } => {
                 if advert.node != id {
-                    return Err(format!("key advert for node {}, this node is {id}", advert.node));
+                    return Err(format!(
+                        "key advert for node {}, this node is {id}",
+                        advert.node
+                    ));
                 }
                 self.adverts.insert(
                     id,
@@ -215,8 +220,7 @@ impl SecureRound {
                 let advertised: BTreeSet<u32> = self.adverts.keys().copied().collect();
                 if !all_from_it || to != advertised || shares.len() != advertised.len() {
                     return Err(
-                        "key shares must come from this node, one for each advertised node"
-                            .into(),
+                        "key shares must come from this node, one for each advertised node".into(),
                     );
                 }
                 self.shares.insert(id, shares);
@@ -287,15 +291,17 @@ impl SecureRound {
                 }
                 self.step = Step::Mask;
                 self.pending = self.shares.keys().copied().collect();
-                Advance::Next(self.to_each(&self.pending, |to| Message::Inbox {
-                    round: self.round,
-                    shares: self
-                        .shares
-                        .values()
-                        .flatten()
-                        .filter(|s| s.to == to)
-                        .cloned()
-                        .collect(),
+                Advance::Next(self.to_each(&self.pending, |to| {
+                    Message::Inbox {
+                        round: self.round,
+                        shares: self
+                            .shares
+                            .values()
+                            .flatten()
+                            .filter(|s| s.to == to)
+                            .cloned()
+                            .collect(),
+                    }
                 }))
             }
             Step::Mask => {
@@ -314,7 +320,11 @@ impl SecureRound {
         }
     }
 
-    fn to_each(&self, ids: &BTreeSet<u32>, message: impl Fn(u32) -> Message) -> Vec<(String, Message)> {
+    fn to_each(
+        &self,
+        ids: &BTreeSet<u32>,
+        message: impl Fn(u32) -> Message,
+    ) -> Vec<(String, Message)> {
         ids.iter()
             .map(|id| (self.names[id].clone(), message(*id)))
             .collect()
@@ -327,8 +337,7 @@ impl SecureRound {
         let masked: Vec<fd_secagg::MaskedInput> =
             self.masked.values().map(|m| m.masked.clone()).collect();
         let responses: Vec<UnmaskResponse> = self.responses.values().cloned().collect();
-        let sum = match fd_secagg::aggregate(&self.config, &adverts, &shared, &masked, &responses)
-        {
+        let sum = match fd_secagg::aggregate(&self.config, &adverts, &shared, &masked, &responses) {
             Ok(sum) => sum,
             Err(e) => return Advance::Lost(format!("the sum could not be unmasked: {e}")),
         };
@@ -342,7 +351,11 @@ impl SecureRound {
         }
         Advance::Done(Sum {
             counts: sum.into_iter().map(fd_secagg::centred).collect(),
-            survivors: self.masked.keys().map(|id| self.names[id].clone()).collect(),
+            survivors: self
+                .masked
+                .keys()
+                .map(|id| self.names[id].clone())
+                .collect(),
             teachers: self.masked.values().map(|m| u64::from(m.teachers)).sum(),
             sigma: variance.sqrt(),
             receipts,
@@ -363,7 +376,10 @@ mod tests {
         // 10 nodes, c = 1, t = 2: threshold floor(11 / 2) + 1 = 6, fewest survivors 8.
         let r = SecureRound::new([0; 32], 0, 4, &roster(10), 1, 2).unwrap();
         let t = r.terms("node-03").unwrap();
-        assert_eq!((t.node, t.roster, t.threshold, t.min_survivors), (4, 10, 6, 8));
+        assert_eq!(
+            (t.node, t.roster, t.threshold, t.min_survivors),
+            (4, 10, 6, 8)
+        );
         // 4 nodes: threshold 3, fewest survivors raised from 2 to 3.
         let r = SecureRound::new([0; 32], 0, 4, &roster(4), 1, 2).unwrap();
         let t = r.terms("node-00").unwrap();
@@ -383,7 +399,11 @@ mod tests {
                 revealed: Vec::new(),
             },
         };
-        assert!(r.receive("node-00", unmask).unwrap_err().contains("out of turn"));
+        assert!(
+            r.receive("node-00", unmask)
+                .unwrap_err()
+                .contains("out of turn")
+        );
         let advert = |node, round| Message::KeyAdvert {
             round,
             advert: fd_secagg::KeyAdvert {
@@ -395,10 +415,21 @@ mod tests {
             certificate: Vec::new(),
         };
         assert!(r.receive("stranger", advert(1, 3)).is_err());
-        assert!(r.receive("node-00", advert(1, 2)).unwrap_err().contains("round 3 is open"));
-        assert!(r.receive("node-00", advert(2, 3)).unwrap_err().contains("this node is 1"));
+        assert!(
+            r.receive("node-00", advert(1, 2))
+                .unwrap_err()
+                .contains("round 3 is open")
+        );
+        assert!(
+            r.receive("node-00", advert(2, 3))
+                .unwrap_err()
+                .contains("this node is 1")
+        );
         r.receive("node-00", advert(1, 3)).unwrap();
-        assert!(r.receive("node-00", advert(1, 3)).is_err(), "a repeat is refused");
+        assert!(
+            r.receive("node-00", advert(1, 3)).is_err(),
+            "a repeat is refused"
+        );
         assert_eq!(r.pending(), 2);
         // Only one of three advertised by the deadline: below the threshold, the round is lost.
         assert!(matches!(r.advance(), Advance::Lost(_)));

@@ -505,6 +505,7 @@ mod tests {
             rho_total: 0.5,
             epsilon_total: 3.0,
             delta: 1e-5,
+            floor_epsilon_total: None,
         };
         RoundRecord {
             round,

@@ -16,12 +16,12 @@ pub mod codec;
 mod messages;
 mod projection;
 
-pub use projection::Projection;
 pub use codec::{CodecError, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use messages::{
     Contribution, Hello, LabelError, Masked, Message, PrivacyReceipt, RoundClosed, RoundOpen,
     SecureRound, SignedAdvert, SoftLabels, Welcome, arg_max,
 };
+pub use projection::Projection;
 
 /// ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"fd/1";

@@ -735,3 +735,112 @@ fn coordinator_killed_mid_run_restarts_from_its_state_and_the_run_completes() {
         assert!(report["accuracy"].as_f64().is_some(), "{name} finished");
     }
 }
+
+/// Five private nodes in a secure-aggregation federation: every round's sum is decoded from
+/// masked vectors, each node's ledger carries both guarantees (the sum's and its own share's
+/// floor, which is weaker), and the coordinator's database holds the target and per-node
+/// metadata only, never a node's votes: its only label values are the target's rows, and each
+/// round's aggregate is what the target holds.
+#[test]
+fn a_secure_federation_of_five_client_processes_completes_and_stores_no_node_votes() {
+    let fixture = Fixture::new();
+    // 5 nodes, 1 colluder, 1 dropout: threshold floor(6 / 2) + 1 = 4, fewest survivors 4.
+    let (coordinator, addr) = fixture.coordinator_with(
+        5,
+        "require_privacy = true\nqueries_per_round = 4\nstate_dir = \"state\"\n\
+         [aggregation]\nsecure = true\ncolluders = 1\ndropouts = 1\n",
+    );
+    let privacy = "[privacy]\nmode = \"shards\"\nepsilon = 3.0\ndelta = 1e-5\n";
+    let nodes = [
+        ("hospital-a", [0, 1]),
+        ("hospital-b", [1, 2]),
+        ("hospital-c", [0, 2]),
+        ("bank-d", [0, 1]),
+        ("bank-e", [1, 2]),
+    ];
+    let printed = fixture.federate(coordinator, &addr, &nodes, 70, privacy);
+    assert!(printed.contains("finished: 3 rounds"), "{printed}");
+    assert!(printed.contains("aggregator: secure-sum"), "{printed}");
+
+    let summary = read_json(&fixture.path("summary.json"));
+    for node in summary["nodes"].as_array().expect("nodes") {
+        let spending = &node["privacy"];
+        assert_eq!(spending["releases"], ROUNDS, "{node}");
+        assert!(
+            spending["mechanism"]
+                .as_str()
+                .is_some_and(|m| m.contains("distributed-discrete-gaussian")),
+            "{node}"
+        );
+        let eps = spending["epsilon_total"].as_f64().expect("epsilon_total");
+        assert!(eps > 0.0 && eps <= 3.0, "{eps}");
+    }
+    for (name, _) in nodes {
+        let ledger =
+            rusqlite::Connection::open(fixture.path(&format!("{name}.csv.privacy-ledger.sqlite")))
+                .expect("ledger");
+        let charges: Vec<(f64, f64)> = ledger
+            .prepare("SELECT rho, floor_rho FROM charges ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .expect("charges");
+        assert_eq!(charges.len(), ROUNDS as usize, "{name}");
+        for (rho, floor) in charges {
+            // 5 nodes, 1 colluder, 1 dropout: 3 honest shares, so the floor (one share) costs
+            // about 3 times the sum's rho.
+            assert!(
+                floor > 2.5 * rho && floor < 3.5 * rho,
+                "{name}: {rho} {floor}"
+            );
+        }
+    }
+
+    let state = read_state(&fixture.path("state"));
+    assert_eq!(state.rounds.len(), ROUNDS as usize);
+    let db = rusqlite::Connection::open_with_flags(
+        fixture.path("state/coordinator.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("state database");
+    // Every column of every table: label values live only in the target's rows.
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("tables");
+    for table in &tables {
+        let blobs: i64 = db
+            .query_row(
+                &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE type = 'BLOB'"),
+                [],
+                |r| r.get(0),
+            )
+            .expect("columns");
+        assert!(
+            blobs == 0 || table == "target" || table == "secrets",
+            "table {table} has a BLOB column"
+        );
+    }
+    for (round, record) in state.rounds.iter().enumerate() {
+        assert_eq!(
+            record["accepted"].as_array().map(Vec::len),
+            Some(5),
+            "{record}"
+        );
+        assert_eq!(record["aggregated"], true, "round {round}");
+        // Per-node entries are metadata (bytes, receipts): a round's record has no rows.
+        let text = record.to_string();
+        assert!(!text.contains("probs"), "{text}");
+    }
+    // The sums' rows went into the target: 4 new public records a round.
+    assert_eq!(state.target.len(), 4 * ROUNDS as usize);
+    assert_eq!(
+        state.contributions.len(),
+        ROUNDS as usize * nodes.len(),
+        "every survivor's contribution metadata"
+    );
+}

@@ -229,9 +229,10 @@ impl SecureState {
         // Counts and noise are encoded modulo 2^32 (two's complement): the sum decodes as the
         // signed value it stands for while it stays within 2^31 in magnitude.
         let input: Vec<u32> = counts.iter().map(|&v| v as i32 as u32).collect();
-        let masked = self.node.masked_input(inbox, &input).map_err(|e| {
-            SessionError::Protocol(format!("secure round {}: {e}", self.round))
-        })?;
+        let masked = self
+            .node
+            .masked_input(inbox, &input)
+            .map_err(|e| SessionError::Protocol(format!("secure round {}: {e}", self.round)))?;
         self.masked = true;
         Ok(Some(Message::Masked(Masked {
             round: self.round,
@@ -273,12 +274,24 @@ mod tests {
     fn terms_weaker_than_the_nodes_own_assumption_are_refused() {
         // 10 nodes, 1 colluder: the threshold must exceed 11 / 2, so 6 is the least.
         assert_eq!(check_terms(&terms(10, 6, 8), 1), Ok(()));
-        assert!(check_terms(&terms(10, 5, 8), 1).unwrap_err().contains("threshold"));
+        assert!(
+            check_terms(&terms(10, 5, 8), 1)
+                .unwrap_err()
+                .contains("threshold")
+        );
         // With 3 colluders assumed the same threshold is too low: 6 * 2 <= 13.
         assert!(check_terms(&terms(10, 6, 8), 3).is_err());
-        assert!(check_terms(&terms(10, 6, 5), 1).unwrap_err().contains("survivors"));
+        assert!(
+            check_terms(&terms(10, 6, 5), 1)
+                .unwrap_err()
+                .contains("survivors")
+        );
         assert!(check_terms(&terms(10, 6, 11), 1).is_err());
-        assert!(check_terms(&terms(300, 200, 250), 1).unwrap_err().contains("255"));
+        assert!(
+            check_terms(&terms(300, 200, 250), 1)
+                .unwrap_err()
+                .contains("255")
+        );
         let mut outside = terms(10, 6, 8);
         outside.node = 11;
         assert!(check_terms(&outside, 1).unwrap_err().contains("outside"));

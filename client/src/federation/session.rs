@@ -314,7 +314,9 @@ impl NodeSession {
                 let identity = self.config.secure.clone();
                 let step = match (self.secure_step(round, "Roster"), identity) {
                     (Ok(state), Some(identity)) => state.roster(&identity, &adverts),
-                    (Ok(_), None) => Err(SessionError::Protocol("Roster outside a secure round".into())),
+                    (Ok(_), None) => Err(SessionError::Protocol(
+                        "Roster outside a secure round".into(),
+                    )),
                     (Err(e), _) => Err(e),
                 };
                 match step {
@@ -730,6 +732,7 @@ mod tests {
     fn session_retrying(non_private: bool, join_retry: Duration) -> NodeSession {
         NodeSession::new(SessionConfig {
             join_retry,
+            secure: None,
             coordinator: SocketAddr::from(([127, 0, 0, 1], 4433)),
             hello: Hello {
                 public_records: PUBLIC,
@@ -766,6 +769,7 @@ mod tests {
             rounds: 3,
             query_ids: ids.to_vec(),
             target,
+            secure: None,
         })
     }
 
@@ -799,6 +803,7 @@ mod tests {
         let Work::Round {
             open,
             planned_queries,
+            secure: None,
         } = work
         else {
             panic!("expected round work, got {work:?}");

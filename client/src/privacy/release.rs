@@ -13,9 +13,7 @@ use crate::distill::Learner;
 use crate::distill::ModelError;
 use crate::distill::target::{balance_classes, sharpen_private_target};
 use crate::privacy::distributed::{DistributedPlan, secure_release, share_sigma_for};
-use crate::privacy::plan::{
-    Plan, PlanInput, plan, release_rho_target, release_sigma, wanted_snr,
-};
+use crate::privacy::plan::{Plan, PlanInput, plan, release_rho_target, release_sigma, wanted_snr};
 use crate::privacy::teachers::{TeacherEnsemble, Votes};
 use crate::privacy::{
     Budget, MECHANISM, NON_PRIVATE, PRIVACY_UNIT, PrivacyError, PrivacyLedger, Projection,
@@ -264,7 +262,10 @@ impl Labeller {
             && *r == round
             && counts.len() == query_ids.len() * p.ensemble.config().classes
         {
-            info!(round, "round asked again: re-masking its release, already paid for");
+            info!(
+                round,
+                "round asked again: re-masking its release, already paid for"
+            );
             return Ok(Answer::Secure {
                 counts: counts.clone(),
                 teachers: *teachers,
@@ -603,7 +604,7 @@ mod tests {
             .unwrap()
         {
             Answer::Release(labels, receipt) => (labels, receipt.unwrap()),
-            Answer::BudgetSpent(why) | Answer::Declined(why) => panic!("{why}"),
+            other => panic!("{other:?}"),
         };
         let (first, receipt) = release(&mut labeller, 0);
         let (again, receipt_again) = release(&mut labeller, 0);
