@@ -448,6 +448,7 @@ votes = "soft"                   # mlp shard teachers: "soft" or "hard" votes
 rows = "vote-mass"               # "vote-mass" or "normalised"
 balance_classes = true           # undo the federation's class imbalance in the target (free)
 trust_snr = 1.5                  # below this predicted signal-to-noise the node keeps its local-only student
+colluders = 1                    # secure aggregation: other nodes assumed to collude with the coordinator
 # min_snr = 1.0                  # below this it releases nothing and leaves (fd-client plan)
 # sigma = 10.0                   # fixed noise; default: spread the budget over the planned queries
 # radius = 4.5                   # nearest teachers abstain beyond it; default: read off the public set
