@@ -243,8 +243,12 @@ pub struct ClientResult {
     pub metrics: StudentMetrics,
     /// Rounds it contributed labels to.
     pub contributions: u32,
-    /// Epsilon this client spent (private mode with a finite budget).
+    /// Epsilon this client spent (private mode with a finite budget). With secure
+    /// aggregation: the guarantee of the sums, under the colluders and dropouts assumed.
     pub epsilon_spent: Option<f64>,
+    /// With secure aggregation: the epsilon from this client's own noise shares alone, what
+    /// holds if every other node colluded with the coordinator.
+    pub floor_epsilon_spent: Option<f64>,
     /// Noise standard deviation per release (private mode).
     pub sigma: Option<f64>,
     /// Teachers in its ensemble (private mode).
@@ -743,6 +747,7 @@ fn client_results(
             reputation: seen.and_then(|n| n.reputation),
             refused: seen.map_or(0, |n| n.refused),
             epsilon_spent: spent.map(|(e, _)| e),
+            floor_epsilon_spent: o.labeller.floor_spent().ok().flatten(),
             sigma: private.and_then(|p| p.sigma),
             teachers: private.map(|p| p.ensemble.config().teachers),
             left: o.left.clone(),
@@ -838,6 +843,20 @@ fn privacy_summary(config: &SimConfig, labeller: Option<&Labeller>) -> PrivacySu
             delta: None,
             mechanism: "none (non-private baseline)".into(),
             statement,
+        },
+        PrivacyMode::Shards if config.secure_aggregation => PrivacySummary {
+            mode: "shards".into(),
+            unit,
+            epsilon: p.epsilon.is_finite().then_some(p.epsilon),
+            delta: Some(p.delta),
+            mechanism: fd_client::privacy::release::SECURE_MECHANISM.into(),
+            statement: format!(
+                "({}, {})-differential privacy per record of each node's private data against \
+                 the coordinator, for the sums of secure aggregation with up to {} colluding \
+                 and {} dropped nodes; each node's own noise share alone gives the floor \
+                 epsilon of the table",
+                p.epsilon, p.delta, config.colluders, config.dropouts
+            ),
         },
         PrivacyMode::Shards => PrivacySummary {
             mode: "shards".into(),

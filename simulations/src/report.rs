@@ -88,6 +88,9 @@ fn write_privacy_columns(s: &mut String, c: &ClientResult) {
         c.sigma.unwrap_or(f64::NAN),
         c.epsilon_spent.unwrap_or(f64::NAN)
     );
+    if let Some(floor) = c.floor_epsilon_spent {
+        let _ = write!(s, "  floor epsilon {floor:.4}");
+    }
 }
 
 /// Writes a client's aggregation weight, fault and early leaving, where there are any.
@@ -201,6 +204,8 @@ pub struct SweepRow {
     pub harmed: usize,
     /// Largest epsilon any client spent.
     pub max_epsilon_spent: Option<f64>,
+    /// With secure aggregation: the largest floor epsilon (a node's own noise alone) spent.
+    pub max_floor_epsilon_spent: Option<f64>,
     /// Noise standard deviation of the first client's releases (last run).
     pub sigma: Option<f64>,
     /// Every honest client of every run: what `worst_gain` and `harmed` are made of.
@@ -266,6 +271,10 @@ impl SweepRow {
                 .iter()
                 .flat_map(|r| r.clients.iter().filter_map(|c| c.epsilon_spent))
                 .reduce(f64::max),
+            max_floor_epsilon_spent: results
+                .iter()
+                .flat_map(|r| r.clients.iter().filter_map(|c| c.floor_epsilon_spent))
+                .reduce(f64::max),
             sigma: results
                 .last()
                 .and_then(|r| r.clients.first())
@@ -316,9 +325,12 @@ pub fn sweep_table(rows: &[SweepRow]) -> String {
     };
     for r in rows {
         let eps = r.epsilon.map_or("inf".to_owned(), |e| format!("{e}"));
-        let spent = r
+        let mut spent = r
             .max_epsilon_spent
             .map_or("-".to_owned(), |e| format!("{e:.4}"));
+        if let Some(floor) = r.max_floor_epsilon_spent {
+            spent = format!("{spent} (floor {floor:.2})");
+        }
         let sigma = r.sigma.map_or("-".to_owned(), |v| format!("{v:.2}"));
         let _ = writeln!(
             s,

@@ -300,4 +300,203 @@ mod tests {
         assert!(check_terms(&terms(2, 2, 2), 1).is_ok());
         assert!(check_terms(&terms(2, 1, 1), 1).is_err());
     }
+
+    use fd_certs::pki::Ca;
+    use fd_protocol::SoftLabels;
+
+    fn identity(ca: &Ca, name: &str) -> SecureIdentity {
+        let node = ca.issue_node(name).expect("node certificate");
+        let tls = TlsIdentity {
+            ca_pem: ca.cert_pem(),
+            cert_pem: node.cert_pem,
+            key_pem: node.key_pem,
+        };
+        SecureIdentity::new(&tls, None, 1).expect("identity")
+    }
+
+    fn open(round: u32, node: u32) -> (RoundOpen, SecureRound) {
+        let secure = SecureRound {
+            context: [7; 32],
+            node,
+            roster: 4,
+            threshold: 3,
+            min_survivors: 3,
+        };
+        let open = RoundOpen {
+            round,
+            rounds: 5,
+            query_ids: vec![0, 1],
+            target: SoftLabels::default(),
+            secure: Some(secure.clone()),
+        };
+        (open, secure)
+    }
+
+    /// Four nodes with `fd-certs` identities, relayed by hand as the coordinator does.
+    struct Round {
+        ids: Vec<SecureIdentity>,
+        states: Vec<SecureState>,
+        adverts: Vec<SignedAdvert>,
+    }
+
+    fn round() -> Round {
+        let ca = Ca::generate("secure-session").expect("CA");
+        let ids: Vec<SecureIdentity> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| identity(&ca, &format!("hospital-{n}")))
+            .collect();
+        let mut states = Vec::new();
+        let mut adverts = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (open, secure) = open(2, i as u32 + 1);
+            let (state, message) = SecureState::open(id, &open, &secure, 3).expect("open");
+            let Message::KeyAdvert {
+                advert,
+                certificate,
+                ..
+            } = message
+            else {
+                panic!("expected a key advert, got {message:?}");
+            };
+            states.push(state);
+            adverts.push(SignedAdvert {
+                advert,
+                certificate,
+            });
+        }
+        Round {
+            ids,
+            states,
+            adverts,
+        }
+    }
+
+    #[test]
+    fn four_sessions_mask_and_the_relayed_round_decodes_their_exact_sum_with_a_dropout() {
+        let Round {
+            ids,
+            mut states,
+            adverts,
+        } = round();
+        let mut all_shares = Vec::new();
+        for (state, id) in states.iter_mut().zip(&ids) {
+            let Message::KeyShares { shares, .. } = state.roster(id, &adverts).expect("roster")
+            else {
+                panic!("expected key shares");
+            };
+            all_shares.extend(shares);
+        }
+        // Two queries of three classes: signed counts, as votes plus noise can be.
+        let counts: Vec<Vec<i64>> = (0..4)
+            .map(|i| (0..6).map(|j| i * 10 + j - 7).collect())
+            .collect();
+        let mut masked = Vec::new();
+        for (i, state) in states.iter_mut().enumerate() {
+            state.inbox(
+                all_shares
+                    .iter()
+                    .filter(|s| s.to == i as u32 + 1)
+                    .cloned()
+                    .collect(),
+            );
+            assert!(state.try_mask().expect("nothing to mask yet").is_none());
+            state.release(counts[i].clone(), 5, None);
+            // Node 4 masks but its vector never arrives: a dropout after masking.
+            let message = state.try_mask().expect("mask").expect("masked");
+            assert!(state.try_mask().expect("once").is_none(), "masks once a round");
+            if i < 3 {
+                let Message::Masked(m) = message else {
+                    panic!("expected Masked");
+                };
+                masked.push(m.masked);
+            }
+        }
+        let survivors = [1, 2, 3];
+        let mut responses = Vec::new();
+        for state in &mut states[..3] {
+            let Message::Unmasked { response, .. } = state.unmask(&survivors).expect("unmask")
+            else {
+                panic!("expected Unmasked");
+            };
+            responses.push(response);
+        }
+        assert!(states[0].unmask(&survivors).is_err(), "a second request is refused");
+        let config = fd_secagg::RoundConfig {
+            context: [7; 32],
+            round: 2,
+            len: 6,
+            threshold: 3,
+            min_survivors: 3,
+        };
+        let list: Vec<fd_secagg::KeyAdvert> = adverts.iter().map(|a| a.advert.clone()).collect();
+        let sum = fd_secagg::aggregate(&config, &list, &[1, 2, 3, 4], &masked, &responses)
+            .expect("decodes");
+        let want: Vec<i64> = (0..6).map(|j| (0..3).map(|i| counts[i][j]).sum()).collect();
+        let got: Vec<i64> = sum.into_iter().map(fd_secagg::centred).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_relayed_key_the_ca_did_not_certify_or_a_node_did_not_sign_ends_the_session() {
+        let Round {
+            ids,
+            mut states,
+            adverts,
+        } = round();
+        // The coordinator's own keys for node 2, signed by a certificate from another CA.
+        let rogue_ca = Ca::generate("rogue").expect("CA");
+        let rogue = identity(&rogue_ca, "hospital-b");
+        let (open2, secure2) = open(2, 2);
+        let (_, forged) = SecureState::open(&rogue, &open2, &secure2, 3).expect("open");
+        let Message::KeyAdvert {
+            advert,
+            certificate,
+            ..
+        } = forged
+        else {
+            panic!("expected a key advert");
+        };
+        let mut swapped = adverts.clone();
+        swapped[1] = SignedAdvert {
+            advert: advert.clone(),
+            certificate,
+        };
+        let err = states[0].roster(&ids[0], &swapped).unwrap_err().to_string();
+        assert!(err.contains("not a node certificate of this federation"), "{err}");
+        // The same forged keys under node 2's genuine certificate: the signature fails.
+        let mut resigned = adverts.clone();
+        resigned[1].advert = advert;
+        let err = states[0].roster(&ids[0], &resigned).unwrap_err().to_string();
+        assert!(err.contains("signature"), "{err}");
+        // One node's certificate relayed twice (under two numbers) is refused too.
+        let mut twice = adverts.clone();
+        twice[2].certificate = twice[1].certificate.clone();
+        let err = states[0].roster(&ids[0], &twice).unwrap_err().to_string();
+        assert!(err.contains("two adverts"), "{err}");
+    }
+
+    #[test]
+    fn too_few_survivors_get_no_shares() {
+        let Round {
+            ids,
+            mut states,
+            adverts,
+        } = round();
+        let mut all_shares = Vec::new();
+        for (state, id) in states.iter_mut().zip(&ids) {
+            let Message::KeyShares { shares, .. } = state.roster(id, &adverts).expect("roster")
+            else {
+                panic!("expected key shares");
+            };
+            all_shares.extend(shares);
+        }
+        let state = &mut states[0];
+        assert!(state.unmask(&[1, 2, 3]).unwrap_err().contains("before"));
+        state.inbox(all_shares.into_iter().filter(|s| s.to == 1).collect());
+        state.release(vec![0; 6], 1, None);
+        state.try_mask().expect("mask").expect("masked");
+        // Fewest survivors 3: two are refused, and the refusal does not use up the round.
+        assert!(state.unmask(&[1, 2]).is_err());
+        assert!(state.unmask(&[1, 2, 3]).is_ok());
+    }
 }

@@ -313,6 +313,25 @@ impl PrivacyLedger {
         compose(read_rhos(&self.conn, &self.path)?)
     }
 
+    /// With secure-aggregation releases among the charges: the epsilon at the budget's delta
+    /// of every release from the node's own noise alone ([`Charge::floor_rho`], or `rho` for a
+    /// release noised on its own). `None` when no charge was a secure release.
+    pub fn floor_epsilon_spent(&self) -> Result<Option<f64>, PrivacyError> {
+        let secure: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM charges WHERE floor_rho IS NOT NULL",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(sql(&self.path, "count secure charges"))?;
+        if secure == 0 {
+            return Ok(None);
+        }
+        let rho = compose(read_floor_rhos(&self.conn, &self.path)?)?;
+        Ok(Some(epsilon_for(rho, self.budget.delta)?))
+    }
+
     /// Epsilon spent so far at the budget's delta: [`epsilon_for`]`(rho_spent, delta)`.
     pub fn epsilon_spent(&self) -> Result<f64, PrivacyError> {
         epsilon_for(self.rho_spent()?, self.budget.delta)

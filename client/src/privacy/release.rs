@@ -206,6 +206,15 @@ impl Labeller {
         }
     }
 
+    /// The floor epsilon of secure-aggregation releases (what holds from this node's own noise
+    /// alone), if it made any.
+    pub fn floor_spent(&self) -> Result<Option<f64>, PrivacyError> {
+        match self.private().and_then(|p| p.ledger.as_ref()) {
+            Some(l) => l.floor_epsilon_spent(),
+            None => Ok(None),
+        }
+    }
+
     /// Trains the teachers for this round (private mode) and labels `query_ids`.
     ///
     /// `planned_queries` is the coordinator's plan for the whole run (from Welcome); with no
