@@ -317,6 +317,7 @@ fn build_labeller(
         plan: None,
         last_release: None,
         last_secure: None,
+        votes_per_teacher: privacy.vote_cap(),
     })))
 }
 

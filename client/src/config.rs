@@ -156,6 +156,12 @@ pub struct PrivacyConfig {
     /// reach the budget, and refuses a round whose terms (threshold, fewest survivors) would
     /// not hold against that many.
     pub colluders: u32,
+    /// Secure aggregation, nearest-neighbour teachers: each teacher votes on at most this many
+    /// of a round's queries (the ones nearest its record), so one record moves at most this
+    /// many votes and the release's sensitivity is `sqrt(2 x votes_per_teacher)` however many
+    /// queries it answers: a coordinator can ask many records a round for the same noise.
+    /// 0: every teacher votes on every query within the radius.
+    pub votes_per_teacher: usize,
 }
 
 impl Default for PrivacyConfig {
@@ -180,11 +186,19 @@ impl Default for PrivacyConfig {
             min_snr: None,
             trust_snr: crate::privacy::plan::DEFAULT_TRUST_SNR,
             colluders: 1,
+            votes_per_teacher: 1,
         }
     }
 }
 
 impl PrivacyConfig {
+    /// The cap on each teacher's votes in a secure release: `votes_per_teacher` for nearest
+    /// teachers (`None` for 0), `None` for MLP teachers, which vote on every query.
+    pub fn vote_cap(&self) -> Option<usize> {
+        (self.shard_teacher == TeacherKind::Nearest && self.votes_per_teacher > 0)
+            .then_some(self.votes_per_teacher)
+    }
+
     /// Whether private students balance the target's classes before learning from it:
     /// `balance_classes` is on, the node is private, and rows are vote mass (normalised rows
     /// have lost the vote counts that balancing reads).
@@ -241,6 +255,7 @@ impl PrivacyConfig {
         if self.teacher_hidden == 0 || self.teacher_batch_size == 0 {
             return Err("privacy.teacher_hidden and privacy.teacher_batch_size must be > 0".into());
         }
+
         if let Some(r) = self.radius
             && !(r > 0.0 && r.is_finite())
         {
@@ -449,6 +464,7 @@ rows = "vote-mass"               # "vote-mass" or "normalised"
 balance_classes = true           # undo the federation's class imbalance in the target (free)
 trust_snr = 1.5                  # below this predicted signal-to-noise the node keeps its local-only student
 colluders = 1                    # secure aggregation: other nodes assumed to collude with the coordinator
+votes_per_teacher = 1            # secure, nearest teachers: queries each teacher votes on a round (0: all)
 # min_snr = 1.0                  # below this it releases nothing and leaves (fd-client plan)
 # sigma = 10.0                   # fixed noise; default: spread the budget over the planned queries
 # radius = 4.5                   # nearest teachers abstain beyond it; default: read off the public set

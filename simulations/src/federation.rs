@@ -62,7 +62,9 @@ pub struct SimConfig {
     /// Public records asked per round; `None`: all of them every round without privacy, and
     /// with privacy [`private_queries`] records in all, each once, spread over the rounds: a
     /// record labelled once stays in the target for free, while every release costs budget
-    /// and the noise grows with the square root of the records released.
+    /// and the noise grows with the square root of the records released. With secure
+    /// aggregation and capped teacher votes (`privacy.votes_per_teacher`), every public record
+    /// once over the run.
     pub queries_per_round: Option<u32>,
     /// How the coordinator aggregates.
     pub aggregator: AggregatorKind,
@@ -646,6 +648,13 @@ fn queries_per_round(config: &SimConfig, split: &partition::Split) -> anyhow::Re
     Ok(match (config.queries_per_round, config.privacy.mode) {
         (Some(q), _) => q,
         (None, PrivacyMode::None) => 0,
+        // Secure aggregation with capped votes: the noise no longer grows with the records a
+        // round asks, so every public record is asked once over the run.
+        (None, PrivacyMode::Shards)
+            if config.secure_aggregation && config.privacy.vote_cap().is_some() =>
+        {
+            (split.public.rows() as u32).div_ceil(config.rounds.max(1))
+        }
         (None, PrivacyMode::Shards) => {
             let mut sizes: Vec<usize> = split.clients.iter().map(|t| t.rows()).collect();
             sizes.sort_unstable();

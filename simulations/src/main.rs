@@ -252,6 +252,11 @@ struct Args {
     /// [default: read off the public set].
     #[arg(long)]
     radius: Option<f64>,
+    /// With --secure-aggregation: each nearest teacher votes on at most this many of a round's
+    /// queries (its nearest), so a release's sensitivity no longer grows with its queries
+    /// (0: no cap).
+    #[arg(long, default_value_t = 1)]
+    votes_per_teacher: usize,
     /// How noisy vote sums become released rows (with --privacy shards): vote-mass (the
     /// coordinator's mean adds up all nodes' votes) or normalised (row by row) [default:
     /// vote-mass].
@@ -527,6 +532,7 @@ fn build_config(args: &Args) -> anyhow::Result<SimConfig> {
     apply_fault_args(args, &mut config)?;
     apply_privacy_args(args, &mut config.privacy);
     config.privacy.colluders = args.colluders;
+    config.privacy.votes_per_teacher = args.votes_per_teacher;
     Ok(config)
 }
 

@@ -114,8 +114,9 @@ fn map_err(e: opendp::error::Error) -> PrivacyError {
     }
 }
 
-/// L2 and L1 sensitivity of `queries` rows of integer vote counts (one vote moves per query),
-/// as exact rationals: `sqrt(2 m)` is rounded up to the next `f64`.
+/// L2 and L1 sensitivity of integer vote counts in which one teacher votes on at most
+/// `queries` rows (one vote moves per row it votes on), as exact rationals: `sqrt(2 m)` is
+/// rounded up to the next `f64`.
 pub fn vote_sensitivity(queries: usize) -> Result<(RBig, RBig), PrivacyError> {
     let m = f64::inf_cast(queries as u64).map_err(map_err)?;
     let l2 = m
@@ -186,8 +187,8 @@ impl ShareRelease {
 
 /// The smallest share scale, on a grid of steps of 0.1% up from the share that `plan`'s honest
 /// shares need to reach the Gaussian `sigma` at `rho`, whose sum's cost ([`sum_rho`], the
-/// distributed bound with its `tau` terms) is at most `rho`. Errors if none is found within a
-/// factor of 2.
+/// distributed bound with its `tau` terms) is at most `rho`, for `len` counts in which one
+/// teacher votes on at most `queries` rows. Errors if none is found within a factor of 2.
 pub fn share_sigma_for(
     plan: &DistributedPlan,
     len: usize,
@@ -213,16 +214,18 @@ pub fn share_sigma_for(
 
 /// A secure-aggregation release: prices the sum (`rho` of [`sum_rho`] under `plan`) and the
 /// floor (the share alone), charges the ledger durably, and only then draws the share and adds
-/// it to `counts` (`queries` rows of integer votes).
+/// it to `counts` (`queries` rows of integer votes, in which each teacher voted on at most
+/// `votes_per_teacher` rows, what the sensitivity is read at).
 pub fn secure_release(
     ledger: &mut super::PrivacyLedger,
     round: u32,
     counts: &[i64],
     queries: usize,
+    votes_per_teacher: usize,
     plan: &DistributedPlan,
     share_sigma: f64,
 ) -> Result<(Vec<i64>, super::Receipt), PrivacyError> {
-    let (l2, l1) = vote_sensitivity(queries)?;
+    let (l2, l1) = vote_sensitivity(votes_per_teacher.min(queries))?;
     let share = ShareRelease::new(counts.len(), share_sigma)?;
     let rho = sum_rho(counts.len(), &l2, &l1, share.share_sigma(), plan.honest()?)?;
     let floor_rho = share.floor_rho(&l2)?;

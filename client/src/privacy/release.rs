@@ -116,6 +116,10 @@ pub struct PrivateLabeller {
     /// coordinator restart) gets the same labels back: re-sending a release is
     /// post-processing and costs nothing, where drawing fresh noise would be charged again.
     pub last_release: Option<(u32, SoftLabels, Option<PrivacyReceipt>)>,
+    /// Secure releases only: each teacher votes on at most this many of a release's queries
+    /// (`privacy.votes_per_teacher`), so the release's sensitivity is that of this many
+    /// queries however many it answers. `None`: every teacher votes on every query.
+    pub votes_per_teacher: Option<usize>,
     /// The last secure release (round, noisy counts, teachers, receipt), kept for the same
     /// reason: a round opened again is masked afresh over the same noisy counts.
     pub last_secure: Option<(u32, Vec<i64>, u32, Option<PrivacyReceipt>)>,
@@ -295,7 +299,8 @@ impl Labeller {
 }
 
 impl PrivateLabeller {
-    /// Trains the teachers (as [`Self::release`]) and returns their summed votes.
+    /// Trains the teachers (as [`Self::release`]) and returns their summed votes, or with
+    /// `cap` their integer counts with each teacher voting on at most `cap` queries.
     fn train_and_vote(
         &mut self,
         learner: &Learner,
@@ -303,6 +308,7 @@ impl PrivateLabeller {
         rounds: u32,
         query_ids: &[u32],
         votes: Votes,
+        cap: Option<usize>,
     ) -> Result<Vec<f64>, LabelError> {
         let target = learner.target();
         let (steps, alpha) = match &target {
@@ -312,7 +318,10 @@ impl PrivateLabeller {
         self.ensemble
             .train(steps, alpha, target.as_ref().map(|(x, y)| (x, y)))?;
         let rows = learner.public_rows(query_ids)?;
-        Ok(self.ensemble.vote_sums(&rows, votes)?)
+        Ok(match cap {
+            Some(cap) => self.ensemble.capped_vote_counts(&rows, cap)?,
+            None => self.ensemble.vote_sums(&rows, votes)?,
+        })
     }
 
     /// A secure release: hard votes (integers), plus a discrete Gaussian share scaled so that
@@ -326,11 +335,14 @@ impl PrivateLabeller {
         planned_queries: u64,
         terms: SecureTerms,
     ) -> Result<Answer, LabelError> {
-        let sums = self.train_and_vote(learner, round, rounds, query_ids, Votes::Hard)?;
+        let m = query_ids.len();
+        // Votes each teacher may cast in this release: what one record can move.
+        let cap = self.votes_per_teacher.map(|k| k.clamp(1, m.max(1)));
+        let sums = self.train_and_vote(learner, round, rounds, query_ids, Votes::Hard, cap)?;
+        let per_teacher = cap.unwrap_or(m);
         // Hard votes are counts; `as` cannot lose anything below 2^53.
         let counts: Vec<i64> = sums.iter().map(|v| v.round() as i64).collect();
         let teachers = self.ensemble.config().teachers as u32;
-        let m = query_ids.len();
         let Some(ledger) = self.ledger.as_mut() else {
             return Ok(Answer::Secure {
                 counts,
@@ -347,7 +359,7 @@ impl PrivateLabeller {
             Some(s) => s,
             None => {
                 let rho = release_rho_target(self.budget, planned_queries, m)?;
-                let s = share_sigma_for(&plan, counts.len(), m, rho)?;
+                let s = share_sigma_for(&plan, counts.len(), per_teacher, rho)?;
                 info!(
                     share_sigma = s,
                     honest = plan.honest()?,
@@ -360,7 +372,7 @@ impl PrivateLabeller {
             }
         };
         self.sigma = Some(share_sigma);
-        match secure_release(ledger, round, &counts, m, &plan, share_sigma) {
+        match secure_release(ledger, round, &counts, m, per_teacher, &plan, share_sigma) {
             Ok((noisy, r)) => {
                 info!(
                     round,
@@ -400,7 +412,7 @@ impl PrivateLabeller {
         planned_queries: u64,
     ) -> Result<Answer, LabelError> {
         let votes = self.votes;
-        let sums = self.train_and_vote(learner, round, rounds, query_ids, votes)?;
+        let sums = self.train_and_vote(learner, round, rounds, query_ids, votes, None)?;
         let p = self;
         let classes = p.ensemble.config().classes;
         let m = query_ids.len();
@@ -569,6 +581,7 @@ mod tests {
             plan: None,
             last_release: None,
             last_secure: None,
+            votes_per_teacher: None,
         }));
         (learner, labeller, dir)
     }

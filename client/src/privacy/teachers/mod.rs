@@ -266,6 +266,24 @@ impl TeacherEnsemble {
         mlp.hidden(x, &self.config)
     }
 
+    /// Integer vote counts for rows `x` (`[m * classes]`, row-major) with every teacher voting
+    /// on at most `cap` of them (see `capped_nearest_votes`): a release of any number of
+    /// queries then has L2 sensitivity `sqrt(2 cap)`. Nearest-neighbour teachers only.
+    pub fn capped_vote_counts(&self, x: &Tensor, cap: usize) -> Result<Vec<f64>, ModelError> {
+        if self.mlp.is_some() || cap == 0 {
+            return Err(ModelError::Config(format!(
+                "a cap of {cap} votes per teacher needs nearest-neighbour teachers and a cap \
+                 of at least 1"
+            )));
+        }
+        let c = self.config.classes;
+        let mut counts = vec![0f64; x.dims2()?.0 * c];
+        self.capped_nearest_votes(x, self.query_block(), cap, |_, q, class| {
+            counts[q * c + class as usize] += 1.0;
+        })?;
+        Ok(counts)
+    }
+
     /// Sum over teachers of their votes for rows `x`: `[m * classes]`, row-major.
     ///
     /// [`Votes::Soft`] sums the probability vectors; [`Votes::Hard`] counts each teacher's

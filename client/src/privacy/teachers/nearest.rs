@@ -19,6 +19,56 @@ impl TeacherEnsemble {
         block: usize,
         mut vote: impl FnMut(usize, usize, u32),
     ) -> Result<(), ModelError> {
+        self.nearest_records(x, block, |t, q, _, class| vote(t, q, class))
+    }
+
+    /// [`Self::nearest_votes`] with every teacher voting on at most `cap` queries of `x`: the
+    /// ones its shard's nearest record is closest to (ties to the lower query), among those it
+    /// would vote on. Replacing one record then changes at most `cap` one-hot votes into
+    /// `cap` others, whatever the number of queries: L2 sensitivity `sqrt(2 cap)`.
+    pub(super) fn capped_nearest_votes(
+        &self,
+        x: &Tensor,
+        block: usize,
+        cap: usize,
+        mut vote: impl FnMut(usize, usize, u32),
+    ) -> Result<(), ModelError> {
+        // Per teacher, its best `cap` (squared distance, query, class), unordered.
+        let mut best: Vec<Vec<(f32, usize, u32)>> = vec![Vec::new(); self.shards.len()];
+        self.nearest_records(x, block, |t, q, d2, class| {
+            let kept = &mut best[t];
+            if kept.len() < cap {
+                kept.push((d2, q, class));
+                return;
+            }
+            // The worst kept: largest distance, then largest query.
+            let worst = (0..kept.len()).max_by(|&a, &b| {
+                (kept[a].0, kept[a].1)
+                    .partial_cmp(&(kept[b].0, kept[b].1))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            if let Some(w) = worst
+                && (d2, q) < (kept[w].0, kept[w].1)
+            {
+                kept[w] = (d2, q, class);
+            }
+        })?;
+        for (t, kept) in best.into_iter().enumerate() {
+            for (_, q, class) in kept {
+                vote(t, q, class);
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `found(t, q, d2, class)` for every teacher `t` whose shard's nearest record to
+    /// query row `q` lies within the radius (squared distance `d2`, label `class`).
+    fn nearest_records(
+        &self,
+        x: &Tensor,
+        block: usize,
+        mut found: impl FnMut(usize, usize, f32, u32),
+    ) -> Result<(), ModelError> {
         let limit = self.config.radius.map_or(f32::INFINITY, |r| (r * r) as f32);
         let m = x.dims2()?.0;
         let labels: Vec<u32> = self.y.to_vec1()?;
@@ -49,7 +99,7 @@ impl TeacherEnsemble {
                     if best.0 <= limit
                         && let Some(&class) = labels.get(best.1 as usize)
                     {
-                        vote(t, first + offset, class);
+                        found(t, first + offset, best.0, class);
                     }
                 }
             }
