@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fd_certs::pki::Ca;
+use fd_client::federation::secure::{SecureIdentity, SecureState};
 use fd_protocol::{Contribution, DEFAULT_MAX_FRAME_LEN, Hello, Message, SoftLabels, close};
 use fd_transport::tls::{TlsIdentity, client_config};
 use fd_transport::{TransportError, read_message, write_message};
@@ -55,6 +56,10 @@ pub struct LoadConfig {
     pub foreign: usize,
     /// Handshakes in flight at once while nodes join.
     pub connect_concurrency: usize,
+    /// Secure aggregation (`[aggregation] secure`, 1 colluder, 2 dropouts): every node runs
+    /// the four exchanges of a secure round with keys signed by its certificate, masking a
+    /// vector of zeros.
+    pub secure: bool,
     /// Where the coordinator's log goes (its level from `RUST_LOG`, warn by default); none: a
     /// temporary file, shown only if the run fails.
     pub coordinator_log: Option<PathBuf>,
@@ -125,6 +130,10 @@ pub struct LoadReport {
     pub seen: BTreeMap<u32, RoundSeen>,
     /// Contributions honest nodes sent and the coordinator refused.
     pub honest_refused: u32,
+    /// Bytes (frames) all honest nodes sent, over the run.
+    pub bytes_up: u64,
+    /// Bytes (frames) all honest nodes received, over the run.
+    pub bytes_down: u64,
     /// Honest nodes that did not finish, with why.
     pub failures: Vec<String>,
     /// Times a node reconnected after a close that invited it.
@@ -304,6 +313,9 @@ fn write_coordinator_files(dir: &Path, ca: &Ca, config: &LoadConfig) -> anyhow::
         config.queries_per_round,
         config.round_timeout_secs,
     );
+    if config.secure {
+        text += "[aggregation]\nsecure = true\ncolluders = 1\ndropouts = 2\n";
+    }
     // Only past the default, so the file also suits a coordinator that predates the setting.
     let needed = config.nodes + config.hogs + 16;
     if needed > fd_coordinator::config::DEFAULT_MAX_CONNECTIONS {
@@ -437,6 +449,8 @@ struct Log {
     rounds: u32,
     seen: BTreeMap<u32, RoundSeen>,
     honest_refused: u32,
+    bytes_up: u64,
+    bytes_down: u64,
     failures: Vec<String>,
     reconnects: u32,
     deaf_outcome: Option<String>,
@@ -499,7 +513,19 @@ async fn drive(
     for (i, (role, tls)) in roles.into_iter().zip(identities).enumerate() {
         let endpoint = endpoints[i % endpoints.len()].clone();
         let cfg = client_config(&tls)?;
-        tasks.push(tokio::spawn(node(i, role, endpoint, cfg, shared.clone())));
+        let secure = if config.secure {
+            Some(SecureIdentity::new(&tls, None, 1)?)
+        } else {
+            None
+        };
+        tasks.push(tokio::spawn(node(
+            i,
+            role,
+            endpoint,
+            cfg,
+            secure,
+            shared.clone(),
+        )));
     }
     // Sample memory when the first node sees rounds 10 and 100 close, while the nodes run.
     let sampler = {
@@ -541,6 +567,8 @@ async fn drive(
     report.rounds = log.rounds;
     report.seen = log.seen;
     report.honest_refused = log.honest_refused;
+    report.bytes_up = log.bytes_up;
+    report.bytes_down = log.bytes_down;
     report.failures = log.failures;
     report.reconnects = log.reconnects;
     report.deaf_outcome = log.deaf_outcome;
@@ -635,6 +663,7 @@ async fn node(
     role: Role,
     endpoint: quinn::Endpoint,
     cfg: quinn::ClientConfig,
+    secure: Option<SecureIdentity>,
     shared: Arc<Shared>,
 ) {
     let mut welcomed_once = false;
@@ -658,8 +687,22 @@ async fn node(
                 shared.log().deaf_outcome = Some(outcome);
                 return;
             }
-            Role::Honest => play(i, &connection, &shared, None, &mut welcomed_once).await,
-            Role::Slow(d) => play(i, &connection, &shared, Some(d), &mut welcomed_once).await,
+            Role::Honest => {
+                let who = Player {
+                    i,
+                    delay: None,
+                    secure: secure.as_ref(),
+                };
+                play(who, &connection, &shared, &mut welcomed_once).await
+            }
+            Role::Slow(d) => {
+                let who = Player {
+                    i,
+                    delay: Some(d),
+                    secure: secure.as_ref(),
+                };
+                play(who, &connection, &shared, &mut welcomed_once).await
+            }
         };
         match ended {
             Ended::Finished => {
@@ -760,25 +803,93 @@ async fn hello(
     }
 }
 
-/// Plays one connection honestly (answering after `delay`, if any) until it ends.
-async fn play(
+/// Who plays a connection: node `i`, answering after `delay` (if any), with what it needs for
+/// secure rounds (if the federation runs them).
+struct Player<'a> {
     i: usize,
+    delay: Option<Duration>,
+    secure: Option<&'a SecureIdentity>,
+}
+
+/// Plays one connection honestly until it ends.
+async fn play(
+    who: Player<'_>,
     connection: &quinn::Connection,
     shared: &Shared,
-    delay: Option<Duration>,
     welcomed_once: &mut bool,
 ) -> Ended {
+    let Player { i, delay, secure } = who;
     let (mut send, mut recv) = match hello(connection, shared, welcomed_once).await {
         Ok(s) => s,
         Err(why) => return Ended::Failed(why),
     };
     let mut opened = BTreeMap::new();
-    loop {
+    let mut round_state: Option<SecureState> = None;
+    let mut secure_len = 0;
+    let (mut up, mut down) = (0u64, 0u64);
+    let ended = loop {
         let message = match read_message(&mut recv, DEFAULT_MAX_FRAME_LEN).await {
-            Ok(Some((m, _))) => m,
-            Ok(None) => return Ended::Failed("the stream ended before Finished".into()),
-            Err(e) => return ended_by(&e),
+            Ok(Some((m, n))) => {
+                down += n as u64;
+                m
+            }
+            Ok(None) => break Ended::Failed("the stream ended before Finished".into()),
+            Err(e) => break ended_by(&e),
         };
+        // A secure round's step: what to send, if anything.
+        let step = match (&message, secure) {
+            (Message::RoundOpen(open), Some(id)) if open.secure.is_some() => {
+                let terms = open.secure.as_ref().expect("checked");
+                opened.insert(open.round, Instant::now());
+                secure_len = open.query_ids.len() * usize::from(shared.classes);
+                SecureState::open(id, open, terms, usize::from(shared.classes))
+                    .map(|(state, advert)| {
+                        round_state = Some(state);
+                        Some(advert)
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            (Message::Roster { adverts, .. }, Some(id)) => match round_state.as_mut() {
+                Some(state) => state
+                    .roster(id, adverts)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                None => Err("Roster outside a secure round".into()),
+            },
+            (Message::Inbox { shares, .. }, Some(_)) => match round_state.as_mut() {
+                Some(state) => {
+                    state.inbox(shares.clone());
+                    // A vector of zeros: the load is the protocol's, not the labels'.
+                    state.release(vec![0; secure_len], 1, None);
+                    state.try_mask().map_err(|e| e.to_string())
+                }
+                None => Err("Inbox outside a secure round".into()),
+            },
+            (Message::Unmask { survivors, .. }, Some(_)) => match round_state.as_mut() {
+                Some(state) => state.unmask(survivors).map(Some),
+                None => Err("Unmask outside a secure round".into()),
+            },
+            _ => Ok(None),
+        };
+        match step {
+            Ok(Some(reply)) => {
+                match write_message(&mut send, &reply, DEFAULT_MAX_FRAME_LEN).await {
+                    Ok(n) => up += n as u64,
+                    Err(e) => break ended_by(&e),
+                }
+                continue;
+            }
+            Ok(None)
+                if matches!(
+                    message,
+                    Message::Roster { .. } | Message::Inbox { .. } | Message::Unmask { .. }
+                ) =>
+            {
+                continue;
+            }
+            Ok(None) => {}
+            Err(why) => break Ended::Failed(format!("secure round: {why}")),
+        }
         match message {
             Message::RoundOpen(open) => {
                 if open.round == shared.last_round && delay.is_none() {
@@ -802,8 +913,9 @@ async fn play(
                     },
                     receipt: None,
                 });
-                if let Err(e) = write_message(&mut send, &c, DEFAULT_MAX_FRAME_LEN).await {
-                    return ended_by(&e);
+                match write_message(&mut send, &c, DEFAULT_MAX_FRAME_LEN).await {
+                    Ok(n) => up += n as u64,
+                    Err(e) => break ended_by(&e),
                 }
             }
             Message::RoundClosed(closed) => {
@@ -834,12 +946,18 @@ async fn play(
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
                 connection.close(0u32.into(), b"done");
-                return Ended::Finished;
+                break Ended::Finished;
             }
-            Message::Error { message } => return Ended::Failed(format!("Error: {message}")),
-            other => return Ended::Failed(format!("unexpected {}", other.kind())),
+            Message::Error { message } => break Ended::Failed(format!("Error: {message}")),
+            other => break Ended::Failed(format!("unexpected {}", other.kind())),
         }
+    };
+    if delay.is_none() {
+        let mut log = shared.log();
+        log.bytes_up += up;
+        log.bytes_down += down;
     }
+    ended
 }
 
 /// How a transport error ends a node's connection.
@@ -947,6 +1065,17 @@ pub fn render(config: &LoadConfig, r: &LoadReport) -> String {
         r.seen.len(),
         r.honest_refused,
         r.reconnects
+    );
+    let node_rounds = (r.honest as f64 * f64::from(r.rounds.max(1))).max(1.0);
+    out += &format!(
+        "bytes per honest node per round: up {:.0}, down {:.0}{}\n",
+        r.bytes_up as f64 / node_rounds,
+        r.bytes_down as f64 / node_rounds,
+        if config.secure {
+            " (secure aggregation)"
+        } else {
+            ""
+        }
     );
     out += &format!(
         "coordinator: CPU {:.1} s, peak RSS {:.1} MiB (idle {:.1} MiB)\n",
@@ -1057,6 +1186,7 @@ mod tests {
             hogs: 0,
             foreign: 0,
             connect_concurrency: 1,
+            secure: false,
             coordinator_log: None,
         };
         assert_eq!(deaf_name(&config).as_deref(), Some("node-00029"));

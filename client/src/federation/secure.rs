@@ -403,7 +403,10 @@ mod tests {
             state.release(counts[i].clone(), 5, None);
             // Node 4 masks but its vector never arrives: a dropout after masking.
             let message = state.try_mask().expect("mask").expect("masked");
-            assert!(state.try_mask().expect("once").is_none(), "masks once a round");
+            assert!(
+                state.try_mask().expect("once").is_none(),
+                "masks once a round"
+            );
             if i < 3 {
                 let Message::Masked(m) = message else {
                     panic!("expected Masked");
@@ -420,7 +423,10 @@ mod tests {
             };
             responses.push(response);
         }
-        assert!(states[0].unmask(&survivors).is_err(), "a second request is refused");
+        assert!(
+            states[0].unmask(&survivors).is_err(),
+            "a second request is refused"
+        );
         let config = fd_secagg::RoundConfig {
             context: [7; 32],
             round: 2,
@@ -462,11 +468,17 @@ mod tests {
             certificate,
         };
         let err = states[0].roster(&ids[0], &swapped).unwrap_err().to_string();
-        assert!(err.contains("not a node certificate of this federation"), "{err}");
+        assert!(
+            err.contains("not a node certificate of this federation"),
+            "{err}"
+        );
         // The same forged keys under node 2's genuine certificate: the signature fails.
         let mut resigned = adverts.clone();
         resigned[1].advert = advert;
-        let err = states[0].roster(&ids[0], &resigned).unwrap_err().to_string();
+        let err = states[0]
+            .roster(&ids[0], &resigned)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("signature"), "{err}");
         // One node's certificate relayed twice (under two numbers) is refused too.
         let mut twice = adverts.clone();

@@ -50,6 +50,10 @@ struct Args {
     /// Handshakes with certificates from a foreign CA.
     #[arg(long, default_value_t = 0)]
     foreign: usize,
+    /// Secure aggregation (1 colluder, 2 dropouts): every node runs the secure round's four
+    /// exchanges (signed keys, shares, a masked vector of zeros, unmasking).
+    #[arg(long)]
+    secure: bool,
     /// Handshakes in flight at once while the nodes join.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         hogs: args.hogs,
         foreign: args.foreign,
         connect_concurrency: args.connect_concurrency,
+        secure: args.secure,
         coordinator_log: args.coordinator_log,
     };
     let report = load::run(&config)?;
