@@ -316,7 +316,6 @@ fn build_labeller(
         trust_snr: privacy.trust_snr,
         plan: None,
         last_release: None,
-        last_secure: None,
         votes_per_teacher: privacy.vote_cap(),
     })))
 }

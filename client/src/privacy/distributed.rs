@@ -411,6 +411,46 @@ mod tests {
     /// The summed noise of seven shares has the variance its target says: 7 s^2 at s = 5 (the
     /// discrete Gaussian's variance differs from s^2 by less than 1e-100 there), within 5% over
     /// 20,000 coordinates (the sample variance's relative standard error is about 1%).
+    /// The share chosen for a budget is the least on its grid whose sum fits: the next step
+    /// down would cost more than the budget; the charge of a real release matches, and its
+    /// floor is about `h` times the sum's.
+    #[test]
+    fn the_share_for_a_budget_is_the_least_that_fits_and_the_release_is_charged_both_ways() {
+        // 10 nodes, 1 colluder, 2 dropouts: 7 honest shares. One vote a teacher over 18 rows of
+        // 10 classes; rho 0.108 / 20 rounds (epsilon 2, delta 1e-5, as fd-sim's digits runs).
+        let p = plan(10, 1, 2);
+        let (len, votes, rho) = (180, 1, 0.108 / 20.0);
+        let share = share_sigma_for(&p, len, votes, rho).unwrap();
+        let (l2, l1) = vote_sensitivity(votes).unwrap();
+        assert!(sum_rho(len, &l2, &l1, share, 7).unwrap() <= rho);
+        assert!(sum_rho(len, &l2, &l1, share / 1.001, 7).unwrap() > rho);
+        // The Gaussian's sigma for rho and sensitivity sqrt(2) is sqrt(2 / (2 rho)) = 13.6;
+        // over sqrt(7) honest shares, 5.14.
+        assert!((share - 5.14).abs() < 0.01, "{share}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let budget = super::super::Budget {
+            epsilon: 2.0,
+            delta: 1e-5,
+        };
+        let mut ledger =
+            super::super::PrivacyLedger::open(&dir.path().join("l.sqlite"), budget, "d").unwrap();
+        let counts = vec![3i64; len];
+        let (noisy, receipt) =
+            secure_release(&mut ledger, 0, &counts, 18, votes, &p, share).unwrap();
+        assert_eq!(noisy.len(), len);
+        assert!(noisy != counts, "noise was added");
+        let charged = ledger.charges().unwrap();
+        assert_eq!(charged.len(), 1);
+        let floor = charged[0].floor_rho.unwrap();
+        assert!(charged[0].rho <= rho && (floor / charged[0].rho - 7.0).abs() < 0.1);
+        assert!(receipt.floor_epsilon_total.unwrap() > receipt.epsilon_total);
+        assert_eq!(
+            ledger.floor_epsilon_spent().unwrap(),
+            receipt.floor_epsilon_total
+        );
+    }
+
     #[test]
     fn seven_shares_sum_to_the_target_variance() {
         let (len, honest, s) = (20_000, 7, 5.0);

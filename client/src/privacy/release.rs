@@ -120,9 +120,6 @@ pub struct PrivateLabeller {
     /// (`privacy.votes_per_teacher`), so the release's sensitivity is that of this many
     /// queries however many it answers. `None`: every teacher votes on every query.
     pub votes_per_teacher: Option<usize>,
-    /// The last secure release (round, noisy counts, teachers, receipt), kept for the same
-    /// reason: a round opened again is masked afresh over the same noisy counts.
-    pub last_secure: Option<(u32, Vec<i64>, u32, Option<PrivacyReceipt>)>,
 }
 
 /// The post-processing of a release's noisy sums (noise `sigma`; 0 when noiseless).
@@ -271,30 +268,11 @@ impl Labeller {
                     .into(),
             )));
         };
-        if let Some((r, counts, teachers, receipt)) = &p.last_secure
-            && *r == round
-            && counts.len() == query_ids.len() * p.ensemble.config().classes
-        {
-            info!(
-                round,
-                "round asked again: re-masking its release, already paid for"
-            );
-            return Ok(Answer::Secure {
-                counts: counts.clone(),
-                teachers: *teachers,
-                receipt: receipt.clone(),
-            });
-        }
-        let answer = p.release_secure(learner, round, rounds, query_ids, planned_queries, terms)?;
-        if let Answer::Secure {
-            counts,
-            teachers,
-            receipt,
-        } = &answer
-        {
-            p.last_secure = Some((round, counts.clone(), *teachers, receipt.clone()));
-        }
-        Ok(answer)
+        // A round asked again (after a coordinator restart) gets fresh noise, charged again:
+        // the same noisy counts masked into two sums over different survivors would let the
+        // coordinator subtract one sum from the other and see one node's counts under its own
+        // share of the noise alone.
+        p.release_secure(learner, round, rounds, query_ids, planned_queries, terms)
     }
 }
 
@@ -580,7 +558,6 @@ mod tests {
             trust_snr: 0.0,
             plan: None,
             last_release: None,
-            last_secure: None,
             votes_per_teacher: None,
         }));
         (learner, labeller, dir)

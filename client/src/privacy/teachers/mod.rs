@@ -584,6 +584,50 @@ mod tests {
         assert!(moved > 0);
     }
 
+    /// With a cap of `k` votes per teacher, one record per teacher: every teacher votes on at
+    /// most `k` queries (its nearest among those within the radius), so replacing one record
+    /// moves the counts by at most `sqrt(2k)` in L2 and `2k` in L1 over all queries together,
+    /// where the uncapped counts move far more.
+    #[test]
+    fn capped_votes_bound_what_one_record_moves_over_all_queries() {
+        let (x, y) = blobs(60, 1);
+        let (public_x, _) = blobs(40, 2);
+        let (mut x2, mut y2) = (x.clone(), y.clone());
+        // Record 7 moved onto public query 0 with another label.
+        x2[14] = public_x[0];
+        x2[15] = public_x[1];
+        y2[7] = (y[7] + 1) % 3;
+        let public = matrix(public_x, 2).unwrap();
+        let (a, b) = (
+            nearest(&x, &y, Some(1.5), 60),
+            nearest(&x2, &y2, Some(1.5), 60),
+        );
+        let moved = |sa: &[f64], sb: &[f64]| {
+            let l1: f64 = sa.iter().zip(sb).map(|(p, q)| (p - q).abs()).sum();
+            let l2: f64 = sa.iter().zip(sb).map(|(p, q)| (p - q).powi(2)).sum();
+            (l1, l2.sqrt())
+        };
+        for k in [1usize, 3] {
+            let sa = a.capped_vote_counts(&public, k).unwrap();
+            let sb = b.capped_vote_counts(&public, k).unwrap();
+            // 60 one-record teachers: at most 60 k votes in all, and some were cast.
+            let total: f64 = sa.iter().sum();
+            assert!(total > 0.0 && total <= (60 * k) as f64, "{total}");
+            let (l1, l2) = moved(&sa, &sb);
+            assert!(l1 > 0.0, "the replaced record voted somewhere");
+            assert!(l1 <= (2 * k) as f64, "cap {k}: L1 {l1}");
+            assert!(l2 <= ((2 * k) as f64).sqrt() + 1e-9, "cap {k}: L2 {l2}");
+        }
+        // Uncapped, the same record moves votes on many queries: the cap is what bounds them.
+        let (l1, _) = moved(
+            &a.vote_sums(&public, Votes::Hard).unwrap(),
+            &b.vote_sums(&public, Votes::Hard).unwrap(),
+        );
+        assert!(l1 > 6.0, "uncapped L1 {l1}");
+        let mlp = trained(x, y, None, 3);
+        assert!(mlp.capped_vote_counts(&public, 1).is_err());
+    }
+
     /// A teacher whose nearest record is beyond the radius abstains; within it, it votes for
     /// that record's label.
     #[test]
