@@ -189,6 +189,7 @@ pub async fn run_node(config: &NodeConfig, force: bool) -> Result<NodeReport, No
         privacy: outcome.labeller.statement(),
         privacy_unit: outcome.labeller.unit().into(),
         epsilon_spent: spent.map(|(e, _)| e),
+        floor_epsilon_spent: outcome.labeller.floor_spent()?,
         rho_spent: spent.map(|(_, r)| r),
         delta: private_part.map(|p| p.budget.delta),
         sigma: private_part.and_then(|p| p.sigma),

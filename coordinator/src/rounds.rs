@@ -1004,6 +1004,7 @@ fn note_receipt(s: &mut NodeSummary, r: &PrivacyReceipt) {
         rho_total: r.rho_total,
         epsilon_total: r.epsilon_total,
         delta: r.delta,
+        floor_epsilon_total: r.floor_epsilon_total,
     });
 }
 

@@ -126,6 +126,10 @@ pub struct NodeSpending {
     pub epsilon_total: f64,
     /// The delta of `epsilon_total`.
     pub delta: f64,
+    /// Secure aggregation: the cumulative epsilon from the node's own noise shares alone (if
+    /// every other node colluded with the coordinator); `epsilon_total` is then the sums'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_epsilon_total: Option<f64>,
 }
 
 /// The coordinator's account of a run.

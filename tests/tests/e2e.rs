@@ -774,6 +774,8 @@ fn a_secure_federation_of_five_client_processes_completes_and_stores_no_node_vot
         );
         let eps = spending["epsilon_total"].as_f64().expect("epsilon_total");
         assert!(eps > 0.0 && eps <= 3.0, "{eps}");
+        let floor = spending["floor_epsilon_total"].as_f64().expect("floor");
+        assert!(floor > eps, "{node}");
     }
     for (name, _) in nodes {
         let ledger =
@@ -787,6 +789,12 @@ fn a_secure_federation_of_five_client_processes_completes_and_stores_no_node_vot
             })
             .expect("charges");
         assert_eq!(charges.len(), ROUNDS as usize, "{name}");
+        let report = read_json(&fixture.path(&format!("out-{name}/report.json")));
+        let (eps, floor) = (
+            report["epsilon_spent"].as_f64().expect("epsilon_spent"),
+            report["floor_epsilon_spent"].as_f64().expect("floor_epsilon_spent"),
+        );
+        assert!(floor > eps, "{name}: floor {floor}, sums {eps}");
         for (rho, floor) in charges {
             // 5 nodes, 1 colluder, 1 dropout: 3 honest shares, so the floor (one share) costs
             // about 3 times the sum's rho.

@@ -19,6 +19,11 @@ pub struct NodeReport {
     pub privacy_unit: String,
     /// Epsilon spent over the whole life of the ledger, at `delta` (private mode).
     pub epsilon_spent: Option<f64>,
+    /// With secure aggregation: the epsilon at `delta` from this node's own noise shares alone
+    /// (what holds if every other node colluded with the coordinator); `epsilon_spent` is then
+    /// the guarantee of the sums.
+    #[serde(default)]
+    pub floor_epsilon_spent: Option<f64>,
     /// zCDP rho spent over the whole life of the ledger (private mode).
     pub rho_spent: Option<f64>,
     /// The budget's delta (private mode).
