@@ -582,7 +582,14 @@ impl Rounds {
                 self.config.aggregation.dropouts,
             ) {
                 Ok(s) => secure = Some(Box::new(s)),
-                Err(why) => secure_sum = Some(Err(why)),
+                Err(why) => {
+                    warn!(
+                        round,
+                        present = self.present.len(),
+                        "secure round lost before it opened: {why}"
+                    );
+                    secure_sum = Some(Err(why));
+                }
             }
         }
         let lost = secure_sum.is_some();
@@ -1306,6 +1313,88 @@ mod tests {
             sim.join(0, n);
         }
         sim
+    }
+
+    /// A secure round numbers its roster and sends each node its own terms; a node gone
+    /// before advertising leaves too few for the threshold, so the round is lost (recorded,
+    /// not aggregated), and the next round runs over the nodes present. Plain contributions
+    /// are refused in a secure round.
+    #[test]
+    fn a_secure_round_below_its_threshold_is_lost_and_the_next_runs_over_who_is_left() {
+        let mut config = config();
+        config.aggregation.secure = true;
+        config.aggregation.colluders = 1;
+        config.aggregation.dropouts = 0;
+        let mut sim = Sim::new(config);
+        for node in ["a", "b", "c"] {
+            sim.join(0, node);
+        }
+        let terms: Vec<(String, u32, u32, u32)> = std::iter::from_fn(|| sim.rounds.poll_transmit())
+            .filter_map(|t| match t.message.as_deref() {
+                Some(Message::RoundOpen(open)) => open
+                    .secure
+                    .as_ref()
+                    .map(|s| (t.node.clone(), s.node, s.roster, s.threshold)),
+                _ => None,
+            })
+            .collect();
+        // 3 nodes and 1 colluder: threshold floor(4 / 2) + 1 = 3.
+        assert_eq!(
+            terms,
+            vec![
+                ("a".into(), 1, 3, 3),
+                ("b".into(), 2, 3, 3),
+                ("c".into(), 3, 3, 3)
+            ]
+        );
+        sim.contribute(1, "a", contribution(0, 0.5));
+        assert!(
+            sim.complaints()
+                .iter()
+                .any(|(n, why)| n == "a" && why.contains("travel masked"))
+        );
+        sim.rounds.handle(
+            sim.at(1),
+            Input::Gone {
+                node: "b".into(),
+                reason: "test".into(),
+                misbehaved: false,
+            },
+        );
+        for (node, id) in [("a", 1), ("c", 3)] {
+            sim.rounds.handle(
+                sim.at(2),
+                Input::Received {
+                    node: node.into(),
+                    message: Message::KeyAdvert {
+                        round: 0,
+                        advert: fd_secagg::KeyAdvert {
+                            node: id,
+                            cipher_key: [0; 32],
+                            mask_key: [0; 32],
+                            signature: Vec::new(),
+                        },
+                        certificate: Vec::new(),
+                    },
+                    bytes: 100,
+                },
+            );
+        }
+        let closed = sim.closed_rounds();
+        assert_eq!(closed.len(), 1);
+        assert!(!closed[0].aggregated);
+        assert!(closed[0].accepted.is_empty());
+        // Round 1 opens over a and c: 2 nodes, threshold floor(3 / 2) + 1 = 2.
+        let reopened: Vec<(String, u32, u32)> = std::iter::from_fn(|| sim.rounds.poll_transmit())
+            .filter_map(|t| match t.message.as_deref() {
+                Some(Message::RoundOpen(open)) => open
+                    .secure
+                    .as_ref()
+                    .map(|s| (t.node.clone(), open.round, s.roster)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reopened, vec![("a".into(), 1, 2), ("c".into(), 1, 2)]);
     }
 
     #[test]

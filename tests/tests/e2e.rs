@@ -792,7 +792,9 @@ fn a_secure_federation_of_five_client_processes_completes_and_stores_no_node_vot
         let report = read_json(&fixture.path(&format!("out-{name}/report.json")));
         let (eps, floor) = (
             report["epsilon_spent"].as_f64().expect("epsilon_spent"),
-            report["floor_epsilon_spent"].as_f64().expect("floor_epsilon_spent"),
+            report["floor_epsilon_spent"]
+                .as_f64()
+                .expect("floor_epsilon_spent"),
         );
         assert!(floor > eps, "{name}: floor {floor}, sums {eps}");
         for (rho, floor) in charges {
