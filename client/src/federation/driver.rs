@@ -370,19 +370,31 @@ impl Driver {
         None
     }
 
-    /// Writes one message, through the simulator's hook if it is a contribution.
+    /// Writes one message, through the simulator's hook if it is a contribution (or, in a
+    /// secure round, the masked vector: the hook may delay it or vanish instead of sending it,
+    /// a dropout after masking; there are no labels in it to corrupt).
     async fn transmit(&mut self, mut message: Message) -> Result<(), SessionError> {
-        if let (Message::Contribution(c), Some(hook)) = (&mut message, self.hook.as_mut()) {
-            match hook.outgoing(c.round, &mut c.labels) {
+        let mut masked_labels = fd_protocol::SoftLabels::default();
+        let outgoing = match (&mut message, self.hook.as_mut()) {
+            (Message::Contribution(c), Some(hook)) => {
+                Some((c.round, hook.outgoing(c.round, &mut c.labels)))
+            }
+            (Message::Masked(m), Some(hook)) => {
+                Some((m.round, hook.outgoing(m.round, &mut masked_labels)))
+            }
+            _ => None,
+        };
+        if let Some((round, outgoing)) = outgoing {
+            match outgoing {
                 Outgoing::Send => {}
                 Outgoing::Delay(d) => tokio::time::sleep(d).await,
                 Outgoing::Vanish => {
-                    warn!(round = c.round, "vanishing mid-round (simulated failure)");
+                    warn!(round, "vanishing mid-round (simulated failure)");
                     if let Some(link) = self.link.take() {
                         link.connection.close(CLOSE_VANISHED.into(), b"vanished");
                     }
-                    let why = format!("vanished in round {} (simulated)", c.round);
-                    self.session.handle_abandon(why, Some(c.round));
+                    let why = format!("vanished in round {round} (simulated)");
+                    self.session.handle_abandon(why, Some(round));
                     return Ok(());
                 }
             }

@@ -411,11 +411,10 @@ impl NodeSession {
                     } => {
                         match self.secure_round.as_mut() {
                             Some(state) if state.round() == round => {
-                                state.release(counts, teachers, receipt);
-                                self.contributed.sent(round);
+                                state.release(counts, teachers, receipt)
                             }
                             // The connection was lost meanwhile: this node dropped out of the
-                            // round; the noisy counts are kept by the labeller for a re-ask.
+                            // round, and its noisy counts (charged) are never sent.
                             _ => warn!(round, "secure round gone before its release was ready"),
                         }
                         self.try_mask();
@@ -539,7 +538,10 @@ impl NodeSession {
             return;
         };
         match state.try_mask() {
-            Ok(Some(message)) => self.transmits.push_back(message),
+            Ok(Some(message)) => {
+                self.contributed.sent(state.round());
+                self.transmits.push_back(message);
+            }
             Ok(None) => {}
             Err(e) => self.fail(e),
         }

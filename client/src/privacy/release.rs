@@ -333,7 +333,8 @@ impl PrivateLabeller {
             colluders: terms.colluders,
             dropouts: terms.roster.saturating_sub(terms.min_survivors),
         };
-        let share_sigma = match self.sigma {
+        // Priced every round: the roster (so the honest shares) can change as nodes come and go.
+        let share_sigma = match self.fixed_sigma {
             Some(s) => s,
             None => {
                 let rho = release_rho_target(self.budget, planned_queries, m)?;
