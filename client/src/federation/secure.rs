@@ -371,6 +371,23 @@ mod tests {
         }
     }
 
+    /// Every node's shares for the roster, as the coordinator collects them.
+    fn share_all(
+        ids: &[SecureIdentity],
+        states: &mut [SecureState],
+        adverts: &[SignedAdvert],
+    ) -> Vec<EncryptedShares> {
+        let mut all = Vec::new();
+        for (state, id) in states.iter_mut().zip(ids) {
+            let Message::KeyShares { shares, .. } = state.roster(id, adverts).expect("roster")
+            else {
+                panic!("expected key shares");
+            };
+            all.extend(shares);
+        }
+        all
+    }
+
     #[test]
     fn four_sessions_mask_and_the_relayed_round_decodes_their_exact_sum_with_a_dropout() {
         let Round {
@@ -378,14 +395,7 @@ mod tests {
             mut states,
             adverts,
         } = round();
-        let mut all_shares = Vec::new();
-        for (state, id) in states.iter_mut().zip(&ids) {
-            let Message::KeyShares { shares, .. } = state.roster(id, &adverts).expect("roster")
-            else {
-                panic!("expected key shares");
-            };
-            all_shares.extend(shares);
-        }
+        let all_shares = share_all(&ids, &mut states, &adverts);
         // Two queries of three classes: signed counts, as votes plus noise can be.
         let counts: Vec<Vec<i64>> = (0..4)
             .map(|i| (0..6).map(|j| i * 10 + j - 7).collect())
@@ -494,14 +504,7 @@ mod tests {
             mut states,
             adverts,
         } = round();
-        let mut all_shares = Vec::new();
-        for (state, id) in states.iter_mut().zip(&ids) {
-            let Message::KeyShares { shares, .. } = state.roster(id, &adverts).expect("roster")
-            else {
-                panic!("expected key shares");
-            };
-            all_shares.extend(shares);
-        }
+        let all_shares = share_all(&ids, &mut states, &adverts);
         let state = &mut states[0];
         assert!(state.unmask(&[1, 2, 3]).unwrap_err().contains("before"));
         state.inbox(all_shares.into_iter().filter(|s| s.to == 1).collect());

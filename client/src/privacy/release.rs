@@ -252,7 +252,9 @@ impl Labeller {
 
 impl Labeller {
     /// Trains the teachers for this round and releases their integer vote counts for
-    /// `query_ids` with this node's share of the noise of a securely aggregated sum.
+    /// `query_ids` (hard votes, each teacher on at most `votes_per_teacher` of them) with this
+    /// node's discrete Gaussian share of the noise of a securely aggregated sum, scaled so that
+    /// the honest survivors' shares spend the budget evenly over the planned queries.
     pub fn label_secure_round(
         &mut self,
         learner: &Learner,
@@ -268,60 +270,19 @@ impl Labeller {
                     .into(),
             )));
         };
-        // A round asked again (after a coordinator restart) gets fresh noise, charged again:
-        // the same noisy counts masked into two sums over different survivors would let the
-        // coordinator subtract one sum from the other and see one node's counts under its own
-        // share of the noise alone.
-        p.release_secure(learner, round, rounds, query_ids, planned_queries, terms)
-    }
-}
-
-impl PrivateLabeller {
-    /// Trains the teachers (as [`Self::release`]) and returns their summed votes, or with
-    /// `cap` their integer counts with each teacher voting on at most `cap` queries.
-    fn train_and_vote(
-        &mut self,
-        learner: &Learner,
-        round: u32,
-        rounds: u32,
-        query_ids: &[u32],
-        votes: Votes,
-        cap: Option<usize>,
-    ) -> Result<Vec<f64>, LabelError> {
-        let target = learner.target();
-        let (steps, alpha) = match &target {
-            None => (self.local_steps, 1.0),
-            Some(_) => (self.steps_per_round, learner.config().alpha(round, rounds)),
-        };
-        self.ensemble
-            .train(steps, alpha, target.as_ref().map(|(x, y)| (x, y)))?;
-        let rows = learner.public_rows(query_ids)?;
-        Ok(match cap {
-            Some(cap) => self.ensemble.capped_vote_counts(&rows, cap)?,
-            None => self.ensemble.vote_sums(&rows, votes)?,
-        })
-    }
-
-    /// A secure release: hard votes (integers), plus a discrete Gaussian share scaled so that
-    /// the honest survivors' shares spend the budget evenly over the planned queries.
-    fn release_secure(
-        &mut self,
-        learner: &Learner,
-        round: u32,
-        rounds: u32,
-        query_ids: &[u32],
-        planned_queries: u64,
-        terms: SecureTerms,
-    ) -> Result<Answer, LabelError> {
+        // Every round draws fresh noise, charged, even for a round asked again (after a
+        // coordinator restart): the same noisy counts masked into two sums over different
+        // survivors would let the coordinator subtract one sum from the other and see one
+        // node's counts under its own share of the noise alone.
         let m = query_ids.len();
         // Votes each teacher may cast in this release: what one record can move.
-        let cap = self.votes_per_teacher.map(|k| k.clamp(1, m.max(1)));
-        let sums = self.train_and_vote(learner, round, rounds, query_ids, Votes::Hard, cap)?;
+        let cap = p.votes_per_teacher.map(|k| k.clamp(1, m.max(1)));
+        let sums = p.train_and_vote(learner, round, rounds, query_ids, Votes::Hard, cap)?;
         let per_teacher = cap.unwrap_or(m);
         // Hard votes are counts; `as` cannot lose anything below 2^53.
         let counts: Vec<i64> = sums.iter().map(|v| v.round() as i64).collect();
-        let teachers = self.ensemble.config().teachers as u32;
-        let Some(ledger) = self.ledger.as_mut() else {
+        let teachers = p.ensemble.config().teachers as u32;
+        let Some(ledger) = p.ledger.as_mut() else {
             return Ok(Answer::Secure {
                 counts,
                 teachers,
@@ -334,15 +295,15 @@ impl PrivateLabeller {
             dropouts: terms.roster.saturating_sub(terms.min_survivors),
         };
         // Priced every round: the roster (so the honest shares) can change as nodes come and go.
-        let share_sigma = match self.fixed_sigma {
+        let share_sigma = match p.fixed_sigma {
             Some(s) => s,
             None => {
-                let rho = release_rho_target(self.budget, planned_queries, m)?;
+                let rho = release_rho_target(p.budget, planned_queries, m)?;
                 let s = share_sigma_for(&plan, counts.len(), per_teacher, rho)?;
                 info!(
                     share_sigma = s,
                     honest = plan.honest()?,
-                    epsilon = self.budget.epsilon,
+                    epsilon = p.budget.epsilon,
                     planned_queries,
                     "noise share chosen: the honest survivors' shares spend the budget's rho \
                      evenly over the planned queries"
@@ -350,7 +311,7 @@ impl PrivateLabeller {
                 s
             }
         };
-        self.sigma = Some(share_sigma);
+        p.sigma = Some(share_sigma);
         match secure_release(ledger, round, &counts, m, per_teacher, &plan, share_sigma) {
             Ok((noisy, r)) => {
                 info!(
@@ -379,6 +340,33 @@ impl PrivateLabeller {
             Err(e @ PrivacyError::BudgetExceeded { .. }) => Ok(Answer::BudgetSpent(e.to_string())),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl PrivateLabeller {
+    /// Trains the teachers (as [`Self::release`]) and returns their summed votes, or with
+    /// `cap` their integer counts with each teacher voting on at most `cap` queries.
+    fn train_and_vote(
+        &mut self,
+        learner: &Learner,
+        round: u32,
+        rounds: u32,
+        query_ids: &[u32],
+        votes: Votes,
+        cap: Option<usize>,
+    ) -> Result<Vec<f64>, LabelError> {
+        let target = learner.target();
+        let (steps, alpha) = match &target {
+            None => (self.local_steps, 1.0),
+            Some(_) => (self.steps_per_round, learner.config().alpha(round, rounds)),
+        };
+        self.ensemble
+            .train(steps, alpha, target.as_ref().map(|(x, y)| (x, y)))?;
+        let rows = learner.public_rows(query_ids)?;
+        Ok(match cap {
+            Some(cap) => self.ensemble.capped_vote_counts(&rows, cap)?,
+            None => self.ensemble.vote_sums(&rows, votes)?,
+        })
     }
 
     /// Trains the teachers and makes a new (charged) release for `query_ids`.
