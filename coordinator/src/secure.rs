@@ -349,18 +349,47 @@ impl SecureRound {
                 receipts.insert(self.names[id].clone(), r.clone());
             }
         }
+        let counts: Vec<i64> = sum.into_iter().map(fd_secagg::centred).collect();
+        let teachers = self.masked.values().map(|m| u64::from(m.teachers)).sum();
+        let sigma = variance.sqrt();
+        if let Some(why) = out_of_range(&counts, teachers, sigma) {
+            return Advance::Lost(why);
+        }
         Advance::Done(Sum {
-            counts: sum.into_iter().map(fd_secagg::centred).collect(),
+            counts,
             survivors: self
                 .masked
                 .keys()
                 .map(|id| self.names[id].clone())
                 .collect(),
-            teachers: self.masked.values().map(|m| u64::from(m.teachers)).sum(),
-            sigma: variance.sqrt(),
+            teachers,
+            sigma,
             receipts,
         })
     }
+}
+
+/// Noise standard deviations an honest sum's count may stray beyond what its votes can reach
+/// before the sum is refused: a Gaussian passes 8 of them with probability about 1e-15.
+const RANGE_SIGMAS: f64 = 8.0;
+
+/// The one check the coordinator can make on a secure round's input: every count of the sum
+/// is the survivors' votes (each teacher votes at most once per query: between 0 and
+/// `teachers`) plus noise of deviation `sigma`. A count beyond [`RANGE_SIGMAS`] deviations of
+/// that range means some node sent values no honest node could (or the sum wrapped), and the
+/// sum is refused rather than let into the target. Says why, or `None`.
+fn out_of_range(counts: &[i64], teachers: u64, sigma: f64) -> Option<String> {
+    let margin = (RANGE_SIGMAS * sigma).ceil() + 1.0;
+    let (low, high) = (-margin, teachers as f64 + margin);
+    let (i, &v) = counts
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(low..=high).contains(&(**v as f64)))?;
+    Some(format!(
+        "the decoded sum's value {i} is {v}, outside [{low}, {high}] (the survivors' {teachers} \
+         teachers' votes and {RANGE_SIGMAS} deviations of noise {sigma:.2}): some node's input \
+         was out of range"
+    ))
 }
 
 #[cfg(test)]
@@ -387,6 +416,22 @@ mod tests {
         // 1 node cannot hide anything from the coordinator.
         assert!(SecureRound::new([0; 32], 0, 4, &roster(1), 1, 2).is_err());
         assert!(SecureRound::new([0; 32], 0, 4, &roster(256), 1, 2).is_err());
+    }
+
+    #[test]
+    fn a_sum_no_honest_votes_and_noise_could_reach_is_refused() {
+        // 50 teachers, noise 2: honest counts lie within [-17, 67] (8 deviations, rounded up,
+        // plus one).
+        assert_eq!(out_of_range(&[0, 50, -10, 60], 50, 2.0), None);
+        assert!(
+            out_of_range(&[0, 68], 50, 2.0)
+                .unwrap()
+                .contains("value 1 is 68")
+        );
+        assert!(out_of_range(&[-18, 0], 50, 2.0).is_some());
+        // Without noise, only the votes themselves (and one either side).
+        assert!(out_of_range(&[0, 52], 50, 0.0).is_some_and(|w| w.contains("out of range")));
+        assert_eq!(out_of_range(&[-1, 51], 50, 0.0), None);
     }
 
     #[test]
