@@ -43,6 +43,17 @@ fn the_example_config_loads() {
         .expect("examples/federation-plain.toml is valid");
     assert!(!config.require_privacy);
     assert_eq!(config.queries_per_round, 0);
+    let secure = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/federation-secure.toml"
+    );
+    let config = fd_coordinator::FederationConfig::load(std::path::Path::new(secure))
+        .expect("examples/federation-secure.toml is valid");
+    assert!(config.aggregation.secure);
+    assert_eq!(
+        (config.aggregation.colluders, config.aggregation.dropouts),
+        (1, 2)
+    );
 }
 
 #[test]
