@@ -324,17 +324,7 @@ impl Labeller {
                 Ok(Answer::Secure {
                     counts: noisy,
                     teachers,
-                    receipt: Some(PrivacyReceipt {
-                        mechanism: SECURE_MECHANISM.into(),
-                        unit: PRIVACY_UNIT.into(),
-                        sigma: r.sigma,
-                        sensitivity: r.sensitivity,
-                        rho: r.rho,
-                        rho_total: r.rho_total,
-                        epsilon_total: r.epsilon_total,
-                        delta: r.delta,
-                        floor_epsilon_total: r.floor_epsilon_total,
-                    }),
+                    receipt: Some(receipt(SECURE_MECHANISM, &r)),
                 })
             }
             Err(e @ PrivacyError::BudgetExceeded { .. }) => Ok(Answer::BudgetSpent(e.to_string())),
@@ -444,17 +434,7 @@ impl PrivateLabeller {
         let projection = projection(rows_kind, teachers, clamp_floor, classes, sigma);
         match private_release(ledger, round, &sums, classes, sigma, &projection) {
             Ok((probs, r)) => {
-                let receipt = PrivacyReceipt {
-                    mechanism: MECHANISM.into(),
-                    unit: PRIVACY_UNIT.into(),
-                    sigma: r.sigma,
-                    sensitivity: r.sensitivity,
-                    rho: r.rho,
-                    rho_total: r.rho_total,
-                    epsilon_total: r.epsilon_total,
-                    delta: r.delta,
-                    floor_epsilon_total: r.floor_epsilon_total,
-                };
+                let receipt = receipt(MECHANISM, &r);
                 info!(
                     round,
                     rho = r.rho,
@@ -470,6 +450,21 @@ impl PrivateLabeller {
             Err(e @ PrivacyError::BudgetExceeded { .. }) => Ok(Answer::BudgetSpent(e.to_string())),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The wire receipt of a charge the ledger made, for a release by `mechanism`.
+fn receipt(mechanism: &str, r: &crate::privacy::Receipt) -> PrivacyReceipt {
+    PrivacyReceipt {
+        mechanism: mechanism.into(),
+        unit: PRIVACY_UNIT.into(),
+        sigma: r.sigma,
+        sensitivity: r.sensitivity,
+        rho: r.rho,
+        rho_total: r.rho_total,
+        epsilon_total: r.epsilon_total,
+        delta: r.delta,
+        floor_epsilon_total: r.floor_epsilon_total,
     }
 }
 
