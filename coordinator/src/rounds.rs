@@ -909,14 +909,14 @@ impl Rounds {
                 "round below quorum: not aggregated, the target stays as it was"
             );
         }
-        for node in receipts.keys().cloned().collect::<Vec<_>>() {
-            let s = self.summary(&node);
-            s.contributions += 1;
-            note_receipt(s, &receipts[&node]);
-        }
-        if secure_mode {
-            for node in accepted.iter().filter(|n| !receipts.contains_key(*n)) {
-                self.summary(node).contributions += 1;
+        // A secure round's survivors (its `accepted` holds no plain contributions).
+        if let Some(Ok(sum)) = &open.secure_sum {
+            for node in &sum.survivors {
+                let s = self.summary(node);
+                s.contributions += 1;
+                if let Some(r) = sum.receipts.get(node) {
+                    note_receipt(s, r);
+                }
             }
         }
         for (node, c) in &open.accepted {

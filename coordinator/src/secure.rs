@@ -144,11 +144,6 @@ impl SecureRound {
         self.pending.len()
     }
 
-    /// Whether `node` is in the roster.
-    pub fn asked(&self, node: &str) -> bool {
-        self.ids.contains_key(node)
-    }
-
     /// The terms to send `node` with its RoundOpen.
     pub fn terms(&self, node: &str) -> Option<Terms> {
         Some(Terms {

@@ -61,11 +61,6 @@ impl SecureIdentity {
             colluders,
         })
     }
-
-    /// The colluders this node assumes.
-    pub fn colluders(&self) -> u32 {
-        self.colluders
-    }
 }
 
 /// One secure round in progress at the node.
